@@ -1,0 +1,116 @@
+"""The one place configuration is read and validated.
+
+`deploy.toml` at the project root holds the project's settings; an error
+names the file, the key and what was expected. DATABASE_URL, when set, wins
+over the local cluster that `inv db.up` records.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_NAME = "deploy.toml"
+
+
+@dataclass(frozen=True)
+class LintSettings:
+    pg_version: str
+    exclude: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What the toolkit knows about the project it works on."""
+
+    root: Path
+    path: Path
+    app: str
+    migrations_dir: Path
+    models: tuple[str, ...]
+    lint: LintSettings
+    local_database_dir: Path
+    local_database_name: str
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` that holds deploy.toml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or any folder above it",
+        hint="run the command from the project's checkout",
+    )
+
+
+class _Table:
+    """A TOML table that reports bad or missing keys with their full name."""
+
+    def __init__(self, path: Path, data: dict[str, Any], name: str) -> None:
+        self.path, self.data, self.name = path, data, name
+
+    def fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.path}: [{self.name}] {key}: expected {expected}")
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "a non-empty string" + (" (it is missing)" if value is None else f", got {value!r}"))
+        return value
+
+    def texts(self, key: str, default: list[str] | None = None) -> tuple[str, ...]:
+        value = self.data.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, f"a list of strings, got {value!r}")
+        return tuple(value)
+
+    def table(self, key: str) -> "_Table":
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "a table")
+        return _Table(self.path, value, f"{self.name}.{key}" if self.name else key)
+
+
+def load_project(root: Path | None = None) -> ProjectConfig:
+    """Read and validate deploy.toml of the project at (or above) `root`."""
+    root = find_root(root)
+    path = root / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    top = _Table(path, data, "")
+    project, lint, local = top.table("project"), top.table("lint"), top.table("local")
+    migrations_dir = root / project.text("migrations", "migrations")
+    if not (migrations_dir / "env.py").is_file():
+        raise project.fail("migrations", f"a folder holding env.py; {migrations_dir} has none")
+    return ProjectConfig(
+        root=root,
+        path=path,
+        app=project.text("app"),
+        migrations_dir=migrations_dir,
+        models=project.texts("models", []),
+        lint=LintSettings(
+            pg_version=lint.text("pg_version", "15"),
+            exclude=lint.texts("exclude", []),
+        ),
+        local_database_dir=root / local.text("database_dir", ".local/postgres"),
+        local_database_name=local.text("database_name", "app"),
+    )
+
+
+def database_url(project: ProjectConfig) -> str:
+    """DATABASE_URL if set, else the local cluster's URL (from `inv db.up`)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    from .local.database import LocalCluster
+
+    cluster = LocalCluster(project.local_database_dir, project.local_database_name)
+    return cluster.url()

@@ -1,0 +1,179 @@
+"""squawk over the SQL each revision runs, with findings mapped back to revisions.
+
+Each revision's offline SQL is linted on its own, prefixed with the timeout
+settings env.py emits, so a finding names the migration file that caused it.
+A migration may waive a rule only in its own file, with a reason:
+
+    # lint: waive require-concurrent-index-creation because the table is new and empty
+
+Waivers are shown in the report; a waiver without a reason is itself a failure.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ProjectConfig
+from .errors import DeployError, MigrationError
+from .migrations import FlaskDb, MigrationGraph, Revision, split_offline_sql
+
+WAIVER = re.compile(r"#\s*lint:\s*waive\s+(?P<rule>[\w-]+)(?:\s+because\s+(?P<reason>.*\S))?", re.I)
+# Rendering offline SQL needs the dialect, not a server.
+OFFLINE_URL = "postgresql://offline@localhost/offline"
+
+
+@dataclass(frozen=True)
+class Waiver:
+    rule: str
+    reason: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    revision: Revision
+    rule: str
+    message: str
+    help: str
+    statement: str
+    waiver: Waiver | None = None
+
+
+@dataclass
+class LintReport:
+    revisions: list[Revision]
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(f.waiver is None for f in self.findings)
+
+    def problems(self) -> list[str]:
+        """One line per reason the lint failed."""
+        lines = list(self.errors)
+        for f in self.findings:
+            if f.waiver is None:
+                lines.append(f"{f.revision.path.name} ({f.revision.id}): {f.rule}: {f.message}")
+        return lines
+
+    def render(self, root: Path) -> str:
+        if not self.revisions:
+            return "lint: no revisions to lint"
+        out = []
+        for rev in self.revisions:
+            found = [f for f in self.findings if f.revision.id == rev.id]
+            status = "FAIL" if any(f.waiver is None for f in found) else "ok"
+            out.append(f"{status:4} {_relative(rev.path, root)}  revision {rev.id}: {rev.message}")
+            for f in found:
+                tag = "waived" if f.waiver else "error"
+                out.append(f"     {tag}: [{f.rule}] {f.message}")
+                out.append(f"       statement: {f.statement}")
+                if f.help:
+                    out.append(f"       help: {f.help}")
+                if f.waiver:
+                    out.append(f"       waived at line {f.waiver.line}: {f.waiver.reason}")
+        for err in self.errors:
+            out.append(f"error: {err}")
+        unwaived = sum(f.waiver is None for f in self.findings)
+        waived = len(self.findings) - unwaived
+        out.append(
+            f"lint: {len(self.revisions)} revision(s), {unwaived} finding(s), "
+            f"{waived} waived, {len(self.errors)} error(s): {'FAILED' if self.failed else 'passed'}"
+        )
+        return "\n".join(out)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def read_waivers(path: Path) -> tuple[dict[str, Waiver], list[str]]:
+    """The waivers written in a migration file, and the errors in them."""
+    waivers, errors = {}, []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = WAIVER.search(line)
+        if not match:
+            continue
+        rule, reason = match.group("rule"), (match.group("reason") or "").strip()
+        if not reason:
+            errors.append(
+                f"{path.name}:{number}: waiver of {rule} has no reason "
+                f"(write `# lint: waive {rule} because <why it is safe>`)"
+            )
+            continue
+        waivers[rule] = Waiver(rule, reason, number)
+    return waivers, errors
+
+
+def squawk_binary() -> str:
+    beside = Path(sys.executable).parent / "squawk"
+    found = str(beside) if beside.exists() else shutil.which("squawk")
+    if not found:
+        raise DeployError("squawk is not installed", hint="pip install squawk-cli (it is in requirements/dev.lock)")
+    return found
+
+
+def run_squawk(sql: str, filename: str, project: ProjectConfig) -> list[dict]:
+    """squawk's findings (JSON) for one SQL text."""
+    argv = [squawk_binary(), "--reporter", "json", "--pg-version", project.lint.pg_version,
+            "--stdin-filepath", filename]
+    if project.lint.exclude:
+        argv += ["--exclude", ",".join(project.lint.exclude)]
+    proc = subprocess.run(argv, input=sql, capture_output=True, text=True)
+    try:
+        findings = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        findings = None
+    if proc.returncode not in (0, 1) or not isinstance(findings, list):
+        raise DeployError(f"squawk failed on {filename} (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return findings
+
+
+def render_revisions(project: ProjectConfig, graph: MigrationGraph) -> tuple[str, dict[str, str]]:
+    """The timeout settings and every revision's upgrade SQL, one offline render per head."""
+    flask_db = FlaskDb(project, OFFLINE_URL)
+    settings, chunks = "", {}
+    for head in graph.heads():
+        head_settings, head_chunks = split_offline_sql(flask_db.offline_sql(head))
+        settings = settings or head_settings
+        chunks.update(head_chunks)
+    return settings, chunks
+
+
+def lint_revisions(project: ProjectConfig, graph: MigrationGraph, revisions: list[Revision]) -> LintReport:
+    """Lint the upgrade SQL of `revisions`; every problem ends up in the report."""
+    report = LintReport(revisions=revisions)
+    if not revisions:
+        return report
+    try:
+        settings, chunks = render_revisions(project, graph)
+    except MigrationError as exc:
+        report.errors.append(str(exc))
+        return report
+    for rev in revisions:
+        waivers, waiver_errors = read_waivers(rev.path)
+        report.errors += waiver_errors
+        sql = chunks.get(rev.id)
+        if sql is None:
+            report.errors.append(f"{rev.path.name}: no SQL was rendered for revision {rev.id}")
+            continue
+        text = f"{settings}\n{sql}" if settings else sql
+        lines = text.splitlines()
+        for item in run_squawk(text, f"{rev.id}.sql", project):
+            line = item.get("line", 0)
+            statement = lines[line].strip() if 0 <= line < len(lines) else ""
+            rule = item.get("rule_name", "unknown")
+            report.findings.append(Finding(
+                revision=rev, rule=rule, message=item.get("message", ""),
+                help=item.get("help") or "", statement=statement, waiver=waivers.get(rule),
+            ))
+    return report

@@ -1,0 +1,204 @@
+"""The project's migrations: their graph (read with Alembic's ScriptDirectory),
+the SQL each revision runs (offline mode), and `flask db` run for the app.
+
+Reading the graph needs no app and no database. Anything that needs the app
+(autogenerate, upgrade, offline SQL) runs `flask db` in a subprocess, so the
+toolkit never imports the app it deploys.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from .config import ProjectConfig
+from .errors import CommandFailed, MigrationError
+
+# Alembic's offline output marks where each revision starts.
+_RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
+_TRANSACTION = re.compile(r"^(BEGIN|START|COMMIT|ROLLBACK|END)\b.*;$", re.M | re.I)
+_TIMEOUT_SETTING = re.compile(r"^SET (lock_timeout|statement_timeout) = .*;$", re.M)
+
+
+@dataclass(frozen=True)
+class Revision:
+    id: str
+    parents: tuple[str, ...]
+    message: str
+    path: Path
+    non_transactional: bool  # uses an autocommit block: what ran before it is committed
+
+    def label(self) -> str:
+        return f"{self.id} ({self.message})"
+
+
+class MigrationGraph:
+    """The revisions in a migrations folder, read without running anything."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        try:
+            self.script = ScriptDirectory(str(directory))
+            self._revisions = {
+                rev.revision: rev for rev in self.script.walk_revisions("base", "heads")
+            }
+        except CommandError as exc:
+            raise MigrationError(f"{directory}: {exc}") from None
+
+    def heads(self) -> tuple[str, ...]:
+        return tuple(sorted(self.script.get_heads()))
+
+    def single_head(self) -> str:
+        """The one head; refuses, naming them and the fix, when there are several."""
+        heads = self.heads()
+        if len(heads) == 1:
+            return heads[0]
+        if not heads:
+            raise MigrationError(f"{self.directory} has no revisions", hint="inv migrate -m 'first'")
+        raise MigrationError(
+            f"the migrations have {len(heads)} heads: " + ", ".join(self.get(h).label() for h in heads),
+            hint=f"merge them: flask db merge -m 'merge heads' {' '.join(heads)}",
+        )
+
+    def get(self, rev_id: str) -> Revision:
+        script = self._revisions.get(rev_id)
+        if script is None:
+            raise MigrationError(f"revision {rev_id} is not in {self.directory}")
+        source = Path(script.path).read_text()
+        return Revision(
+            id=script.revision,
+            parents=tuple(script._normalized_down_revisions),
+            message=(script.doc or "").strip().splitlines()[0] if script.doc else "",
+            path=Path(script.path),
+            non_transactional="autocommit_block" in source,
+        )
+
+    def __contains__(self, rev_id: str) -> bool:
+        return rev_id in self._revisions
+
+    def ordered(self) -> list[Revision]:
+        """Every revision, base first."""
+        return [self.get(r.revision) for r in reversed(list(self.script.walk_revisions("base", "heads")))]
+
+    def pending(self, current: tuple[str, ...], target: str | None = None) -> list[Revision]:
+        """Revisions an upgrade from `current` to `target` (default: the head) would run, in order."""
+        target = target or self.single_head()
+        for rev in current:
+            if rev not in self:
+                raise MigrationError(
+                    f"the database is at revision {rev}, which these migrations do not contain",
+                    hint="check out the code that wrote it, or find the missing migration file",
+                )
+        lower = current[0] if len(current) == 1 else ("base" if not current else None)
+        if lower is None:
+            raise MigrationError(f"the database has several revisions: {', '.join(current)}")
+        try:
+            scripts = list(self.script.iterate_revisions(target, lower))
+        except CommandError as exc:
+            raise MigrationError(str(exc)) from None
+        return [self.get(s.revision) for s in reversed(scripts)]
+
+    def revision_for_path(self, path: Path) -> Revision | None:
+        resolved = path.resolve()
+        for rev_id, script in self._revisions.items():
+            if Path(script.path).resolve() == resolved:
+                return self.get(rev_id)
+        return None
+
+
+class FlaskDb:
+    """`flask db ...` for the project's app, against one database."""
+
+    def __init__(self, project: ProjectConfig, database_url: str) -> None:
+        self.project = project
+        self.database_url = database_url
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "flask", "--app", self.project.app, "db", *args,
+                "--directory", str(self.project.migrations_dir)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, DATABASE_URL=self.database_url)
+        env.pop("FLASK_APP", None)
+        return env
+
+    def run(self, *args: str, stream: bool = False, hint: str | None = None) -> str:
+        """Run `flask db ARGS`; return its output, or raise CommandFailed with its tail."""
+        argv = self.argv(*args)
+        if stream:
+            proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            sys.stdout.write(proc.stdout)
+            output = proc.stdout
+        else:
+            proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
+                                  capture_output=True)
+            output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise CommandFailed(["flask", "db", *args], proc.returncode, output, hint=hint)
+        return proc.stdout
+
+    def offline_sql(self, revision_range: str) -> str:
+        """The SQL `upgrade REVISION_RANGE` would run, rendered without a database.
+
+        A rendering failure (Alembic's `FAILED:`, exit 255 or 1) raises: the SQL is
+        unknown, so nothing can be said to be safe.
+        """
+        argv = self.argv("upgrade", "--sql", revision_range)
+        proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True, capture_output=True)
+        if proc.returncode != 0 or "FAILED:" in proc.stdout:
+            raise MigrationError(
+                f"rendering the SQL of {revision_range} failed (exit {proc.returncode}):\n"
+                + "\n".join("    " + l for l in (proc.stdout + proc.stderr).strip().splitlines()[-12:]),
+                hint="fix the migration so that `flask db upgrade --sql` renders it",
+            )
+        return proc.stdout
+
+
+def split_offline_sql(sql: str) -> tuple[str, dict[str, str]]:
+    """(the timeout SET statements, {revision: its SQL}) from offline output.
+
+    Each revision's SQL is made self-contained: it opens with BEGIN when the
+    whole script was inside a transaction where it starts, and closes what it
+    leaves open, so a linter sees the transaction Alembic really runs it in.
+    """
+    settings = "\n".join(m.group(0) for m in _TIMEOUT_SETTING.finditer(sql))
+    marks = list(_RUNNING.finditer(sql))
+    chunks = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(sql)
+        body = sql[mark.start():end].strip()
+        opens_inside = _in_transaction(sql[:mark.start()])
+        text = ("BEGIN;\n\n" if opens_inside else "") + body
+        if _in_transaction(text):
+            text += "\n\nCOMMIT;"
+        chunks[mark.group(3)] = text + "\n"
+    return settings, chunks
+
+
+def _in_transaction(sql: str) -> bool:
+    """Whether `sql` ends inside a transaction it (or offline mode) opened."""
+    state = False
+    for match in _TRANSACTION.finditer(sql):
+        state = match.group(1).upper() in ("BEGIN", "START")
+    return state
+
+
+def revision_range(graph: MigrationGraph, revisions: list[Revision]) -> str:
+    """The `from:to` range covering consecutive `revisions` (base first)."""
+    first, last = revisions[0], revisions[-1]
+    return f"{first.parents[0]}:{last.id}" if first.parents else last.id
+
+
+DROP_STATEMENT = re.compile(r"^\s*(DROP TABLE\b.*|ALTER TABLE\b.*\bDROP COLUMN\b.*)$", re.I | re.M)
+
+
+def destructive_statements(sql: str) -> list[str]:
+    """The statements in `sql` that drop a table or a column."""
+    return [m.group(1).strip() for m in DROP_STATEMENT.finditer(sql)]

@@ -1,0 +1,76 @@
+"""Local half of the workflow: `inv --list`. Each task calls one deploy.* function."""
+from invoke import Collection
+
+from deploy.config import load_project
+from deploy.local import checks, commands, workflow
+from deploy.tasking import task
+
+
+@task(help={"message": "what the migration does (its file name and docstring)"})
+def migrate(c, message):
+    """Autogenerate a migration from model changes; print its SQL, drops and lint."""
+    workflow.migrate(load_project(), message)
+
+
+@task(help={"rev": "target revision (default: head)"})
+def upgrade(c, rev=None):
+    """Apply migrations to the database (default: up to head)."""
+    workflow.upgrade(load_project(), rev)
+
+
+@task(help={"rev": "target revision (default: one step back)"})
+def downgrade(c, rev=None):
+    """Revert the database (default: one revision)."""
+    workflow.downgrade(load_project(), rev)
+
+
+@task
+def current(c):
+    """Show the database's revision, the head and what is pending."""
+    workflow.current(load_project())
+
+
+@task
+def history(c):
+    """List every revision, marking the database's and the head."""
+    workflow.history(load_project())
+
+
+@task(help={"since": "lint revisions added since this git ref (default: the upstream branch, else all)"})
+def lint(c, since=None):
+    """Lint the SQL of new migrations with squawk."""
+    checks.lint(load_project(), since)
+
+
+@task
+def check(c):
+    """Fail on drift, several heads, a broken round trip or lint findings."""
+    checks.check(load_project())
+
+
+@task(help={"message": "commit message (default: the new revisions' messages)"})
+def commit(c, message=None):
+    """Commit migrations and model changes, only when `inv check` passes and the database is at head."""
+    workflow.commit(load_project(), message)
+
+
+@task(name="up")
+def db_up(c):
+    """Start the local PostgreSQL (created on first use) and print its URL."""
+    commands.db_up(load_project())
+
+
+@task(name="down")
+def db_down(c):
+    """Stop the local PostgreSQL."""
+    commands.db_down(load_project())
+
+
+@task(name="reset", help={"empty": "leave the database empty instead of upgrading it to head"})
+def db_reset(c, empty=False):
+    """Drop and recreate the local app database, then upgrade it to head."""
+    commands.db_reset(load_project(), empty)
+
+
+ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit)
+ns.add_collection(Collection("db", db_up, db_down, db_reset))
