@@ -42,7 +42,8 @@ def create_app(config: dict | None = None) -> Flask:
         )
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIR"])
+    # Batch mode exists for SQLite; on PostgreSQL plain op.* calls say what runs.
+    migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIR"], render_as_batch=False)
 
     from . import models  # noqa: F401  (autogenerate must see every model)
     from .api import api

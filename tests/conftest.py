@@ -1,0 +1,107 @@
+"""Fixtures: a real PostgreSQL cluster for the session, a fresh database per
+test, and scratch copies of the project (its own git repository) to run the
+`inv` tasks in, as a user would."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.database import create_database, drop_database
+from deploy.local.database import LocalCluster
+
+REPO = Path(__file__).resolve().parent.parent
+# Under the checkout, not /tmp/pytest-of-root (0700): as root the cluster runs as `postgres`.
+SCRATCH = REPO / ".local" / "test"
+PROJECT_FILES = ["app", "migrations", "tasks.py", "deploy.toml"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> LocalCluster:
+    cluster = LocalCluster(SCRATCH / f"postgres-{os.getpid()}", "postgres")
+    cluster.up()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def database_url(pg_cluster: LocalCluster) -> str:
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    url = create_database(pg_cluster.url_for("postgres"), name)
+    yield url
+    drop_database(url, name)
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Project:
+    """A scratch copy of the project, with its own git history and database."""
+
+    root: Path
+    database_url: str
+
+    def run(self, *argv: str, env: dict | None = None, db: bool = True) -> subprocess.CompletedProcess:
+        full_env = dict(os.environ, NO_COLOR="1", **(env or {}))
+        full_env.pop("DATABASE_URL", None)
+        if db:
+            full_env["DATABASE_URL"] = self.database_url
+        return subprocess.run(list(argv), cwd=self.root, env=full_env, capture_output=True, text=True, timeout=240)
+
+    def inv(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "invoke", *args, **kw)
+
+    def flask_db(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "flask", "--app", "app:create_app", "db", *args, **kw)
+
+    def edit(self, relative: str, old: str, new: str) -> None:
+        path = self.root / relative
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {relative}"
+        path.write_text(text.replace(old, new))
+
+    def versions(self) -> list[Path]:
+        return sorted((self.root / "migrations" / "versions").glob("*.py"))
+
+    def commit_all(self, message: str) -> None:
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-qm", message)
+
+
+@pytest.fixture
+def project(tmp_path: Path, database_url: str) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    (root / ".gitignore").write_text("__pycache__/\n.local/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "dev@example.test")
+    git(root, "config", "user.name", "Dev")
+    proj = Project(root, database_url)
+    proj.commit_all("seed")
+    return proj
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess) -> str:
+    """A refused task: non-zero exit, a message, no traceback."""
+    text = output(proc)
+    assert proc.returncode != 0, text
+    assert "Traceback" not in text, text
+    return text
