@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -85,9 +86,9 @@ def drift(project: ProjectConfig, url: str) -> list[str]:
     try:
         FlaskDb(project, url).run("check")
     except CommandFailed as exc:
-        detail = [l.strip() for l in exc.output.splitlines() if "New upgrade operations" in l or l.strip().startswith(("[(", "('", "("))]
-        return ["models and migrations disagree (autogenerate would write a migration): "
-                + (" ".join(detail) or exc.output.strip().splitlines()[-1])]
+        found = re.search(r"New upgrade operations detected: (.*)", exc.output)
+        detail = found.group(1).strip() if found else exc.output.strip().splitlines()[-1]
+        return [f"models and migrations disagree; autogenerate would write: {detail}"]
     return []
 
 
