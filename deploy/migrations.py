@@ -155,7 +155,7 @@ class FlaskDb:
         if proc.returncode != 0 or "FAILED:" in proc.stdout:
             raise MigrationError(
                 f"rendering the SQL of {revision_range} failed (exit {proc.returncode}):\n"
-                + "\n".join("    " + l for l in (proc.stdout + proc.stderr).strip().splitlines()[-12:]),
+                + "\n".join("    " + line for line in (proc.stdout + proc.stderr).strip().splitlines()[-12:]),
                 hint="fix the migration so that `flask db upgrade --sql` renders it",
             )
         return proc.stdout

@@ -47,7 +47,9 @@ def _checked_settings() -> tuple[str, str, float]:
     try:
         wait = float(LOCK_WAIT_SECONDS)
     except ValueError:
-        raise SystemExit(f"MIGRATION_LOCK_WAIT={LOCK_WAIT_SECONDS!r} is not a number of seconds")
+        raise SystemExit(
+            f"MIGRATION_LOCK_WAIT={LOCK_WAIT_SECONDS!r} is not a number of seconds"
+        ) from None
     return LOCK_TIMEOUT, STATEMENT_TIMEOUT, wait
 
 

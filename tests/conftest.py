@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from deploy.database import create_database, drop_database
 from deploy.local.database import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
-# Under the checkout, not /tmp/pytest-of-root (0700): as root the cluster runs as `postgres`.
-SCRATCH = REPO / ".local" / "test"
+# Test clusters live in a folder the `postgres` user can reach (as root, the
+# cluster runs as that user), whatever the permissions above the checkout.
+SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
+SCRATCH.chmod(0o755)
 PROJECT_FILES = ["app", "migrations", "tasks.py", "deploy.toml"]
 
 
@@ -28,6 +31,7 @@ def pg_cluster() -> LocalCluster:
     cluster.up()
     yield cluster
     cluster.destroy()
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture

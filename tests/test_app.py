@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 
 HEAD = "e2b8f4a6c913"
 

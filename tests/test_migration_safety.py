@@ -1,6 +1,4 @@
 """env.py: concurrent upgrades are serialized by an advisory lock; timeouts apply."""
-import subprocess
-import sys
 import threading
 import time
 from contextlib import closing
@@ -23,7 +21,7 @@ def test_every_revision_round_trips(project, database_url):
 
 
 def test_two_upgrades_started_together_apply_once(project, database_url):
-    add_revision(project, "5105105105aa", "    op.execute('SELECT pg_sleep(2)')\n"
+    add_revision(project, "5105105105aa", "    op.execute('SELECT pg_sleep(3)')\n"
                  "    op.add_column('cards', sa.Column('slow', sa.Text()))\n")
     procs = []
     start = threading.Barrier(2)

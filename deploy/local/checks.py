@@ -8,12 +8,11 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .. import console
 from ..config import ProjectConfig, database_url
-from ..database import create_database, drop_database, with_database
-from ..errors import CheckFailed, CommandFailed, DeployError, MigrationError
+from ..database import create_database, drop_database
+from ..errors import CheckFailed, CommandFailed, DeployError
 from ..lint import LintReport, lint_revisions
 from ..migrations import FlaskDb, MigrationGraph, Revision
 from . import git

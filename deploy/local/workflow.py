@@ -124,8 +124,8 @@ def migrate(project: ProjectConfig, message: str) -> Path | None:
 
 def _is_empty_revision(path: Path) -> bool:
     body = re.search(r"def upgrade\(\):\s*(.*?)\n\ndef downgrade", path.read_text(), re.S)
-    lines = [l.strip() for l in (body.group(1) if body else "").splitlines()]
-    return all(not l or l.startswith("#") or l == "pass" for l in lines)
+    lines = [line.strip() for line in (body.group(1) if body else "").splitlines()]
+    return all(not line or line.startswith("#") or line == "pass" for line in lines)
 
 
 def _review(project: ProjectConfig, graph: MigrationGraph, revision: Revision, head: str) -> None:
