@@ -88,3 +88,15 @@ def test_a_message_with_quotes_and_command_substitution_is_only_a_message(projec
 def test_migrate_without_a_message_is_refused(project):
     text = assert_clean_failure(project.inv("migrate", "-m", "  "))
     assert "needs a message" in text
+
+
+def test_the_first_migration_of_a_project_without_revisions_creates_the_schema(project):
+    for path in project.versions():
+        path.unlink()
+    proc = project.inv("migrate", "-m", "initial schema")
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert "first migration" in text
+    assert "CREATE TABLE boards" in text and "CREATE TABLE cards" in text
+    assert len(project.versions()) == 1
+    assert project.inv("upgrade").returncode == 0

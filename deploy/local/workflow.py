@@ -103,7 +103,10 @@ def migrate(project: ProjectConfig, message: str) -> Path | None:
         raise WorkflowRefused("a migration needs a message", hint='inv migrate -m "add cards.due_date"')
     graph = MigrationGraph(project.migrations_dir)
     url = database_url(project)
-    head = _require_at_head(graph, url, "A migration generated now would repeat the pending ones.")
+    if not graph.heads() and not current_revisions(url):
+        console.say("no revisions yet: this will be the first migration")
+    else:
+        _require_at_head(graph, url, "A migration generated now would repeat the pending ones.")
     versions = project.migrations_dir / "versions"
     before = set(versions.glob("*.py"))
     FlaskDb(project, url).run("migrate", "-m", message.strip())
@@ -118,7 +121,7 @@ def migrate(project: ProjectConfig, message: str) -> Path | None:
         return None
     graph = MigrationGraph(project.migrations_dir)
     revision = graph.revision_for_path(path)
-    _review(project, graph, revision, head)
+    _review(project, graph, revision)
     return path
 
 
@@ -128,7 +131,7 @@ def _is_empty_revision(path: Path) -> bool:
     return all(not line or line.startswith("#") or line == "pass" for line in lines)
 
 
-def _review(project: ProjectConfig, graph: MigrationGraph, revision: Revision, head: str) -> None:
+def _review(project: ProjectConfig, graph: MigrationGraph, revision: Revision) -> None:
     """Print what a new revision will do: its file, its SQL, drops and lint."""
     from ..lint import OFFLINE_URL
 
