@@ -131,18 +131,34 @@ class FlaskDb:
     def run(self, *args: str, stream: bool = False, hint: str | None = None) -> str:
         """Run `flask db ARGS`; return its output, or raise CommandFailed with its tail."""
         argv = self.argv(*args)
-        if stream:
-            proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            sys.stdout.write(proc.stdout)
-            output = proc.stdout
+        if stream:  # show progress as it happens: a migration can take minutes
+            with subprocess.Popen(argv, cwd=self.project.root, env=self.env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+                lines, in_traceback = [], False
+                for line in proc.stdout:
+                    in_traceback = in_traceback or line.startswith("Traceback ")
+                    if not in_traceback:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    lines.append(line)
+            output = "".join(lines)
+            if proc.returncode != 0 and in_traceback:
+                raise CommandFailed(["flask", "db", *args], proc.returncode,
+                                    error_summary(output) + f"\n(full output: {self._save_log(args[0], output)})",
+                                    hint=hint)
         else:
             proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
                                   capture_output=True)
             output = proc.stdout + proc.stderr
         if proc.returncode != 0:
             raise CommandFailed(["flask", "db", *args], proc.returncode, output, hint=hint)
-        return proc.stdout
+        return output
+
+    def _save_log(self, verb: str, output: str) -> Path:
+        log = self.project.root / ".local" / "logs" / f"flask-db-{verb}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(output)
+        return log
 
     def offline_sql(self, revision_range: str) -> str:
         """The SQL `upgrade REVISION_RANGE` would run, rendered without a database.
@@ -159,6 +175,13 @@ class FlaskDb:
                 hint="fix the migration so that `flask db upgrade --sql` renders it",
             )
         return proc.stdout
+
+
+def error_summary(output: str) -> str:
+    """The exception a Python traceback ends with (and any [SQL: ...] lines), without the frames."""
+    tail = output[output.rfind("Traceback "):].splitlines()[1:]
+    summary = [line for line in tail if line and not line.startswith(" ")]
+    return "\n".join(summary[-6:]) or output.strip().splitlines()[-1]
 
 
 def split_offline_sql(sql: str) -> tuple[str, dict[str, str]]:

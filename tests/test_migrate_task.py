@@ -1,4 +1,8 @@
-"""`inv migrate`: autogenerate from model changes, with every refusal."""
+"""`inv migrate` (every refusal included) and what a failing `inv upgrade` reports."""
+from contextlib import closing
+
+import psycopg2
+
 from conftest import assert_clean_failure, output
 
 NEW_COLUMN = ("    title: Mapped[str] = mapped_column(Text)\n",
@@ -99,4 +103,24 @@ def test_the_first_migration_of_a_project_without_revisions_creates_the_schema(p
     assert "first migration" in text
     assert "CREATE TABLE boards" in text and "CREATE TABLE cards" in text
     assert len(project.versions()) == 1
+    assert project.inv("upgrade").returncode == 0
+
+
+def test_a_failing_upgrade_reports_the_revision_the_database_is_left_at(project):
+    from test_lint_task import add_revision
+
+    assert project.inv("upgrade", "--rev", "c7d9e1f3a562").returncode == 0
+    add_revision(project, "fa11fa11fa11", "    op.add_column('cards', sa.Column('x', sa.Text()))\n"
+                 "    op.execute('SELECT 1/0')\n")
+    text = assert_clean_failure(project.inv("upgrade"))
+    assert "division by zero" in text
+    # The whole upgrade was one transaction and rolled back, but the index revision's autocommit
+    # block had already committed its CREATE INDEX CONCURRENTLY: the message says exactly that.
+    assert "next: the database is still at c7d9e1f3a562" in text
+    assert "except what the autocommit block of e2b8f4a6c913 committed" in text
+    with closing(psycopg2.connect(project.database_url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_cards_board_id_done'")
+        assert cur.fetchone()[0] == 1
+    # Its upgrade is idempotent (IF NOT EXISTS), so once the broken revision is gone, upgrade works.
+    next(p for p in project.versions() if "fa11fa11fa11" in p.name).unlink()
     assert project.inv("upgrade").returncode == 0

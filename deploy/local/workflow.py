@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import console
 from ..config import ProjectConfig, database_url
 from ..database import current_revisions, redact
-from ..errors import CheckFailed, DeployError, WorkflowRefused
+from ..errors import CheckFailed, CommandFailed, DeployError, WorkflowRefused
 from ..lint import lint_revisions
 from ..migrations import FlaskDb, MigrationGraph, Revision, destructive_statements, revision_range
 from . import checks, git
@@ -64,11 +64,26 @@ def upgrade(project: ProjectConfig, revision: str | None = None) -> tuple[str, .
     if pending == []:
         console.ok(f"nothing to do: the database is at {_describe(before)}")
         return before
-    FlaskDb(project, url).run("upgrade", target, stream=True,
-                              hint="the transaction was rolled back unless the output above says otherwise; fix the migration and run `inv upgrade` again")
+    try:
+        FlaskDb(project, url).run("upgrade", target, stream=True)
+    except CommandFailed as exc:
+        exc.hint = _state_after_failure(before, current_revisions(url), pending or []) + \
+            "; fix the migration, then `inv upgrade` again"
+        raise
     after = current_revisions(url)
     console.ok(f"upgraded {_describe(before)} -> {_describe(after)}")
     return after
+
+
+def _state_after_failure(before: tuple[str, ...], after: tuple[str, ...], pending: list[Revision]) -> str:
+    """Where a failed upgrade left the database, read from it rather than assumed."""
+    if after != before:
+        return f"the database is now at {_describe(after)} (it was at {_describe(before)})"
+    state = f"the database is still at {_describe(before)}: the upgrade's transaction was rolled back"
+    partial = [r.id for r in pending if r.non_transactional]
+    if partial:
+        state += f", except what the autocommit block of {', '.join(partial)} committed (not atomic)"
+    return state
 
 
 def downgrade(project: ProjectConfig, revision: str | None = None) -> tuple[str, ...]:
