@@ -142,16 +142,16 @@ class FlaskDb:
                         sys.stdout.flush()
                     lines.append(line)
             output = "".join(lines)
-            if proc.returncode != 0 and in_traceback:
-                raise CommandFailed(["flask", "db", *args], proc.returncode,
-                                    error_summary(output) + f"\n(full output: {self._save_log(args[0], output)})",
-                                    hint=hint)
         else:
+            in_traceback = False
             proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
                                   capture_output=True)
             output = proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise CommandFailed(["flask", "db", *args], proc.returncode, output, hint=hint)
+            shown = output
+            if in_traceback:  # the frames go to a log; the message keeps the exception
+                shown = error_summary(output) + f"\n(full output: {self._save_log(args[0], output)})"
+            raise CommandFailed(["flask", "db", *args], proc.returncode, shown, hint=hint)
         return output
 
     def _save_log(self, verb: str, output: str) -> Path:

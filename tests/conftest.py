@@ -16,6 +16,7 @@ import pytest
 
 from deploy.database import create_database, drop_database
 from deploy.local.database import LocalCluster
+from deploy.local.git import git
 
 REPO = Path(__file__).resolve().parent.parent
 # Test clusters live in a folder the `postgres` user can reach (as root, the
@@ -40,10 +41,6 @@ def database_url(pg_cluster: LocalCluster) -> str:
     url = create_database(pg_cluster.url_for("postgres"), name)
     yield url
     drop_database(url, name)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """The app on a real PostgreSQL: its JSON endpoints, and /healthz under a real gunicorn."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.database import free_port
 
 HEAD = "e2b8f4a6c913"
 
@@ -72,18 +72,10 @@ def test_healthz_is_503_when_the_database_is_behind(project):
 
 
 def test_healthz_is_503_when_the_database_is_unreachable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()
     resp = make_app(f"postgresql://nobody@127.0.0.1:{closed_port}/none").test_client().get("/healthz")
     assert resp.status_code == 503
     assert resp.get_json()["reason"].startswith("database unreachable")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, dict]:

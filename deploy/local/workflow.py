@@ -12,7 +12,7 @@ from .. import console
 from ..config import ProjectConfig, database_url
 from ..database import current_revisions, redact
 from ..errors import CheckFailed, CommandFailed, DeployError, WorkflowRefused
-from ..lint import lint_revisions
+from ..lint import OFFLINE_URL, lint_revisions
 from ..migrations import FlaskDb, MigrationGraph, Revision, destructive_statements, revision_range
 from . import checks, git
 
@@ -148,8 +148,6 @@ def _is_empty_revision(path: Path) -> bool:
 
 def _review(project: ProjectConfig, graph: MigrationGraph, revision: Revision) -> None:
     """Print what a new revision will do: its file, its SQL, drops and lint."""
-    from ..lint import OFFLINE_URL
-
     console.heading(f"new revision {revision.id}: {revision.message}")
     console.say(f"file: {revision.path.relative_to(project.root)}")
     sql = FlaskDb(project, OFFLINE_URL).offline_sql(revision_range(graph, [revision]))
