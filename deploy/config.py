@@ -6,7 +6,9 @@ over the local cluster that `inv db.up` records.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,20 @@ class LintSettings:
 
 
 @dataclass(frozen=True)
+class SandboxSettings:
+    """The local fleet made by `inv sandbox.up` (see deploy/sandbox)."""
+
+    hosts: int            # app hosts, besides the one database host
+    prefix: str           # names the namespaces, links and processes it owns
+    subnet: str           # a private IPv4 network it owns, e.g. 10.213.0.0/24
+    state_dir: Path       # keys, host folders, the origin, the stage file
+    user: str             # the login user on every host
+    service: str          # the systemd unit of the app
+    deploy_to: str        # where releases live on the hosts
+    disk_size: str        # size of each host's /srv (a tmpfs), e.g. "2g"
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """What the toolkit knows about the project it works on."""
 
@@ -35,6 +51,7 @@ class ProjectConfig:
     lint: LintSettings
     local_database_dir: Path
     local_database_name: str
+    sandbox: SandboxSettings
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -64,6 +81,18 @@ class _Table:
             raise self.fail(key, "a non-empty string" + (" (it is missing)" if value is None else f", got {value!r}"))
         return value
 
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    def matching(self, key: str, default: str, pattern: str, expected: str) -> str:
+        value = self.text(key, default)
+        if not re.fullmatch(pattern, value):
+            raise self.fail(key, f"{expected}, got {value!r}")
+        return value
+
     def texts(self, key: str, default: list[str] | None = None) -> tuple[str, ...]:
         value = self.data.get(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -87,6 +116,7 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     top = _Table(path, data, "")
     project, lint, local = top.table("project"), top.table("lint"), top.table("local")
+    sandbox = top.table("sandbox")
     migrations_dir = root / project.text("migrations", "migrations")
     if not (migrations_dir / "env.py").is_file():
         raise project.fail("migrations", f"a folder holding env.py; {migrations_dir} has none")
@@ -102,6 +132,28 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         ),
         local_database_dir=root / local.text("database_dir", ".local/postgres"),
         local_database_name=local.text("database_name", "app"),
+        sandbox=sandbox_settings(root, sandbox),
+    )
+
+
+def sandbox_settings(root: Path, table: _Table) -> SandboxSettings:
+    """[sandbox], validated: names short enough for Linux interface names, a private subnet."""
+    subnet = table.text("subnet", "10.213.0.0/24")
+    try:
+        network = ipaddress.IPv4Network(subnet)
+    except ValueError:
+        raise table.fail("subnet", f"an IPv4 network such as 10.213.0.0/24, got {subnet!r}") from None
+    if not network.is_private or network.prefixlen > 27:
+        raise table.fail("subnet", f"a private network of at least 32 addresses, got {subnet!r}")
+    return SandboxSettings(
+        hosts=table.integer("hosts", 2, 1, 8),
+        prefix=table.matching("prefix", "fds", r"[a-z][a-z0-9]{1,5}", "2 to 6 lowercase letters or digits"),
+        subnet=str(network),
+        state_dir=root / table.text("state_dir", ".local/sandbox"),
+        user=table.matching("user", "deploy", r"[a-z_][a-z0-9_-]{0,30}", "a Unix user name"),
+        service=table.matching("service", "app", r"[A-Za-z0-9_.@-]+", "a unit name without .service"),
+        deploy_to=table.matching("deploy_to", "/srv/app", r"/srv(/[A-Za-z0-9_.-]+)+", "a folder under /srv"),
+        disk_size=table.matching("disk_size", "2g", r"[1-9][0-9]*[kmg]", "a size such as 512m or 2g"),
     )
 
 

@@ -1,0 +1,185 @@
+"""Making, repairing, cleaning and removing the sandbox fleet.
+
+`up` observes each part before acting, so a second `up` repairs what is
+missing and reports the rest; `down` removes every part and then checks that
+nothing is left; `reset` gives the tests clean hosts and an empty database
+without re-creating the fleet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from ..config import ProjectConfig
+from . import dbhost, machine, mounts, network, origin, provision, services, sshd, stage
+from .spec import Host, Sandbox
+from .system import (SandboxError, ensure_packages, in_host, parallel, pids_in, process_info,
+                     require_root, script)
+
+
+def sandbox_for(project: ProjectConfig, hosts: int | None = None) -> Sandbox:
+    """The sandbox of `project`: `hosts` app hosts, else as many as the last `up` made."""
+    settings = project.sandbox
+    probe = Sandbox(settings, project.root, settings.hosts)
+    count = hosts or stage.recorded_app_hosts(probe) or settings.hosts
+    if not 1 <= count <= 8:
+        raise SandboxError(f"--hosts must be from 1 to 8, got {count}")
+    return dataclasses.replace(probe, app_hosts=count)
+
+
+def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
+    """Make or repair the whole fleet; returns, per part, what had to be made."""
+    require_root()
+    report: dict[str, list[str]] = {"machine": ensure_packages()}
+    sandbox.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(sandbox.state_dir, 0o700)
+    report["machine"] += machine.claim(sandbox)
+    _remove_extra_hosts(sandbox)
+    services.install_stand_in(sandbox)
+    if sshd.ensure_client_key(sandbox):
+        report["machine"].append("client key")
+    mounts.ensure_ns_dir(sandbox)
+    if network.ensure_bridge(sandbox):
+        report["machine"].append(f"bridge {sandbox.bridge}")
+    for host, made in zip(sandbox.hosts, parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h))):
+        report[host.name] = made
+    report["origin"] = _ensure_origin(sandbox, checkout)
+    sshd.write_client_files(sandbox)
+    stage.write_stage(sandbox)
+    stage.write_state(sandbox)
+    return report
+
+
+def _ensure_host(sandbox: Sandbox, host: Host) -> list[str]:
+    provision.prepare_host_files(sandbox, host)
+    made = network.ensure_host_network(sandbox, host)
+    if mounts.ensure_host_mounts(sandbox, host):
+        made.append("mount namespace")
+    if sshd.sshd_pid(host) is None:
+        sshd.start_sshd(host)
+        made.append("sshd")
+    if host.is_db:
+        if dbhost.initialise(sandbox, host):
+            made.append("postgresql cluster")
+        if dbhost.start(host):
+            made.append("postgresql started")
+        dbhost.ensure_app_database(sandbox, host)
+    provision.provision_server(sandbox, host)
+    sshd.wait_for_port(host.address, 22)
+    return made
+
+
+def _ensure_origin(sandbox: Sandbox, checkout: Path | None) -> list[str]:
+    made = []
+    if origin.ensure_repository(sandbox):
+        made.append("repository")
+    if origin.ensure_daemon(sandbox):
+        made.append("git daemon")
+    if checkout is not None:
+        commit = origin.push_head(sandbox, checkout)
+        made.append(f"pushed {commit[:12]} to main" if commit else "nothing pushed (no commit)")
+    return made
+
+
+def _remove_extra_hosts(sandbox: Sandbox) -> None:
+    """Hosts of an earlier, bigger `up` (`--hosts` went down)."""
+    recorded = stage.recorded_app_hosts(sandbox) or 0
+    if recorded > sandbox.app_hosts:
+        bigger = dataclasses.replace(sandbox, app_hosts=recorded)
+        for host in bigger.apps[sandbox.app_hosts:]:
+            _remove_host(host)
+            shutil.rmtree(host.root, ignore_errors=True)
+
+
+def _kill_all(host: Host, keep: set[int] = frozenset(), attempts: int = 20) -> None:
+    """SIGKILL every process in the host but `keep`, until none is left."""
+    for _ in range(attempts):
+        victims = [pid for pid in pids_in(host) if pid not in keep]
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    raise SandboxError(f"processes keep appearing in {host.name}: {pids_in(host)}")
+
+
+def _remove_host(host: Host) -> None:
+    if host.netns in network.netns_names():
+        _kill_all(host)
+    mounts.remove_host_mounts(host)
+    network.remove_host_network(host)
+
+
+def down(sandbox: Sandbox) -> list[str]:
+    """Remove everything `up` made; raise when something is still there afterwards."""
+    require_root()
+    known = {h.name: h for h in sandbox.hosts}
+    for name in network.netns_names():  # hosts of a sandbox whose state was lost
+        if name.startswith(f"{sandbox.prefix}-") and name[len(sandbox.prefix) + 1:] not in known:
+            stray = name[len(sandbox.prefix) + 1:]
+            known[stray] = sandbox.host(stray, (), 0)
+    parallel(list(known.values()), _remove_host)
+    origin.stop_daemon(sandbox)
+    network.remove_bridge(sandbox)
+    mounts.remove_ns_dir(sandbox)
+    shutil.rmtree(sandbox.state_dir, ignore_errors=True)
+    removed = machine.release(sandbox)
+    left = leftovers(sandbox)
+    if left:
+        raise SandboxError("`down` left these behind: " + ", ".join(left), hint="run `inv sandbox.down` again")
+    return removed
+
+
+def leftovers(sandbox: Sandbox) -> list[str]:
+    """Anything of the sandbox still on this machine (empty after a clean `down`)."""
+    left = network.leftovers(sandbox) + mounts.leftovers(sandbox)
+    if sandbox.state_dir.exists():
+        left.append(f"folder {sandbox.state_dir}")
+    if origin.daemon_pid(sandbox):
+        left.append("git daemon")
+    return left
+
+
+def reset(sandbox: Sandbox) -> None:
+    """Clean hosts and an empty app database, keeping the fleet (for each test)."""
+    parallel(sandbox.hosts, lambda h: _reset_host(sandbox, h))
+
+
+def _reset_host(sandbox: Sandbox, host: Host) -> None:
+    network.set_link(host, up=True)
+    mounts.free_disk(sandbox, host)
+    _kill_all(host, _server_pids(host))
+    in_host(host, script([
+        ["find", "/srv", "/tmp", "/var/tmp", "-mindepth", "1", "-delete"],
+        ["find", "/run", "-mindepth", "1", "-maxdepth", "1", "!", "-name", "sshd", "!", "-name", "sshd.pid",
+         "!", "-name", "postgresql", "-exec", "rm", "-rf", "{}", "+"],
+    ]))
+    for folder, keep_names in (("systemd", ()), ("log", ("sshd.log", "postgresql", "journal")),
+                               ("log/journal", ()), ("home", (".ssh",))):
+        for entry in (host.root / folder).iterdir():
+            if entry.name not in keep_names:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if host.is_db:
+        dbhost.start(host)
+        dbhost.reset(host)
+    provision.provision_server(sandbox, host)
+
+
+def _server_pids(host: Host) -> set[int]:
+    """The host's own daemons, which a reset keeps: the sshd listener and PostgreSQL."""
+    listener = sshd.sshd_pid(host)
+    postgres_uid = pwd.getpwnam("postgres").pw_uid
+    keep = set()
+    for pid in pids_in(host):
+        info = process_info(pid)
+        if info and (pid == listener or (host.is_db and info[1] == postgres_uid)):
+            keep.add(pid)
+    return keep

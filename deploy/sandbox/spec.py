@@ -1,0 +1,159 @@
+"""What a sandbox is made of, computed from its settings: names, addresses and paths.
+
+Nothing here touches the machine. Every other sandbox module takes a `Sandbox`
+and acts on the things it names, so `up`, `down`, `status` and the fault
+switches always agree on what belongs to the sandbox.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SandboxSettings
+
+DB_HOST = "db"
+ORIGIN_REPO = "origin.git"
+GIT_PORT = 9418
+POSTGRES_PORT = 5432
+DATABASE = "app"        # the application's database and role on the db host
+
+
+@dataclass(frozen=True)
+class Host:
+    """One server: its own network, mount and hostname namespaces, and a folder of state."""
+
+    name: str
+    roles: tuple[str, ...]
+    address: str
+    netns: str          # `ip netns` name
+    link: str           # this machine's end of the host's veth, on the sandbox bridge
+    root: Path          # the host's private folders, bind-mounted into its mount namespace
+    mount_ns: Path      # bind mount that keeps the mount namespace alive
+    uts_ns: Path        # bind mount that keeps the hostname namespace alive
+
+    @property
+    def is_db(self) -> bool:
+        return "db" in self.roles
+
+    def nsenter(self) -> list[str]:
+        """The argv prefix that runs a command inside this host."""
+        return [
+            "nsenter", f"--net=/run/netns/{self.netns}", f"--mount={self.mount_ns}",
+            f"--uts={self.uts_ns}", "--",
+        ]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The fleet described by [sandbox] in deploy.toml, for a given number of app hosts."""
+
+    settings: SandboxSettings
+    project_root: Path
+    app_hosts: int
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.prefix
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.settings.subnet)
+
+    def address(self, index: int) -> str:
+        return str(self.network.network_address + index)
+
+    @property
+    def gateway(self) -> str:
+        """This machine's address on the sandbox network (the origin listens here)."""
+        return self.address(1)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def ns_dir(self) -> Path:
+        return self.state_dir / "ns"
+
+    def host(self, name: str, roles: tuple[str, ...], index: int) -> Host:
+        return Host(
+            name=name,
+            roles=roles,
+            address=self.address(index),
+            netns=f"{self.prefix}-{name}",
+            link=f"{self.prefix}-{name}",
+            root=self.state_dir / "hosts" / name,
+            mount_ns=self.ns_dir / f"{name}.mnt",
+            uts_ns=self.ns_dir / f"{name}.uts",
+        )
+
+    @property
+    def db(self) -> Host:
+        return self.host(DB_HOST, ("db",), 10)
+
+    @property
+    def apps(self) -> list[Host]:
+        """app1..appN; app1 also runs the migrations and the backups."""
+        return [
+            self.host(f"app{i}", ("app", "migrations") if i == 1 else ("app",), 10 + i)
+            for i in range(1, self.app_hosts + 1)
+        ]
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [*self.apps, self.db]
+
+    def find(self, name: str) -> Host | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    # Files on this machine (the controller).
+    @property
+    def key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    @property
+    def stage_file(self) -> Path:
+        return self.state_dir / "stage.toml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def systemctl(self) -> Path:
+        """The stand-in for systemctl, mounted over /usr/bin/systemctl on every host."""
+        return self.state_dir / "bin" / "systemctl"
+
+    @property
+    def origin(self) -> Path:
+        return self.state_dir / ORIGIN_REPO
+
+    @property
+    def origin_url(self) -> str:
+        """What the hosts fetch from (git's own protocol, read-only)."""
+        return f"git://{self.gateway}/{ORIGIN_REPO}"
+
+    @property
+    def git_daemon_pid(self) -> Path:
+        return self.state_dir / "git-daemon.pid"
+
+    @property
+    def database_url_template(self) -> str:
+        return f"postgresql://{DATABASE}:{{password}}@{self.db.address}:{POSTGRES_PORT}/{DATABASE}"
