@@ -3,6 +3,8 @@ from invoke import Collection
 
 from deploy.config import load_project
 from deploy.local import checks, commands, workflow
+from deploy.sandbox import commands as sandbox
+from deploy.sandbox.faults import FAULTS
 from deploy.tasking import task
 
 
@@ -72,5 +74,30 @@ def db_reset(c, empty=False):
     commands.db_reset(load_project(), empty)
 
 
+@task(name="up", help={"hosts": "app hosts, 1 to 8 (default: [sandbox] hosts, or as many as the last up)"})
+def sandbox_up(c, hosts=None):
+    """Make (or repair) the sandbox fleet: app hosts + a db host, sshd, an origin; push HEAD."""
+    sandbox.up(load_project(), int(hosts) if hosts else None)
+
+
+@task(name="down")
+def sandbox_down(c):
+    """Remove everything the sandbox made, and check that nothing is left."""
+    sandbox.down(load_project())
+
+
+@task(name="status", help={"json": "print JSON (for scripts and monitoring)"})
+def sandbox_status(c, json=False):
+    """Hosts, their roles and addresses, what runs on each, the database and the origin's URL."""
+    sandbox.show_status(load_project(), json)
+
+
+@task(name="fault", help={"host": "app1, app2, ..., db", "action": " | ".join(FAULTS)})
+def sandbox_fault(c, host, action):
+    """Inject (or undo) a fault: cut a host's network, fill its disk, stop the database."""
+    sandbox.fault(load_project(), host, action)
+
+
 ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit)
 ns.add_collection(Collection("db", db_up, db_down, db_reset))
+ns.add_collection(Collection("sandbox", sandbox_up, sandbox_down, sandbox_status, sandbox_fault))

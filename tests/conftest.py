@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from deploy.config import SandboxSettings
 from deploy.database import create_database, drop_database
 from deploy.local.database import LocalCluster
 from deploy.local.git import git
+from deploy.sandbox import fleet
+from deploy.sandbox.spec import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 # Test clusters live in a folder the `postgres` user can reach (as root, the
@@ -26,13 +29,19 @@ SCRATCH.chmod(0o755)
 PROJECT_FILES = ["app", "migrations", "tasks.py", "deploy.toml"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scratch() -> Path:
+    """Removed last, after every cluster and sandbox living in it is gone."""
+    yield SCRATCH
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> LocalCluster:
     cluster = LocalCluster(SCRATCH / f"postgres-{os.getpid()}", "postgres")
     cluster.up()
     yield cluster
     cluster.destroy()
-    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture
@@ -41,6 +50,36 @@ def database_url(pg_cluster: LocalCluster) -> str:
     url = create_database(pg_cluster.url_for("postgres"), name)
     yield url
     drop_database(url, name)
+
+
+def sandbox_spec(prefix: str, subnet: str, app_hosts: int = 2) -> Sandbox:
+    """A sandbox of the tests' own (its own names and subnet), beside any `inv sandbox.up` one."""
+    settings = SandboxSettings(
+        hosts=app_hosts, prefix=prefix, subnet=subnet, state_dir=SCRATCH / f"sandbox-{prefix}",
+        user="deploy", service="app", deploy_to="/srv/app", disk_size="1g",
+    )
+    return Sandbox(settings, REPO, app_hosts)
+
+
+@pytest.fixture(scope="session")
+def sandbox_fleet() -> Sandbox:
+    """The session's fleet: 2 app hosts and a db host, made once (leftovers of a killed run removed first)."""
+    spec = sandbox_spec("fdt", "10.213.9.0/24")
+    fleet.down(spec)
+    try:
+        fleet.up(spec, REPO)
+    except BaseException:
+        fleet.down(spec)
+        raise
+    yield spec
+    fleet.down(spec)
+
+
+@pytest.fixture
+def sandbox(sandbox_fleet: Sandbox) -> Sandbox:
+    """The session's fleet with clean hosts, links up, disks free and an empty app database."""
+    fleet.reset(sandbox_fleet)
+    return sandbox_fleet
 
 
 @dataclass

@@ -130,6 +130,7 @@ def down(sandbox: Sandbox) -> list[str]:
     origin.stop_daemon(sandbox)
     network.remove_bridge(sandbox)
     mounts.remove_ns_dir(sandbox)
+    mounts.remove_strays(sandbox)
     shutil.rmtree(sandbox.state_dir, ignore_errors=True)
     removed = machine.release(sandbox)
     left = leftovers(sandbox)

@@ -55,19 +55,23 @@ def _setup_commands(sandbox: Sandbox, host: Host) -> list[list[str]]:
         # Copies of other namespaces' bind mounts would keep those namespaces alive.
         ["umount", "--lazy", str(sandbox.ns_dir)],
         ["sh", "-c", "! mountpoint -q /run/netns || umount --lazy /run/netns"],
+    ]
+    # Bind first: the sources may be under /tmp or /run, which are replaced next.
+    for target, source in host_dirs(sandbox, host).items():
+        commands.append(["mount", "--bind", str(source), target])
+    commands += [
         ["mount", "-t", "tmpfs", "-o", f"size={sandbox.settings.disk_size},mode=0755", f"{tag}-srv", "/srv"],
         ["mount", "-t", "tmpfs", "-o", "mode=0755", f"{tag}-run", "/run"],
         ["mkdir", "-m", "0755", "/run/sshd"],
         ["mount", "-t", "tmpfs", "-o", "mode=1777", f"{tag}-tmp", "/tmp"],
         ["mount", "-t", "tmpfs", "-o", "mode=1777", f"{tag}-tmp", "/var/tmp"],
     ]
-    for target, source in host_dirs(sandbox, host).items():
-        commands.append(["mount", "--bind", str(source), target])
     if host.is_db:
         commands += [["mkdir", "-m", "2775", "/run/postgresql"], ["chown", "postgres:postgres", "/run/postgresql"]]
     commands.append(["hostname", host.name])
     for hidden in _outermost([sandbox.state_dir, sandbox.project_root]):
-        commands.append(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", f"{tag}-hidden", hidden])
+        commands.append(["sh", "-c", 'if [ -d "$1" ]; then mount -t tmpfs -o size=64k,mode=0700 "$2" "$1"; fi',
+                         "hide", hidden, f"{tag}-hidden"])
     return commands
 
 
@@ -122,7 +126,20 @@ def free_disk(sandbox: Sandbox, host: Host) -> None:
     in_host(host, ["mount", "-o", f"remount,size={sandbox.settings.disk_size}", "/srv"])
 
 
-def leftovers(sandbox: Sandbox) -> list[str]:
-    """Mounts under the state folder that still exist on this machine."""
+def _ours(sandbox: Sandbox, point: str) -> bool:
+    """Under the state folder, or a namespace file of this prefix (a sandbox whose state was lost)."""
     state = str(sandbox.state_dir)
-    return sorted(f"mount {p}" for p in mount_points() if p == state or p.startswith(state + "/"))
+    stray = re.search(rf"/ns/{re.escape(sandbox.prefix)}-[a-z0-9]+\.(mnt|uts)$", point)
+    return point == state or point.startswith(state + "/") or stray is not None
+
+
+def remove_strays(sandbox: Sandbox) -> None:
+    """Unmount what a sandbox of this prefix left behind (state folder lost, setup killed)."""
+    for point in sorted(mount_points(), reverse=True):
+        if _ours(sandbox, point):
+            run(["umount", "--lazy", point])
+
+
+def leftovers(sandbox: Sandbox) -> list[str]:
+    """Mounts of the sandbox that still exist on this machine."""
+    return sorted(f"mount {p}" for p in mount_points() if _ours(sandbox, p))

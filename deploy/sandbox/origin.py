@@ -41,9 +41,16 @@ def ensure_daemon(sandbox: Sandbox) -> bool:
 
 
 def stop_daemon(sandbox: Sandbox) -> None:
-    pid = daemon_pid(sandbox)
-    if pid:
-        os.kill(pid, 15)
+    """Stop the daemon, and any left by a sandbox of this address whose state was lost."""
+    listen = f"--listen={sandbox.gateway}"
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_daemon = argv[0].endswith(b"git-daemon") or argv[1:2] == [b"daemon"]
+        if is_daemon and listen.encode() in argv:
+            os.kill(int(proc.name), 15)
     sandbox.git_daemon_pid.unlink(missing_ok=True)
 
 

@@ -88,8 +88,8 @@ class Sandbox:
             netns=f"{self.prefix}-{name}",
             link=f"{self.prefix}-{name}",
             root=self.state_dir / "hosts" / name,
-            mount_ns=self.ns_dir / f"{name}.mnt",
-            uts_ns=self.ns_dir / f"{name}.uts",
+            mount_ns=self.ns_dir / f"{self.prefix}-{name}.mnt",
+            uts_ns=self.ns_dir / f"{self.prefix}-{name}.uts",
         )
 
     @property
