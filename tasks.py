@@ -1,6 +1,7 @@
 """Local half of the workflow: `inv --list`. Each task calls one deploy.* function."""
 from invoke import Collection
 
+from bench import runner as bench_runner
 from deploy.config import load_project
 from deploy.local import checks, commands, workflow
 from deploy.sandbox import commands as sandbox
@@ -98,6 +99,12 @@ def sandbox_fault(c, host, action):
     sandbox.fault(load_project(), host, action)
 
 
-ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit)
+@task(help={"only": "one benchmark (default: all)", "runs": "repetitions of each (default 5)"})
+def bench(c, only=None, runs=5):
+    """Run the benchmarks and rewrite bench/RESULTS.md."""
+    bench_runner.run(load_project(), only, int(runs))
+
+
+ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit, bench)
 ns.add_collection(Collection("db", db_up, db_down, db_reset))
 ns.add_collection(Collection("sandbox", sandbox_up, sandbox_down, sandbox_status, sandbox_fault))

@@ -10,10 +10,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from bench import runner as bench_runner
+from deploy.config import load_project
 from deploy.local.git import git
-from deploy.sandbox import dbhost, faults, fleet, status
+from deploy.sandbox import dbhost, faults, fleet, machine, network, status
 from deploy.sandbox.spec import Sandbox
 from deploy.sandbox.system import in_host
+from conftest import output
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -216,3 +219,45 @@ def test_status_json_names_hosts_roles_addresses_processes_and_the_origin(sandbo
     assert state["database"]["running"] and "***" in state["database"]["url"]
     human = project.inv("sandbox.status", db=False)
     assert "app1" in human.stdout and "git://10.213.9.1/origin.git" in human.stdout
+
+
+def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, sandbox_fleet):
+    """A sandbox of its own (own names, subnet, user), driven by `inv` as a user would."""
+    for old, new in (('prefix = "fds"', 'prefix = "fdd"'), ('subnet = "10.213.0.0/24"', 'subnet = "10.213.8.0/24"'),
+                     ('user = "deploy"', 'user = "fddeploy"')):
+        project.edit("deploy.toml", old, new)
+    spec = fleet.sandbox_for(load_project(project.root), 8)
+    try:
+        up = project.inv("sandbox.up", "--hosts", "8", db=False)
+        assert up.returncode == 0, output(up)
+        assert ssh(spec, "app8", "id -un").stdout == "fddeploy\n"
+        assert ssh(spec, "db", "hostname").stdout == "db\n"
+        shrink = project.inv("sandbox.up", "--hosts", "1", db=False)
+        assert shrink.returncode == 0, output(shrink)
+        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-db"]
+    finally:
+        down = project.inv("sandbox.down", db=False)
+    assert down.returncode == 0, output(down)
+    assert "nothing of it is left" in down.stdout
+    # Checked here, not taken from `down`'s word:
+    assert not [n for n in network.netns_names() if n.startswith("fdd-")]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "fdd-" not in links
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    assert str(spec.state_dir) not in mountinfo and "fdd-" not in mountinfo
+    assert not spec.state_dir.exists()
+    cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
+    assert not [c for c in cmdlines if str(spec.state_dir).encode() in c or b"10.213.8.1" in c]
+    assert not machine.user_exists("fddeploy")
+    assert not machine.sudoers_path("fddeploy").exists()
+    assert machine.user_exists("deploy")  # still used by the session's fleet
+
+
+def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
+    bench_runner.run(load_project(), "sandbox", 1, results)
+    text = results.read_text()
+    assert "kept" in text
+    rows = [line for line in text.splitlines() if line.startswith("| up") or line.startswith("| down")]
+    assert len(rows) == 3 and all("| 1 |" in row for row in rows)

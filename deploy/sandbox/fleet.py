@@ -46,7 +46,7 @@ def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
     mounts.ensure_ns_dir(sandbox)
     if network.ensure_bridge(sandbox):
         report["machine"].append(f"bridge {sandbox.bridge}")
-    for host, made in zip(sandbox.hosts, parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h))):
+    for host, made in zip(sandbox.hosts, parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h)), strict=True):
         report[host.name] = made
     report["origin"] = _ensure_origin(sandbox, checkout)
     sshd.write_client_files(sandbox)

@@ -1,8 +1,8 @@
 """What the sandboxes share with this machine: the login user and its sudo rule.
 
 Several sandboxes (the demo's and the tests') may run at once with the same
-user; each registers itself, and the last one down removes the user only if a
-sandbox made it.
+user; each registers itself, and the last one of that user to go down removes
+the user and its sudo rule, the user only if a sandbox made it.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def claim(sandbox: Sandbox) -> list[str]:
     """Register `sandbox`; create the user, its home mount point and sudo rule if missing."""
     user = sandbox.settings.user
     REGISTRY.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(_marker(f"{sandbox.prefix}.owner"), f"{sandbox.state_dir}\n", 0o600)
+    write_file(_marker(f"{user}.{sandbox.prefix}.owner"), f"{sandbox.state_dir}\n", 0o600)
     made = []
     if not user_exists(user):
         # "*": no password can ever match, yet the account is not locked, so key login works.
@@ -70,8 +70,8 @@ def claim(sandbox: Sandbox) -> list[str]:
 def release(sandbox: Sandbox) -> list[str]:
     """Unregister `sandbox`; as the last sandbox, remove what a sandbox made. Returns what it removed."""
     user = sandbox.settings.user
-    _marker(f"{sandbox.prefix}.owner").unlink(missing_ok=True)
-    if REGISTRY.exists() and any(REGISTRY.glob("*.owner")):
+    _marker(f"{user}.{sandbox.prefix}.owner").unlink(missing_ok=True)
+    if REGISTRY.exists() and any(REGISTRY.glob(f"{user}.*.owner")):
         return []
     removed = []
     if _marker(f"made-user-{user}").exists():

@@ -1,0 +1,30 @@
+"""`inv bench`: run the named benchmarks (default: all) and rewrite their sections."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from deploy import console
+from deploy.config import ProjectConfig
+from deploy.errors import ConfigError
+
+from .results import RESULTS, write_section
+from .sandbox import bench_sandbox
+
+BENCHMARKS: dict[str, Callable[[ProjectConfig, int], str]] = {
+    "sandbox": bench_sandbox,
+}
+
+
+def run(project: ProjectConfig, only: str | None = None, runs: int = 5, results: Path = RESULTS) -> list[str]:
+    names = [only] if only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"no benchmark {unknown[0]!r}; choose from: {', '.join(BENCHMARKS)}")
+    for name in names:
+        console.heading(f"bench {name} ({runs} runs)")
+        text = BENCHMARKS[name](project, runs)
+        write_section(name, text, results)
+        console.say(text)
+    console.ok(f"wrote {results}")
+    return names
