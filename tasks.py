@@ -78,7 +78,7 @@ def db_reset(c, empty=False):
 @task(name="up", help={"hosts": "app hosts, 1 to 8 (default: [sandbox] hosts, or as many as the last up)"})
 def sandbox_up(c, hosts=None):
     """Make (or repair) the sandbox fleet: app hosts + a db host, sshd, an origin; push HEAD."""
-    sandbox.up(load_project(), int(hosts) if hosts else None)
+    sandbox.up(load_project(), hosts)
 
 
 @task(name="down")

@@ -16,7 +16,7 @@ from deploy.local.git import git
 from deploy.sandbox import dbhost, faults, fleet, machine, network, status
 from deploy.sandbox.spec import Sandbox
 from deploy.sandbox.system import in_host
-from conftest import output
+from conftest import assert_clean_failure, output
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -251,6 +251,14 @@ def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, san
     assert not machine.user_exists("fddeploy")
     assert not machine.sudoers_path("fddeploy").exists()
     assert machine.user_exists("deploy")  # still used by the session's fleet
+
+
+def test_sandbox_up_refuses_a_host_count_outside_one_to_eight(project):
+    for bad in ("0", "9", "two", "1;touch /tmp/x"):
+        proc = project.inv("sandbox.up", "--hosts", bad, db=False)
+        text = assert_clean_failure(proc)
+        assert "--hosts must be" in text and bad in text
+    assert not (project.root / ".local" / "sandbox").exists()
 
 
 def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):

@@ -10,9 +10,11 @@ from . import faults, fleet, status
 from .system import SandboxError
 
 
-def up(project: ProjectConfig, hosts: int | None = None) -> dict:
+def up(project: ProjectConfig, hosts: str | int | None = None) -> dict:
     """Make or repair the fleet, push HEAD to its origin, write the stage files."""
-    sandbox = fleet.sandbox_for(project, hosts)
+    if hosts is not None and not str(hosts).isdigit():
+        raise SandboxError(f"--hosts must be a number from 1 to 8, got {hosts!r}")
+    sandbox = fleet.sandbox_for(project, int(hosts) if hosts is not None else None)
     started = time.monotonic()
     report = fleet.up(sandbox, project.root)
     for part, made in report.items():

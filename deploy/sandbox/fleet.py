@@ -26,7 +26,7 @@ def sandbox_for(project: ProjectConfig, hosts: int | None = None) -> Sandbox:
     """The sandbox of `project`: `hosts` app hosts, else as many as the last `up` made."""
     settings = project.sandbox
     probe = Sandbox(settings, project.root, settings.hosts)
-    count = hosts or stage.recorded_app_hosts(probe) or settings.hosts
+    count = hosts if hosts is not None else (stage.recorded_app_hosts(probe) or settings.hosts)
     if not 1 <= count <= 8:
         raise SandboxError(f"--hosts must be from 1 to 8, got {count}")
     return dataclasses.replace(probe, app_hosts=count)
