@@ -168,6 +168,7 @@ def _reset_host(sandbox: Sandbox, host: Host) -> None:
         for entry in (host.root / folder).iterdir():
             if entry.name not in keep_names:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    provision.install_units(sandbox, host)
     if host.is_db:
         dbhost.start(host)
         dbhost.reset(host)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+from ..templates import render
 from . import dbhost, sshd
 from .spec import Host, Sandbox
 from .system import in_host, write_file
@@ -28,10 +29,21 @@ def prepare_host_files(sandbox: Sandbox, host: Host) -> None:
     write_file(host.root / "etc-hosts", etc_hosts(sandbox, host))
     write_file(host.root / "etc-hostname", f"{host.name}\n")
     sshd.prepare_host(sandbox, host)
+    install_units(sandbox, host)
     if host.is_db:
         home = host.root / "postgresql"
         home.mkdir(mode=0o755, exist_ok=True)
         shutil.chown(home, "postgres", "postgres")
+
+
+def install_units(sandbox: Sandbox, host: Host) -> None:
+    """The project's unit file, rendered for the host, where an operator installs it."""
+    if "app" not in host.roles:
+        return
+    s = sandbox.settings
+    unit = render("app.service", service=s.service, user=s.user, deploy_to=s.deploy_to,
+                  bind="0.0.0.0:8000", gunicorn_config="app/gunicorn.conf.py")
+    write_file(host.root / "systemd" / f"{s.service}.service", unit)
 
 
 def provision_server(sandbox: Sandbox, host: Host) -> None:

@@ -1,0 +1,161 @@
+"""`fab ...`: one function per verb, project config first (as Alembic's command.py)."""
+from __future__ import annotations
+
+import json
+import time
+
+from . import console, pipeline, steps
+from .config import ProjectConfig
+from .errors import DeployError
+from .remote import build, lock, service
+from .remote.connection import HostError, connect, on_hosts
+from .remote.layout import Layout
+from .stages import load_stage
+from .templates import render
+
+
+def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", batch: int | None = None) -> dict:
+    """Build, back up, migrate once, switch and check; on failure undo everything and exit non-zero."""
+    stage = load_stage(project, stage_name)
+    remotes = connect(stage)
+    d = steps.Deploy(project, stage, remotes, ref, batch if batch is not None else stage.batch)
+    started = time.monotonic()
+    console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
+    lock.acquire(d.migrator, d.layout, lock.holder("deploy", ref), stage.name)
+    try:
+        outcome = pipeline.run(steps.STEPS, d, _progress)
+    except pipeline.DeployFailed as failure:
+        _after_failure(d, failure)
+        raise
+    else:
+        steps.append_log(d, steps.log_entry(d, "ok", outcome.timings))
+        console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
+        return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
+    finally:
+        _release_lock(d)
+        for remote in remotes.values():
+            remote.close()
+
+
+def _progress(event: str, step: str) -> None:
+    if event == "start":
+        console.say(f"-> {step}")
+    elif event == "undo":
+        console.warn(f"undoing {step}")
+
+
+def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
+    """Say what the hosts serve now, and log the failure with what was undone."""
+    try:
+        d.notes += steps.verify_serving(d) if d.switched else []
+    except DeployError as exc:
+        failure.outcome.undo_failures.append(f"old release not healthy: {exc}")
+    try:
+        steps.append_log(d, steps.log_entry(d, "failed", failure.outcome.timings, str(failure.cause)))
+    except HostError as exc:
+        console.warn(f"could not write the deploy log: {exc}")
+    for note in d.notes:
+        console.say(f"  {note}")
+
+
+def _release_lock(d: steps.Deploy) -> None:
+    try:
+        lock.release(d.migrator, d.layout)
+    except DeployError as exc:
+        console.warn(str(exc))
+
+
+def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> dict:
+    """Per host: current release, service state, health; the lock holder."""
+    stage = load_stage(project, stage_name)
+    layout = Layout(stage.deploy_to)
+    remotes = connect(stage)
+
+    def host_state(r) -> dict:
+        state = {"current": service.current_release(r, layout)}
+        if "app" in r.host.roles:
+            state["service"] = service.systemctl(r, "is-active", stage.service, check=False).stdout.strip()
+            code, body = service.health(r, stage.health_url)
+            state["health"] = {"code": code, "body": body}
+        return state
+
+    hosts = on_hosts("status", list(remotes.values()), host_state)
+    holder = lock.read(remotes[stage.migrations_host.name], layout)
+    result = {"stage": stage.name, "hosts": hosts, "lock": holder}
+    if as_json:
+        console.say(json.dumps(result, indent=2))
+        return result
+    console.heading(f"stage {stage.name}")
+    for name, state in hosts.items():
+        line = f"{name:<8} current {state['current'] or '(none)'}"
+        if "health" in state:
+            body = state["health"]["body"]
+            detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
+            line += f"  service {state['service']}  health {state['health']['code']} {detail}"
+        console.say(line)
+    console.say("lock     " + (lock.describe(holder) if holder is not None else "free"))
+    return result
+
+
+def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
+    stage = load_stage(project, stage_name)
+    layout = Layout(stage.deploy_to)
+    remote = connect(stage)[stage.migrations_host.name]
+    found = build.list_releases(remote, layout)
+    current = service.current_release(remote, layout)
+    for r in found:
+        r["current"] = r["id"] == current
+    if as_json:
+        console.say(json.dumps(found, indent=2))
+        return found
+    for r in found:
+        mark = "current" if r["current"] else r.get("status", "?")
+        console.say(f"{r['id']:<28} {mark:<8} {r.get('time', ''):<21} {r.get('user', ''):<10} "
+                    f"{r.get('ref', '')} {str(r.get('commit', ''))[:12]} rev {r.get('revision')}")
+    return found
+
+
+def setup(project: ProjectConfig, stage_name: str | None) -> None:
+    """The layout on every host; an env file template only where none exists; the unit checked."""
+    stage = load_stage(project, stage_name)
+    layout = Layout(stage.deploy_to)
+    template = render("env.example")
+
+    def prepare(r) -> str:
+        r.run(["mkdir", "-p", layout.releases, layout.shared, f"{layout.shared}/venvs", f"{layout.shared}/wheels"])
+        r.run(["sh", "-c", 'mkdir -p "$1" && chmod 0700 "$1"', "backups", layout.backups])
+        wrote = r.run(["test", "-e", layout.env_file], check=False).exited != 0
+        if wrote:  # (stdin is only sent to a command that reads it all)
+            r.run(["sh", "-c", 'umask 077 && cat > "$1"', "env", layout.env_file], input=template)
+        notes = ["wrote an env file template (fill it in)" if wrote else "env file kept"]
+        if "app" in r.host.roles:
+            unit = service.systemctl(r, "status", stage.service, check=False)
+            if unit.exited == 4 or "not found" in unit.stderr:
+                notes.append(f"the unit {stage.service}.service is not installed: as root, install "
+                             f"deploy/templates/app.service (filled in) into /etc/systemd/system/")
+        return "; ".join(notes)
+
+    for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
+        console.ok(f"{name}: {text}")
+
+
+def lock_stage(project: ProjectConfig, stage_name: str | None) -> None:
+    stage = load_stage(project, stage_name)
+    remote = connect(stage)[stage.migrations_host.name]
+    lock.acquire(remote, Layout(stage.deploy_to), lock.holder("manual lock", None), stage.name)
+    console.ok(f"locked {stage.name}; `fab unlock --stage {stage.name}` releases it")
+
+
+def unlock_stage(project: ProjectConfig, stage_name: str | None, force: bool = False) -> None:
+    stage = load_stage(project, stage_name)
+    layout = Layout(stage.deploy_to)
+    remote = connect(stage)[stage.migrations_host.name]
+    holder = lock.read(remote, layout)
+    if holder is None:
+        console.ok(f"{stage.name} was not locked")
+        return
+    if holder.get("action") != "manual lock" and not force:
+        raise DeployError(f"{stage.name} is locked by a deploy: {lock.describe(holder)}",
+                          hint=f"if that deploy is dead: fab unlock --stage {stage.name} --force")
+    lock.release(remote, layout)
+    console.ok(f"unlocked {stage.name} (was: {lock.describe(holder)})")

@@ -1,0 +1,79 @@
+"""The deploy as data: steps that each declare their undo, run by one engine.
+
+Forward, each step runs in turn; when one fails (an error, a lost host,
+Ctrl-C), the engine undoes that step and every step before it, in reverse
+order, and raises DeployFailed naming the step, the cause and what was undone.
+Rollback is this same engine going backwards, not a second code path.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import DeployError
+
+
+@dataclass
+class Step:
+    name: str
+    do: Callable[[Any], None]
+    undo: Callable[[Any], None] | None = None
+
+
+@dataclass
+class Outcome:
+    done: list[str] = field(default_factory=list)
+    undone: list[str] = field(default_factory=list)
+    undo_failures: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class DeployFailed(DeployError):
+    """A step failed; every earlier step was undone (or the message says which was not)."""
+
+    def __init__(self, step: str, cause: BaseException, outcome: Outcome, hint: str | None = None) -> None:
+        reason = "interrupted (Ctrl-C)" if isinstance(cause, KeyboardInterrupt) else str(cause)
+        lines = [f"step '{step}' failed: {reason}"]
+        if outcome.undone:
+            lines.append("undone: " + ", ".join(outcome.undone))
+        lines += [f"NOT undone: {f}" for f in outcome.undo_failures]
+        super().__init__("\n".join(lines), hint=hint or (cause.hint if isinstance(cause, DeployError) else None))
+        self.step, self.cause, self.outcome = step, cause, outcome
+        self.exit_code = 130 if isinstance(cause, KeyboardInterrupt) else 1
+
+
+def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lambda event, step: None) -> Outcome:
+    """Run `steps` on `ctx`; on failure undo in reverse and raise DeployFailed."""
+    outcome = Outcome()
+    for step in steps:
+        on_event("start", step.name)
+        started = time.monotonic()
+        try:
+            step.do(ctx)
+        except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
+            outcome.timings[step.name] = time.monotonic() - started
+            on_event("failed", step.name)
+            _undo([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
+            raise DeployFailed(step.name, exc, outcome) from exc
+        outcome.timings[step.name] = time.monotonic() - started
+        outcome.done.append(step.name)
+        on_event("done", step.name)
+    return outcome
+
+
+def _undo(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable[[str, str], None]) -> None:
+    for step in reversed(steps):
+        if step.undo is None:
+            continue
+        on_event("undo", step.name)
+        for attempt in range(2):  # a second Ctrl-C during the undo does not stop it
+            try:
+                step.undo(ctx)
+                outcome.undone.append(step.name)
+                break
+            except KeyboardInterrupt:
+                continue
+            except Exception as exc:  # keep undoing the rest; report this one
+                outcome.undo_failures.append(f"{step.name}: {exc}")
+                break

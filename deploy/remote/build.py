@@ -1,0 +1,103 @@
+"""Building a release on a host while the old one keeps serving: fetch into the
+mirror, export the commit, link the shared files, and give it a Python
+environment from uploaded wheels (the servers never reach a package index).
+An environment is keyed by the lock file's hash, so a deploy that changes no
+dependency installs nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .connection import Remote
+from .layout import Layout
+
+BASH = ["bash", "-c"]
+
+
+def server_python(remote: Remote) -> tuple[str, str]:
+    """(X.Y, machine) of the host's python3, for choosing wheels."""
+    out = remote.run(["python3", "-c", "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.machine())"])
+    version, machine = out.stdout.split()
+    return version, machine
+
+
+def free_mb(remote: Remote, path: str) -> int:
+    out = remote.run(["df", "--output=avail", "-m", path])
+    return int(out.stdout.split()[-1])
+
+
+def fetch_and_export(remote: Remote, layout: Layout, repo_url: str, commit: str, release_id: str) -> None:
+    script = """set -euo pipefail
+repo=$1 url=$2 commit=$3 dest=$4
+[ -d "$repo" ] || git init --quiet --bare "$repo"
+git -C "$repo" fetch --quiet --prune -- "$url" '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
+git -C "$repo" cat-file -e "$commit^{commit}"
+rm -rf "$dest"
+mkdir -p "$dest"
+git -C "$repo" archive --format=tar "$commit" | tar -x -C "$dest"
+"""
+    remote.run([*BASH, script, "export", layout.repo, repo_url, commit, layout.release(release_id)])
+
+
+def environment_ready(remote: Remote, layout: Layout, digest: str) -> bool:
+    return remote.run(["test", "-f", f"{layout.venv(digest)}/.complete"], check=False).exited == 0
+
+
+def install_environment(remote: Remote, layout: Layout, digest: str, wheels_tar: Path, lock_file: str) -> None:
+    """Upload the wheels (unless there) and make the environment from them, offline."""
+    wheels = layout.wheels(digest)
+    if remote.run(["test", "-f", f"{wheels}/.complete"], check=False).exited != 0:
+        remote.run(["mkdir", "-p", wheels])
+        remote.put(str(wheels_tar), f"{wheels}/wheels.tar")
+        remote.run([*BASH, 'cd "$1" && tar -xf wheels.tar && rm wheels.tar && touch .complete', "unpack", wheels])
+    script = """set -euo pipefail
+venv=$1 wheels=$2 lock=$3
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --require-hashes -r "$lock"
+touch "$venv/.complete"
+"""
+    remote.run([*BASH, script, "venv", layout.venv(digest), wheels, lock_file], timeout=600)
+
+
+def finish_release(remote: Remote, layout: Layout, release_id: str, digest: str, meta: dict) -> None:
+    """Link the environment and the shared env file; record the release's facts."""
+    script = """set -euo pipefail
+dest=$1 digest=$2 id=$3 meta=$4
+ln -sfn "../../shared/venvs/$digest" "$dest/.venv"
+ln -sfn ../../shared/env "$dest/.env"
+printf '%s\\n' "$id" > "$dest/RELEASE"
+printf '%s\\n' "$meta" > "$dest/.release.json"
+"""
+    remote.run([*BASH, script, "finish", layout.release(release_id), digest, release_id, json.dumps(meta)])
+
+
+def set_status(remote: Remote, layout: Layout, release_id: str, status: str) -> None:
+    """Mark a release good or failed in its .release.json (failed ones never count as kept)."""
+    script = """import json, sys
+path, status = sys.argv[1:3]
+try:
+    meta = json.load(open(path))
+except (OSError, ValueError):
+    meta = {}
+meta["status"] = status
+open(path, "w").write(json.dumps(meta) + "\\n")
+"""
+    remote.run(["python3", "-c", script, layout.status_file(release_id), status])
+
+
+def list_releases(remote: Remote, layout: Layout) -> list[dict]:
+    """Every release folder with its recorded facts, oldest first."""
+    script = """import json, os, sys
+root = sys.argv[1]
+out = []
+for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    try:
+        meta = json.load(open(os.path.join(root, name, ".release.json")))
+    except (OSError, ValueError):
+        meta = {"status": "unknown"}
+    meta["id"] = name
+    out.append(meta)
+print(json.dumps(out))
+"""
+    return json.loads(remote.run(["python3", "-c", script, layout.releases]).stdout)

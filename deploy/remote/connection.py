@@ -1,0 +1,145 @@
+"""SSH to a stage's hosts: Fabric connections whose host keys are checked against
+the stage's known_hosts (never auto-added), commands built from argument
+lists, and parallel runs that report every host's outcome.
+
+Fabric's Connection accepts any new host key by default (AutoAddPolicy); here
+the client is replaced by one with RejectPolicy and only the stage's keys.
+Broken links are noticed in seconds: SSH keepalives plus TCP_USER_TIMEOUT.
+"""
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+
+from ..errors import DeployError
+from ..stages import StageConfig, StageHost
+
+T = TypeVar("T")
+KEEPALIVE_SECONDS = 2
+DEAD_LINK_MS = 10_000   # unacknowledged data for this long: the connection is dead
+
+
+class HostError(DeployError):
+    """A host could not be reached, refused us, or a command on it failed."""
+
+    def __init__(self, host: str, message: str, *, hint: str | None = None, output: str = "") -> None:
+        super().__init__(f"{host}: {message}", hint=hint)
+        self.host = host
+        self.output = output
+
+
+class HostsFailed(DeployError):
+    """Some hosts of a parallel run failed; carries every host's outcome (as Fabric's GroupException)."""
+
+    def __init__(self, what: str, results: dict[str, object]) -> None:
+        self.results = results
+        self.failures = {h: r for h, r in results.items() if isinstance(r, BaseException)}
+        lines = [f"{what} failed on {len(self.failures)} of {len(results)} host(s):"]
+        lines += [f"  {h}: " + str(e).replace("\n", "\n    ") for h, e in self.failures.items()]
+        hints = {e.hint for e in self.failures.values() if isinstance(e, DeployError) and e.hint}
+        super().__init__("\n".join(lines), hint="; ".join(sorted(hints)) or None)
+
+
+@dataclass
+class Output:
+    stdout: str
+    stderr: str
+    exited: int
+
+
+class Remote:
+    """One host of a stage, connected on first use."""
+
+    def __init__(self, stage: StageConfig, host: StageHost) -> None:
+        self.stage, self.host, self.name = stage, host, host.name
+        self.conn = Connection(
+            host.address, user=stage.user, port=host.port, connect_timeout=10,
+            config=Config(overrides={"load_ssh_configs": False}),
+            connect_kwargs={"key_filename": str(stage.key), "look_for_keys": False, "allow_agent": False},
+        )
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(stage.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self.conn.client = client
+
+    def open(self) -> None:
+        if self.conn.is_connected:
+            return
+        try:
+            sock = socket.create_connection((self.host.address, self.host.port), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_LINK_MS)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.conn.connect_kwargs["sock"] = sock
+            self.conn.open()
+        except paramiko.BadHostKeyException:
+            raise HostError(self.name, f"its host key does not match {self.stage.known_hosts}: refusing to connect "
+                            "(the server was replaced, or someone is in the middle)",
+                            hint="check the new key out of band, then fix known_hosts") from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostError(self.name, f"its host key is not in {self.stage.known_hosts}: refusing to connect",
+                                hint="add the verified key to known_hosts (ssh-keyscan, checked out of band)") from None
+            raise HostError(self.name, f"SSH failed: {exc}", hint="check the user, key and sshd") from None
+        except OSError as exc:
+            raise HostError(self.name, f"unreachable at {self.host.address}:{self.host.port} ({exc})",
+                            hint="check the network and that sshd runs") from None
+        self.conn.transport.set_keepalive(KEEPALIVE_SECONDS)
+
+    def run(self, argv: list[str], *, input: str | None = None, check: bool = True,
+            timeout: float | None = None) -> Output:
+        """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`."""
+        self.open()
+        command = shlex.join(argv)
+        try:
+            result = self.conn.run(command, hide=True, warn=True, timeout=timeout,
+                                   in_stream=io.StringIO(input) if input is not None else False)
+        except Exception as exc:  # invoke's CommandTimedOut, a dropped transport...
+            raise HostError(self.name, f"`{command}` did not finish: {type(exc).__name__}: {exc}".rstrip(": "),
+                            hint="check the host's network and load") from None
+        if not self.conn.transport or not self.conn.transport.is_active():
+            raise HostError(self.name, f"the connection was lost while running `{command}`",
+                            hint="check the host's network")
+        out = Output(result.stdout, result.stderr, result.exited)
+        if check and out.exited != 0:
+            tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-12:])
+            raise HostError(self.name, f"`{command}` exited with {out.exited}" + (f":\n{tail}" if tail else ""),
+                            output=out.stdout + out.stderr)
+        return out
+
+    def put(self, local: str, remote: str) -> None:
+        self.open()
+        try:
+            self.conn.put(local, remote)
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostError(self.name, f"upload to {remote} failed: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(stage: StageConfig, hosts: tuple[StageHost, ...] | None = None) -> dict[str, Remote]:
+    return {h.name: Remote(stage, h) for h in (hosts if hosts is not None else stage.hosts)}
+
+
+def on_hosts(what: str, remotes: list[Remote], work: Callable[[Remote], T]) -> dict[str, T]:
+    """`work` on every host at once; every host's outcome, or HostsFailed naming each failure."""
+    if not remotes:
+        return {}
+    results: dict[str, object] = {}
+    with ThreadPoolExecutor(max_workers=min(16, len(remotes))) as pool:
+        futures = {r.name: pool.submit(work, r) for r in remotes}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:  # each host's failure is reported, not just the first
+                results[name] = exc
+    if any(isinstance(r, BaseException) for r in results.values()):
+        raise HostsFailed(what, results)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,88 @@
+"""The controller's side of the release source: a mirror of the stage's repository,
+refs resolved there (never on a shell), a commit exported to read its migrations
+and lock file, and the wheels its lock needs for the servers' Python."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from .config import ProjectConfig
+from .errors import CommandFailed, DeployError
+from .local.git import git, resolve_commit
+
+APP_LOCK = "requirements/app.lock"
+
+
+def _cache(project: ProjectConfig, *parts: str) -> Path:
+    return project.root / ".local" / "deploy" / Path(*parts)
+
+
+def mirror(project: ProjectConfig, stage: str, repo_url: str) -> Path:
+    """A bare mirror of the stage's repository, fetched now."""
+    path = _cache(project, stage, "repo.git")
+    if not (path / "HEAD").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        git(path, "init", "--quiet", "--bare")
+    try:
+        git(path, "fetch", "--quiet", "--prune", "--", repo_url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+    except CommandFailed as exc:
+        raise DeployError(f"cannot fetch {repo_url}: {exc.output.strip()}",
+                          hint="check the stage's repo URL and the network") from None
+    return path
+
+
+def resolve(mirror_path: Path, ref: str, repo_url: str) -> str:
+    """The commit `ref` names in the stage's repository; anything else is refused."""
+    if not ref or len(ref) > 200 or ref.startswith("-") or any(c.isspace() or ord(c) < 32 for c in ref):
+        raise DeployError(f"{ref[:80]!r} is not a git ref", hint="pass a branch, tag or commit of the repository")
+    try:
+        return resolve_commit(mirror_path, ref)
+    except DeployError:
+        raise DeployError(f"{ref!r} is not a commit in {repo_url}",
+                          hint=f"push it first (git push {repo_url} HEAD:refs/heads/NAME), or check the name") from None
+
+
+def export(mirror_path: Path, commit: str, dest: Path) -> Path:
+    """The commit's files in `dest` (to read its migrations, lock file and config)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=mirror_path, capture_output=True)
+    if archive.returncode != 0:
+        raise CommandFailed(["git", "archive", commit], archive.returncode, archive.stderr.decode())
+    tar = subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, capture_output=True)
+    if tar.returncode != 0:
+        raise CommandFailed(["tar", "-x"], tar.returncode, tar.stderr.decode())
+    return dest
+
+
+def lock_hash(export_dir: Path) -> str:
+    """Names the Python environment a release needs: same lock file, same environment."""
+    lock = export_dir / APP_LOCK
+    if not lock.is_file():
+        raise DeployError(f"the commit has no {APP_LOCK}", hint="compile it (see README, Dependencies)")
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+
+
+def wheelhouse(project: ProjectConfig, export_dir: Path, digest: str, python: str, arch: str) -> Path:
+    """A tarball of the wheels the lock needs, for the servers' Python and CPU (cached)."""
+    tarball = _cache(project, "wheels", f"{digest}-cp{python.replace('.', '')}-{arch}.tar")
+    if tarball.exists():
+        return tarball
+    folder = tarball.with_suffix("")
+    shutil.rmtree(folder, ignore_errors=True)
+    platforms = [f"--platform={p}_{arch}" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014")]
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+            "--only-binary=:all:", *platforms, f"--python-version={python}", "--implementation=cp",
+            f"--abi=cp{python.replace('.', '')}", "--require-hashes", "-r", str(export_dir / APP_LOCK), "-d", str(folder)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, proc.stdout + proc.stderr,
+                            hint="the controller needs the package index (or a wheel cache) to prepare the servers' wheels")
+    with tarfile.open(tarball, "w") as tar:
+        for wheel in sorted(folder.iterdir()):
+            tar.add(wheel, arcname=wheel.name)
+    shutil.rmtree(folder)
+    return tarball

@@ -1,0 +1,157 @@
+"""Stages (sandbox, staging, production...): where and how `fab` deploys.
+
+A stage is `[stages.NAME]` in deploy.toml. Its servers may come from another
+file named by `include` (what `inv sandbox.up` writes), whose `[stage]` table is
+read first; keys in deploy.toml win. Errors name the file, the key and what
+was expected, like the rest of the configuration.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ProjectConfig, _Table
+from .errors import ConfigError
+
+ROLES = ("app", "migrations", "db")
+ROLLBACK_POLICIES = ("downgrade-or-restore", "downgrade", "stop")
+
+
+@dataclass(frozen=True)
+class StageHost:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything `fab ... --stage NAME` needs, validated."""
+
+    name: str
+    hosts: tuple[StageHost, ...]
+    user: str
+    key: Path
+    known_hosts: Path
+    repo: str
+    deploy_to: str
+    service: str
+    keep_releases: int
+    batch: int                 # app hosts switched at once; 0 = all
+    health_url: str            # asked on each app host, from the host itself
+    health_timeout: float
+    lock_timeout: str          # for migrations: PostgreSQL lock_timeout
+    statement_timeout: str
+    rollback: str              # what to do with the database when a deploy fails
+    min_free_mb: int
+
+    @property
+    def app_hosts(self) -> tuple[StageHost, ...]:
+        return tuple(h for h in self.hosts if "app" in h.roles)
+
+    @property
+    def migrations_host(self) -> StageHost:
+        return next(h for h in self.hosts if "migrations" in h.roles)
+
+    @property
+    def env_file(self) -> str:
+        return f"{self.deploy_to}/shared/env"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", hint="for the sandbox stage: inv sandbox.up") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def stage_names(project: ProjectConfig) -> list[str]:
+    stages = _read(project.path).get("stages", {})
+    return sorted(stages) if isinstance(stages, dict) else []
+
+
+def default_stage(project: ProjectConfig) -> str | None:
+    value = _read(project.path).get("deploy", {}).get("default_stage")
+    return value if isinstance(value, str) else None
+
+
+def load_stage(project: ProjectConfig, name: str | None) -> StageConfig:
+    """The stage `name` (or the default stage) from deploy.toml, validated."""
+    name = name or default_stage(project)
+    names = stage_names(project)
+    if not name:
+        raise ConfigError(f"no --stage given and no [deploy] default_stage in {project.path}",
+                          hint=f"pass --stage ({', '.join(names) or 'none defined'})")
+    if name not in names:
+        raise ConfigError(f"unknown stage {name!r} in {project.path}",
+                          hint=f"stages: {', '.join(names) or 'none; add [stages.NAME]'}")
+    own = _read(project.path)["stages"][name]
+    if not isinstance(own, dict):
+        raise ConfigError(f"{project.path}: [stages.{name}]: expected a table")
+    data, path = dict(own), project.path
+    if "include" in own:
+        included = project.root / _Table(path, own, f"stages.{name}").text("include")
+        data = {**_read(included).get("stage", {}), **own}
+    return _build(project, name, _Table(path, data, f"stages.{name}"))
+
+
+def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
+    hosts = _hosts(table)
+    if not any("app" in h.roles for h in hosts):
+        raise table.fail("hosts", "at least one host with the role \"app\"")
+    if sum("migrations" in h.roles for h in hosts) != 1:
+        raise table.fail("hosts", "exactly one host with the role \"migrations\" (it migrates and backs up)")
+    rollback = table.text("rollback", "downgrade-or-restore")
+    if rollback not in ROLLBACK_POLICIES:
+        raise table.fail("rollback", f"one of {', '.join(ROLLBACK_POLICIES)}, got {rollback!r}")
+    return StageConfig(
+        name=name,
+        hosts=hosts,
+        user=table.matching("user", "deploy", r"[a-z_][a-z0-9_-]{0,30}", "a Unix user name"),
+        key=_existing(project, table, "key"),
+        known_hosts=_existing(project, table, "known_hosts"),
+        repo=table.text("repo"),
+        deploy_to=table.matching("deploy_to", None, r"(/[A-Za-z0-9_.-]+)+", "an absolute folder"),
+        service=table.matching("service", "app", r"[A-Za-z0-9_.@-]+", "a unit name without .service"),
+        keep_releases=table.integer("keep_releases", 5, 1, 100),
+        batch=table.integer("batch", 0, 0, 1000),
+        health_url=table.matching("health_url", "http://127.0.0.1:8000/healthz", r"https?://\S+", "an http(s) URL"),
+        health_timeout=float(table.integer("health_timeout", 30, 1, 600)),
+        lock_timeout=table.matching("lock_timeout", "5s", r"\d+(ms|s|min)?", "a PostgreSQL duration like 5s"),
+        statement_timeout=table.matching("statement_timeout", "10min", r"\d+(ms|s|min|h)?", "a duration like 10min"),
+        rollback=rollback,
+        min_free_mb=table.integer("min_free_mb", 200, 0, 10**7),
+    )
+
+
+def _existing(project: ProjectConfig, table: _Table, key: str) -> Path:
+    path = (project.root / table.text(key)).expanduser()
+    if not path.is_file():
+        raise table.fail(key, f"an existing file, but {path} does not exist")
+    return path
+
+
+def _hosts(table: _Table) -> tuple[StageHost, ...]:
+    raw = table.data.get("hosts")
+    if not isinstance(raw, list) or not raw:
+        raise table.fail("hosts", "a list of tables with name, address and roles")
+    hosts = []
+    for i, item in enumerate(raw):
+        entry = _Table(table.path, item if isinstance(item, dict) else {}, f"{table.name}.hosts[{i}]")
+        roles = entry.texts("roles")
+        bad = [r for r in roles if r not in ROLES]
+        if bad:
+            raise entry.fail("roles", f"roles among {', '.join(ROLES)}, got {bad[0]!r}")
+        address = entry.text("address")
+        if not re.fullmatch(r"[A-Za-z0-9.:-]+", address) or address.startswith("-"):
+            raise entry.fail("address", f"a host name or IP address, got {address!r}")
+        hosts.append(StageHost(entry.matching("name", None, r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a host name"),
+                               address, roles, entry.integer("port", 22, 1, 65535)))
+    return tuple(hosts)
+
+

@@ -1,0 +1,286 @@
+"""The deploy as a list of steps, each with its undo (see pipeline.py).
+
+preflight -> build -> backup -> migrate -> switch -> finish. Nothing changes on
+a server before `build`; the old release serves until `switch`; a failure at
+any point undoes, in reverse, what was done on every host.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import console, source
+from .config import ProjectConfig, load_project
+from .errors import DeployError, MigrationError
+from .lint import lint_revisions
+from .migrations import MigrationGraph, Revision
+from .pipeline import Step
+from .remote import build, cleanup, dbops, service
+from .remote.connection import Remote, on_hosts
+from .remote.layout import Layout
+from .stages import StageConfig
+
+
+@dataclass
+class Deploy:
+    """What the steps share: decided once on the controller, the same for every host."""
+
+    project: ProjectConfig
+    stage: StageConfig
+    remotes: dict[str, Remote]
+    ref: str
+    batch: int
+    layout: Layout = field(init=False)
+    commit: str = ""
+    release_id: str = ""
+    export_dir: Path | None = None
+    app: str = "app:create_app"
+    graph: MigrationGraph | None = None
+    head: str | None = None
+    digest: str = ""
+    db_before: str | None = None
+    pending: list[Revision] = field(default_factory=list)
+    backup: dict | None = None
+    previous: dict[str, str | None] = field(default_factory=dict)
+    built: list[str] = field(default_factory=list)
+    switched: list[str] = field(default_factory=list)
+    migrated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.layout = Layout(self.stage.deploy_to)
+
+    @property
+    def migrator(self) -> Remote:
+        return self.remotes[self.stage.migrations_host.name]
+
+    @property
+    def app_remotes(self) -> list[Remote]:
+        return [self.remotes[h.name] for h in self.stage.app_hosts]
+
+    @property
+    def build_remotes(self) -> list[Remote]:
+        names = {h.name for h in self.stage.app_hosts} | {self.stage.migrations_host.name}
+        return [r for n, r in self.remotes.items() if n in names]
+
+    def say(self, host: str, text: str) -> None:
+        console.say(f"  [{host}] {text}")
+
+
+# preflight ------------------------------------------------------------------
+
+def preflight(d: Deploy) -> None:
+    """Everything checked before anything changes: hosts, disk, ref, migrations, lint, database."""
+    def host_check(r: Remote) -> str:
+        layout = d.layout
+        missing = r.run(["sh", "-c", 'for p; do [ -e "$p" ] || echo "$p"; done', "check",
+                         layout.root, layout.env_file], check=True).stdout.split()
+        if missing:
+            raise DeployError(f"{r.name}: missing {', '.join(missing)}", hint=f"fab setup --stage {d.stage.name}")
+        free = build.free_mb(r, layout.root)
+        if free < d.stage.min_free_mb:
+            raise DeployError(f"{r.name}: only {free} MB free under {layout.root} (min_free_mb is {d.stage.min_free_mb})",
+                              hint="free some space (old releases, backups) and deploy again")
+        d.previous[r.name] = service.current_release(r, layout)
+        return f"reachable, {free} MB free, current release {d.previous[r.name] or '(none)'}"
+
+    for name, text in on_hosts("preflight", d.build_remotes, host_check).items():
+        d.say(name, text)
+    mirror = source.mirror(d.project, d.stage.name, d.stage.repo)
+    d.commit = source.resolve(mirror, d.ref, d.stage.repo)
+    d.export_dir = source.export(mirror, d.commit, Path(tempfile.mkdtemp(prefix="deploy-export-")) / "src")
+    target = load_project(d.export_dir)
+    d.app = target.app
+    d.graph = MigrationGraph(target.migrations_dir)
+    try:
+        d.head = d.graph.single_head()
+    except MigrationError as exc:
+        raise DeployError(f"{d.ref} ({d.commit[:12]}): {exc}", hint=exc.hint) from None
+    d.digest = source.lock_hash(d.export_dir)
+    d.release_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + d.commit[:8]
+    console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
+    current = d.previous.get(d.migrator.name)
+    if current:
+        d.db_before = dbops.current_revision(d.migrator, d.layout, current, d.app)
+        _check_database(d, target)
+
+
+def _check_database(d: Deploy, target: ProjectConfig) -> None:
+    """The database's revision is known to the commit; its pending revisions pass lint."""
+    if d.db_before is not None and d.db_before not in d.graph:
+        raise DeployError(f"the database is at {d.db_before}, which {d.commit[:12]} does not know",
+                          hint="deploy a commit that contains that revision, or check the database")
+    d.pending = d.graph.pending((d.db_before,) if d.db_before else ())
+    if d.pending:
+        report = lint_revisions(target, d.graph, d.pending)
+        if report.failed:
+            raise DeployError("lint failed for the migrations this deploy would run:\n" + report.render(target.root),
+                              hint="fix them (or waive with a reason), commit, push, deploy again")
+    console.say(f"  database at {d.db_before or '(empty)'}; to run: "
+                + (", ".join(r.label() for r in d.pending) or "nothing"))
+
+
+# build ----------------------------------------------------------------------
+
+def build_release(d: Deploy) -> None:
+    version, machine = build.server_python(d.migrator)
+    needs_env = [r for r in d.build_remotes if not build.environment_ready(r, d.layout, d.digest)]
+    wheels = source.wheelhouse(d.project, d.export_dir, d.digest, version, machine) if needs_env else None
+    meta = {"release": d.release_id, "ref": d.ref, "commit": d.commit, "revision": d.head,
+            "lock": d.digest, "status": "building", "user": _user(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def on_host(r: Remote) -> str:
+        d.built.append(r.name)
+        build.fetch_and_export(r, d.layout, d.stage.repo, d.commit, d.release_id)
+        installed = "environment reused (no dependency change)"
+        if r in needs_env:
+            build.install_environment(r, d.layout, d.digest, wheels,
+                                      f"{d.layout.release(d.release_id)}/{source.APP_LOCK}")
+            installed = f"environment {d.digest} installed from uploaded wheels"
+        build.finish_release(r, d.layout, d.release_id, d.digest, meta)
+        return installed
+
+    for name, text in on_hosts("build", d.build_remotes, on_host).items():
+        d.say(name, f"built {d.release_id}: {text}")
+    if not d.previous.get(d.migrator.name):
+        d.db_before = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+        _check_database(d, load_project(d.export_dir))
+
+
+def undo_build(d: Deploy) -> None:
+    def mark(r: Remote) -> None:
+        if r.run(["test", "-d", d.layout.release(d.release_id)], check=False).exited == 0:
+            build.set_status(r, d.layout, d.release_id, "failed")
+    on_hosts("marking the release failed", [d.remotes[n] for n in d.built], mark)
+
+
+# backup and migrate -----------------------------------------------------------
+
+def backup(d: Deploy) -> None:
+    if not d.pending:
+        console.say("  no migration to run: no backup needed")
+        return
+    backup_id = f"{d.release_id}-predeploy"
+    d.backup = dbops.backup(d.migrator, d.layout, d.release_id, backup_id, d.db_before)
+    d.say(d.migrator.name, f"backup {backup_id}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
+
+
+def migrate(d: Deploy) -> None:
+    if not d.pending:
+        return
+    risky = [r.label() for r in d.pending if r.non_transactional]
+    if risky:
+        console.warn("not atomic (autocommit blocks): " + ", ".join(risky) + "; a failure may leave part applied")
+    d.migrated = True
+    env = {"MIGRATION_LOCK_TIMEOUT": d.stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": d.stage.statement_timeout}
+    dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", env=env, timeout=3600)
+    after = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+    d.say(d.migrator.name, f"database {d.db_before or '(empty)'} -> {after}")
+
+
+def undo_migrate(d: Deploy) -> None:
+    """Back to the revision the database had: verify, downgrade, or stop and say exactly where it is."""
+    if not d.migrated:
+        return
+    now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+    if now == d.db_before:
+        d.notes.append(f"database untouched at {d.db_before or '(empty)'} (the failed migration rolled back)")
+        return
+    if d.stage.rollback != "stop":
+        down = dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "downgrade", d.db_before or "base",
+                              check=False, timeout=3600)
+        now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+        if down.exited == 0 and now == d.db_before:
+            d.notes.append(f"database downgraded to {d.db_before or '(empty)'}")
+            return
+    backup_note = f"; the pre-deploy backup is {d.backup['id']}" if d.backup else ""
+    raise DeployError(f"the database is at {now}, not at {d.db_before} as before the deploy{backup_note}",
+                      hint=f"inspect it; downgrade with the release {d.release_id}'s code or restore the backup")
+
+
+# switch ---------------------------------------------------------------------
+
+def switch(d: Deploy) -> None:
+    remotes = d.app_remotes
+    size = d.batch or len(remotes)
+    for start in range(0, len(remotes), size):
+        batch = remotes[start:start + size]
+
+        def on_host(r: Remote) -> str:
+            d.switched.append(r.name)
+            service.switch(r, d.layout, d.release_id)
+            how = service.reload(r, d.stage.service)
+            service.wait_healthy(r, d.stage.health_url, d.release_id, d.head, d.stage.health_timeout)
+            return how
+
+        for name, how in on_hosts(f"switch (batch {start // size + 1})", batch, on_host).items():
+            d.say(name, f"{how}; healthy on {d.release_id} at {d.head}")
+
+
+def undo_switch(d: Deploy) -> None:
+    def back(r: Remote) -> None:
+        previous = d.previous.get(r.name)
+        if previous is None:
+            service.systemctl(r, "stop", d.stage.service, check=False)
+            service.unswitch(r, d.layout)
+            return
+        service.switch(r, d.layout, previous)
+        service.reload(r, d.stage.service)
+        service.wait_healthy(r, d.stage.health_url, previous, None, d.stage.health_timeout, any_revision=True)
+    on_hosts("switching back", [d.remotes[n] for n in d.switched], back)
+    if d.switched:
+        d.notes.append(f"switched back on {', '.join(d.switched)}")
+
+
+# finish ---------------------------------------------------------------------
+
+def verify_serving(d: Deploy) -> list[str]:
+    """After an undo: each app host serves its previous release, healthy at the database's revision."""
+    def check(r: Remote) -> str:
+        previous = d.previous.get(r.name)
+        if previous is None:
+            return "nothing deployed before: the service is stopped"
+        body = service.wait_healthy(r, d.stage.health_url, previous, d.db_before, d.stage.health_timeout)
+        return f"serving {previous}, healthy at {body.get('revision')}"
+    return [f"{name}: {text}" for name, text in on_hosts("checking the old release", d.app_remotes, check).items()]
+
+
+def finish(d: Deploy) -> None:
+    on_hosts("marking the release good", d.build_remotes,
+             lambda r: build.set_status(r, d.layout, d.release_id, "good"))
+    for name, removed in on_hosts("cleanup", d.build_remotes,
+                                  lambda r: cleanup.keep_releases(r, d.layout, d.stage.keep_releases)).items():
+        if removed:
+            d.say(name, "removed old releases: " + ", ".join(removed))
+
+
+def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | None = None) -> dict:
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "deploy", "user": _user(),
+            "stage": d.stage.name, "ref": d.ref, "commit": d.commit, "release": d.release_id,
+            "revision_before": d.db_before, "revision_after": d.head if outcome == "ok" else d.db_before,
+            "backup": d.backup["id"] if d.backup else None, "timings": {k: round(v, 3) for k, v in timings.items()},
+            "outcome": outcome, "error": error, "undone": d.notes}
+
+
+def append_log(d: Deploy, entry: dict) -> None:
+    d.migrator.run(["sh", "-c", 'cat >> "$1"', "log", d.layout.log], input=json.dumps(entry) + "\n")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+STEPS = [
+    Step("preflight", preflight),
+    Step("build", build_release, undo_build),
+    Step("backup", backup),
+    Step("migrate", migrate, undo_migrate),
+    Step("switch", switch, undo_switch),
+    Step("finish", finish),
+]

@@ -1,0 +1,57 @@
+"""Remote half of the workflow: `fab --list`. Each task calls one deploy.* function."""
+from invoke import Collection
+
+from deploy import commands
+from deploy.config import load_project
+from deploy.errors import ConfigError
+from deploy.tasking import task
+
+STAGE = {"stage": "the stage in deploy.toml (default: [deploy] default_stage)"}
+
+
+@task(help={**STAGE, "ref": "branch, tag or commit in the stage's repository (default: main)",
+            "batch": "app hosts switched at a time (default: the stage's batch, 0 = all)"})
+def deploy(c, stage=None, ref="main", batch=None):
+    """Build a release on every host, back up, migrate once, switch, check health; undo all on failure."""
+    commands.deploy(load_project(), stage, ref, _number("--batch", batch))
+
+
+@task(help={**STAGE, "json": "print JSON"})
+def status(c, stage=None, json=False):
+    """Per host: current release, service, health; the lock holder."""
+    commands.status(load_project(), stage, json)
+
+
+@task(help={**STAGE, "json": "print JSON"})
+def releases(c, stage=None, json=False):
+    """The releases on the stage, with their status (current / good / failed)."""
+    commands.releases(load_project(), stage, json)
+
+
+@task(help=STAGE)
+def setup(c, stage=None):
+    """Create the server layout and an env file template (never overwriting one); check the unit."""
+    commands.setup(load_project(), stage)
+
+
+@task(help=STAGE)
+def lock(c, stage=None):
+    """Lock the stage against deploys."""
+    commands.lock_stage(load_project(), stage)
+
+
+@task(help={**STAGE, "force": "also release a lock held by a deploy (only when it is dead)"})
+def unlock(c, stage=None, force=False):
+    """Release the stage's lock."""
+    commands.unlock_stage(load_project(), stage, force)
+
+
+def _number(option: str, value):
+    if value is None:
+        return None
+    if not str(value).isdigit():
+        raise ConfigError(f"{option} must be a whole number, got {value!r}")
+    return int(value)
+
+
+ns = Collection(deploy, status, releases, setup, lock, unlock)
