@@ -67,7 +67,7 @@ def _undo(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable[[str
         if step.undo is None:
             continue
         on_event("undo", step.name)
-        for attempt in range(2):  # a second Ctrl-C during the undo does not stop it
+        for _attempt in range(2):  # a second Ctrl-C during the undo does not stop it
             try:
                 step.undo(ctx)
                 outcome.undone.append(step.name)

@@ -214,7 +214,8 @@ def switch(d: Deploy) -> None:
             d.switched.append(r.name)
             service.switch(r, d.layout, d.release_id)
             how = service.reload(r, d.stage.service)
-            service.wait_healthy(r, d.stage.health_url, d.release_id, d.head, d.stage.health_timeout)
+            service.wait_healthy(r, d.stage.health_url, d.release_id, d.head, d.stage.health_timeout,
+                                 service=d.stage.service)
             return how
 
         for name, how in on_hosts(f"switch (batch {start // size + 1})", batch, on_host).items():

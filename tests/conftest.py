@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 # cluster runs as that user), whatever the permissions above the checkout.
 SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
 SCRATCH.chmod(0o755)
-PROJECT_FILES = ["app", "migrations", "tasks.py", "deploy.toml"]
+PROJECT_FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,7 +77,21 @@ def sandbox_fleet() -> Sandbox:
 
 @pytest.fixture
 def sandbox(sandbox_fleet: Sandbox) -> Sandbox:
-    """The session's fleet with clean hosts, links up, disks free and an empty app database."""
+    """The session's fleet with clean hosts, links up, disks free and an empty app database.
+
+    The built Python environments (caches keyed by the lock file) are kept, so
+    that each deploy test does not upload and install the same wheels again.
+    """
+    fleet.reset(sandbox_fleet, keep=ENV_CACHES)
+    return sandbox_fleet
+
+
+ENV_CACHES = ("/srv/app/shared/venvs", "/srv/app/shared/wheels")
+
+
+@pytest.fixture
+def clean_sandbox(sandbox_fleet: Sandbox) -> Sandbox:
+    """Like `sandbox`, but with nothing at all kept under /srv (a first deploy onto empty hosts)."""
     fleet.reset(sandbox_fleet)
     return sandbox_fleet
 
@@ -88,6 +102,7 @@ class Project:
 
     root: Path
     database_url: str
+    sandbox: Sandbox | None = None
 
     def run(self, *argv: str, env: dict | None = None, db: bool = True) -> subprocess.CompletedProcess:
         full_env = dict(os.environ, NO_COLOR="1", **(env or {}))
@@ -98,6 +113,9 @@ class Project:
 
     def inv(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "invoke", *args, **kw)
+
+    def fab(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "fabric", *args, **kw)
 
     def flask_db(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "flask", "--app", "app:create_app", "db", *args, **kw)
@@ -110,6 +128,9 @@ class Project:
 
     def versions(self) -> list[Path]:
         return sorted((self.root / "migrations" / "versions").glob("*.py"))
+
+    def push(self, branch: str = "main") -> None:
+        git(self.root, "push", "--quiet", "--force", str(self.sandbox.origin), f"HEAD:refs/heads/{branch}")
 
     def commit_all(self, message: str) -> None:
         git(self.root, "add", "-A")
@@ -145,3 +166,24 @@ def assert_clean_failure(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode != 0, text
     assert "Traceback" not in text, text
     return text
+
+
+def point_at_sandbox(project: Project, sandbox: Sandbox) -> None:
+    """Make the project copy's [sandbox] and sandbox stage the test fleet's, and push its HEAD there."""
+    settings = sandbox.settings
+    for old, new in (('prefix = "fds"', f'prefix = "{settings.prefix}"'),
+                     ('subnet = "10.213.0.0/24"', f'subnet = "{settings.subnet}"'),
+                     ('state_dir = ".local/sandbox"', f'state_dir = "{settings.state_dir}"'),
+                     ('include = ".local/sandbox/stage.toml"', f'include = "{sandbox.stage_file}"'),
+                     ("health_timeout = 30", "health_timeout = 10")):
+        project.edit("deploy.toml", old, new)
+    project.commit_all("point at the test sandbox")
+    project.push()
+
+
+@pytest.fixture
+def staged(project: Project, sandbox: Sandbox) -> Project:
+    """A project copy whose `sandbox` stage is the test fleet, its HEAD pushed as main."""
+    project.sandbox = sandbox
+    point_at_sandbox(project, sandbox)
+    return project

@@ -8,9 +8,10 @@ Broken links are noticed in seconds: SSH keepalives plus TCP_USER_TIMEOUT.
 """
 from __future__ import annotations
 
-import io
+import select
 import shlex
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -97,21 +98,47 @@ class Remote:
         """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`."""
         self.open()
         command = shlex.join(argv)
-        try:
-            result = self.conn.run(command, hide=True, warn=True, timeout=timeout,
-                                   in_stream=io.StringIO(input) if input is not None else False)
-        except Exception as exc:  # invoke's CommandTimedOut, a dropped transport...
-            raise HostError(self.name, f"`{command}` did not finish: {type(exc).__name__}: {exc}".rstrip(": "),
-                            hint="check the host's network and load") from None
-        if not self.conn.transport or not self.conn.transport.is_active():
-            raise HostError(self.name, f"the connection was lost while running `{command}`",
-                            hint="check the host's network")
-        out = Output(result.stdout, result.stderr, result.exited)
+        out = self._exec(command, input, timeout)
         if check and out.exited != 0:
             tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-12:])
             raise HostError(self.name, f"`{command}` exited with {out.exited}" + (f":\n{tail}" if tail else ""),
                             output=out.stdout + out.stderr)
         return out
+
+    def _exec(self, command: str, input: str | None, timeout: float | None) -> Output:
+        """One exec channel: send stdin (a command may exit without reading it), read both streams."""
+        transport = self.conn.transport
+        try:
+            channel = transport.open_session(timeout=10)
+            channel.exec_command(command)
+            if input is not None:
+                try:
+                    channel.sendall(input.encode())
+                except OSError:
+                    pass  # it exited without reading all of it; its exit status says the rest
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
+                            hint="check the host's network") from None
+        stdout, stderr = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            while channel.recv_ready():
+                stdout += channel.recv(1 << 16)
+            while channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(1 << 16)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if not transport.is_active():
+                raise HostError(self.name, f"the connection was lost while running `{command}`",
+                                hint="check the host's network; the command may or may not have finished")
+            if deadline and time.monotonic() > deadline:
+                channel.close()
+                raise HostError(self.name, f"`{command}` did not finish within {timeout:.0f}s")
+            select.select([channel], [], [], 0.05)
+        exited = channel.recv_exit_status()
+        channel.close()
+        return Output(stdout.decode(errors="replace"), stderr.decode(errors="replace"), exited)
 
     def put(self, local: str, remote: str) -> None:
         self.open()

@@ -65,19 +65,26 @@ def health(remote: Remote, url: str) -> tuple[int, dict | str]:
 
 
 def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None, timeout: float,
-                 any_revision: bool = False) -> dict:
+                 any_revision: bool = False, service: str | None = None) -> dict:
     """Until /healthz says 200 with this release and revision; Unhealthy after `timeout`.
 
     `any_revision`: only the release must answer (while the database is still
     being put back, the old code rightly reports 503 for the newer schema).
     """
     deadline = time.monotonic() + timeout
-    code, body = 0, "not asked yet"
+    code, body, polls = 0, "not asked yet", 0
     while time.monotonic() < deadline:
         code, body = health(remote, url)
         if isinstance(body, dict) and body.get("release") == release_id:
             if any_revision or (code == 200 and body.get("revision") == revision):
                 return body
+        polls += 1
+        if service and code == 0 and polls % 5 == 0:  # nothing answers: has the service died?
+            state = systemctl(remote, "is-active", service, check=False).stdout.strip()
+            if state in ("failed", "inactive"):
+                raise Unhealthy(f"{remote.name}: the service {service} is {state} (it did not start on "
+                                f"release {release_id}); last answer: {body}",
+                                hint=f"read its log on {remote.name}: journalctl -u {service} (as an operator)")
         time.sleep(0.3)
     raise Unhealthy(f"{remote.name}: {url} did not report release {release_id} at revision {revision} within "
                     f"{timeout:.0f}s; last answer: {code} {body}",

@@ -149,17 +149,39 @@ def leftovers(sandbox: Sandbox) -> list[str]:
     return left
 
 
-def reset(sandbox: Sandbox) -> None:
-    """Clean hosts and an empty app database, keeping the fleet (for each test)."""
-    parallel(sandbox.hosts, lambda h: _reset_host(sandbox, h))
+WIPE_SRV = """import os, shutil, sys
+stash, keep = "/srv/.reset-keep", sys.argv[1:]
+os.makedirs(stash, exist_ok=True)
+for i, path in enumerate(keep):
+    if os.path.isdir(path):
+        os.rename(path, f"{stash}/{i}")
+for name in os.listdir("/srv"):
+    if name != ".reset-keep":
+        path = os.path.join("/srv", name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+for i, path in enumerate(keep):
+    if os.path.isdir(f"{stash}/{i}"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.rename(f"{stash}/{i}", path)
+shutil.rmtree(stash)
+"""
 
 
-def _reset_host(sandbox: Sandbox, host: Host) -> None:
+def reset(sandbox: Sandbox, keep: tuple[str, ...] = ()) -> None:
+    """Clean hosts and an empty app database, keeping the fleet (for each test).
+
+    `keep`: folders under /srv to carry over (caches such as built environments).
+    """
+    parallel(sandbox.hosts, lambda h: _reset_host(sandbox, h, keep))
+
+
+def _reset_host(sandbox: Sandbox, host: Host, keep: tuple[str, ...]) -> None:
     network.set_link(host, up=True)
     mounts.free_disk(sandbox, host)
     _kill_all(host, _server_pids(host))
     in_host(host, script([
-        ["find", "/srv", "/tmp", "/var/tmp", "-mindepth", "1", "-delete"],
+        ["python3", "-c", WIPE_SRV, *keep],
+        ["find", "/tmp", "/var/tmp", "-mindepth", "1", "-delete"],
         ["find", "/run", "-mindepth", "1", "-maxdepth", "1", "!", "-name", "sshd", "!", "-name", "sshd.pid",
          "!", "-name", "postgresql", "-exec", "rm", "-rf", "{}", "+"],
     ]))

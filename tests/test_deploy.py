@@ -1,0 +1,201 @@
+"""`fab deploy` against the sandbox fleet: real SSH, PostgreSQL, git and gunicorn.
+Each test deploys a scratch copy of the project, as a user runs `fab`."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean_failure, output
+
+pytestmark = pytest.mark.timeout(300)
+
+HEAD = "e2b8f4a6c913"
+FAILING_MIGRATION = '''"""add a note, then fail"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "f00dfa11beef"
+down_revision = "e2b8f4a6c913"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
+    op.execute("SELECT 1 / 0")
+
+
+def downgrade():
+    op.drop_column("boards", "note")
+'''
+GOOD_MIGRATION = FAILING_MIGRATION.replace('    op.execute("SELECT 1 / 0")\n', "").replace(
+    "add a note, then fail", "add a note").replace("f00dfa11beef", "a0d0a0d0beef")
+
+
+def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(project.sandbox.ssh_config), host, command],
+                          capture_output=True, text=True, timeout=60)
+
+
+def sql(project, query: str) -> str:
+    """A query on the stage's database, from app1 with the server's own env file."""
+    proc = ssh(project, "app1", f"set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -Atc {json.dumps(query)}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def health(project, host: str) -> dict:
+    proc = ssh(project, host, "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/healthz\").read().decode())'")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def deploy(project, *args: str) -> subprocess.CompletedProcess:
+    return project.fab("deploy", *args, db=False)
+
+
+def current(project, host: str) -> str:
+    return ssh(project, host, "basename $(readlink /srv/app/current)").stdout.strip()
+
+
+def add_migration(project, text: str, name: str) -> None:
+    (project.root / "migrations" / "versions" / name).write_text(text)
+    project.commit_all(name)
+    project.push()
+
+
+@pytest.fixture
+def deployed(staged):
+    """The seed commit deployed and healthy on the test fleet."""
+    proc = deploy(staged)
+    assert proc.returncode == 0, output(proc)
+    staged.first_release = current(staged, "app1")
+    sql(staged, "INSERT INTO boards (name) VALUES ('kept'), ('also kept')")
+    return staged
+
+
+def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_serves(clean_sandbox, project):
+    from conftest import point_at_sandbox
+
+    project.sandbox = clean_sandbox
+    point_at_sandbox(project, clean_sandbox)
+    setup = project.fab("setup", db=False)
+    assert setup.returncode == 0, output(setup)
+    proc = deploy(project)
+    assert proc.returncode == 0, output(proc)
+    text = output(proc)
+    assert "installed from uploaded wheels" in text and "database (empty) -> " + HEAD in text
+    release = current(project, "app1")
+    for host in ("app1", "app2"):
+        assert current(project, host) == release
+        assert health(project, host) == {"release": release, "revision": HEAD, "expected_revision": HEAD, "status": "ok"}
+    assert sql(project, "SELECT version_num FROM alembic_version") == HEAD
+    status = json.loads(project.fab("status", "--json", db=False).stdout)
+    assert status["hosts"]["app2"]["health"]["code"] == 200 and status["lock"] is None
+    log = ssh(project, "app1", "tail -1 /srv/app/deploy.log").stdout
+    entry = json.loads(log)
+    assert entry["outcome"] == "ok" and entry["release"] == release and entry["revision_after"] == HEAD
+    assert entry["backup"] == f"{release}-predeploy"
+
+
+def test_deploy_with_nothing_changed_installs_nothing_runs_no_migration_and_takes_no_backup(deployed):
+    proc = deploy(deployed)
+    assert proc.returncode == 0, output(proc)
+    text = output(proc)
+    assert text.count("environment reused (no dependency change)") == 2
+    assert "to run: nothing" in text and "no backup needed" in text
+    release = current(deployed, "app1")
+    assert release != deployed.first_release
+    assert health(deployed, "app2")["release"] == release
+    releases = json.loads(deployed.fab("releases", "--json", db=False).stdout)
+    assert [(r["status"], r["current"]) for r in releases] == [("good", False), ("good", True)]
+
+
+def test_deploy_with_a_new_migration_backs_up_then_migrates_once(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = deploy(deployed)
+    assert proc.returncode == 0, output(proc)
+    assert "backup " in output(proc) and f"database {HEAD} -> a0d0a0d0beef" in output(proc)
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
+    assert sql(deployed, "SELECT count(*) FROM boards") == "2"
+    assert health(deployed, "app1")["revision"] == "a0d0a0d0beef"
+    backups = ssh(deployed, "app1", "stat -c '%a %n' /srv/app/backups /srv/app/backups/*").stdout.split("\n")
+    assert backups[0].startswith("700 ") and all(line.startswith("600 ") for line in backups[1:] if line)
+
+
+def test_a_failing_migration_leaves_the_database_and_the_old_release_as_they_were(deployed):
+    before = sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    add_migration(deployed, FAILING_MIGRATION, "f00dfa11beef_fail.py")
+    proc = deploy(deployed)
+    text = assert_clean_failure(proc)
+    assert "step 'migrate' failed" in text and "division by zero" in text
+    assert "database untouched at " + HEAD in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == before
+    assert sql(deployed, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == "0"
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host)["release"] == deployed.first_release
+    releases = json.loads(deployed.fab("releases", "--json", db=False).stdout)
+    assert [r["status"] for r in releases] == ["good", "failed"]
+    entry = json.loads(ssh(deployed, "app1", "tail -1 /srv/app/deploy.log").stdout)
+    assert entry["outcome"] == "failed" and "division by zero" in entry["error"]
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def test_a_release_that_fails_to_boot_is_rolled_back_everywhere_with_the_database(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    deployed.edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
+    deployed.commit_all("break the app")
+    deployed.push()
+    proc = deploy(deployed)
+    text = assert_clean_failure(proc)
+    assert "step 'switch' failed" in text
+    assert "database downgraded to " + HEAD in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT count(*) FROM boards") == "2"
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
+                                          "expected_revision": HEAD, "status": "ok"}
+
+
+def test_a_host_failing_its_health_check_in_the_second_batch_reverts_the_first(deployed):
+    # app2 alone cannot reach the database: its env file names a host that does not exist.
+    broken = ssh(deployed, "app2", "sed -i 's/@/@nowhere-/' /srv/app/shared/env && sudo -n systemctl restart app.service")
+    assert broken.returncode == 0, broken.stderr
+    proc = deploy(deployed, "--batch", "1")
+    text = assert_clean_failure(proc)
+    assert "switch (batch 2) failed on 1 of 1 host(s)" in text and "app2" in text
+    assert "switched back on app1, app2" in text
+    assert current(deployed, "app1") == deployed.first_release
+    assert health(deployed, "app1")["release"] == deployed.first_release
+
+
+def test_a_second_deploy_is_refused_and_told_who_holds_the_lock(deployed):
+    locked = deployed.fab("lock", db=False)
+    assert locked.returncode == 0, output(locked)
+    text = assert_clean_failure(deploy(deployed))
+    assert "stage sandbox is locked by root@" in text and "manual lock" in text
+    assert current(deployed, "app1") == deployed.first_release
+    assert deployed.fab("unlock", db=False).returncode == 0
+    assert deploy(deployed).returncode == 0
+
+
+def test_refs_that_are_not_refs_are_refused_before_anything_changes(deployed):
+    for ref in ["$(touch /tmp/pwned)", "main;touch /tmp/pwned", "--upload-pack=touch /tmp/pwned",
+                "no-such-branch", "main\nx", "`touch /tmp/pwned`", "ré" * 200]:
+        text = assert_clean_failure(deploy(deployed, "--ref", ref))
+        assert "is not a" in text, ref
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert ssh(deployed, host, "ls /srv/app/releases | wc -l; ls /tmp/pwned 2>/dev/null").stdout.split() == ["1"]
+    assert not Path("/tmp/pwned").exists()
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def test_an_unknown_stage_and_a_bad_batch_are_clear_errors(staged):
+    assert "unknown stage 'nope'" in assert_clean_failure(staged.fab("deploy", "--stage", "nope", db=False))
+    assert "--batch must be a whole number" in assert_clean_failure(deploy(staged, "--batch", "x"))
