@@ -1,7 +1,7 @@
 """Remote half of the workflow: `fab --list`. Each task calls one deploy.* function."""
 from invoke import Collection
 
-from deploy import commands
+from deploy import commands, journal
 from deploy.config import load_project
 from deploy.errors import ConfigError
 from deploy.tasking import task
@@ -14,6 +14,12 @@ STAGE = {"stage": "the stage in deploy.toml (default: [deploy] default_stage)"}
 def deploy(c, stage=None, ref="main", batch=None):
     """Build a release on every host, back up, migrate once, switch, check health; undo all on failure."""
     commands.deploy(load_project(), stage, ref, _number("--batch", batch))
+
+
+@task(help=STAGE)
+def recover(c, stage=None):
+    """Finish undoing a deploy whose controller was killed: old release and database back, lock released."""
+    journal.recover(load_project(), stage)
 
 
 @task(help={**STAGE, "json": "print JSON"})
@@ -54,4 +60,4 @@ def _number(option: str, value):
     return int(value)
 
 
-ns = Collection(deploy, status, releases, setup, lock, unlock)
+ns = Collection(deploy, recover, status, releases, setup, lock, unlock)

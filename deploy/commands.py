@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, pipeline, steps
+from . import console, journal, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, lock, service
@@ -21,27 +21,25 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
     d = steps.Deploy(project, stage, remotes, ref, batch if batch is not None else stage.batch)
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
+    stale = journal.interrupted(stage, d.migrator, d.layout)
+    if stale:
+        raise DeployError(f"an earlier deploy was interrupted: {journal.describe(stale)}",
+                          hint=f"fab recover --stage {stage.name} (puts the old release and database back)")
     lock.acquire(d.migrator, d.layout, lock.holder("deploy", ref), stage.name)
     try:
-        outcome = pipeline.run(steps.STEPS, d, _progress)
+        outcome = pipeline.run(steps.STEPS, d, journal.journaling(d))
     except pipeline.DeployFailed as failure:
         _after_failure(d, failure)
         raise
     else:
         steps.append_log(d, steps.log_entry(d, "ok", outcome.timings))
+        journal.clear(d.migrator, d.layout)
         console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
         _release_lock(d)
         for remote in remotes.values():
             remote.close()
-
-
-def _progress(event: str, step: str) -> None:
-    if event == "start":
-        console.say(f"-> {step}")
-    elif event == "undo":
-        console.warn(f"undoing {step}")
 
 
 def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
@@ -52,6 +50,8 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
         failure.outcome.undo_failures.append(f"old release not healthy: {exc}")
     try:
         steps.append_log(d, steps.log_entry(d, "failed", failure.outcome.timings, str(failure.cause)))
+        if not failure.outcome.undo_failures:
+            journal.clear(d.migrator, d.layout)
     except HostError as exc:
         console.warn(f"could not write the deploy log: {exc}")
     for note in d.notes:
@@ -81,7 +81,8 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
 
     hosts = on_hosts("status", list(remotes.values()), host_state)
     holder = lock.read(remotes[stage.migrations_host.name], layout)
-    result = {"stage": stage.name, "hosts": hosts, "lock": holder}
+    stale = journal.interrupted(stage, remotes[stage.migrations_host.name], layout)
+    result = {"stage": stage.name, "hosts": hosts, "lock": holder, "interrupted": stale}
     if as_json:
         console.say(json.dumps(result, indent=2))
         return result
@@ -94,6 +95,9 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
             line += f"  service {state['service']}  health {state['health']['code']} {detail}"
         console.say(line)
     console.say("lock     " + (lock.describe(holder) if holder is not None else "free"))
+    if stale:
+        console.banner([f"INTERRUPTED: {journal.describe(stale)}",
+                        f"run: fab recover --stage {stage.name}"])
     return result
 
 

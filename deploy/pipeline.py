@@ -54,7 +54,7 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
         except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
             outcome.timings[step.name] = time.monotonic() - started
             on_event("failed", step.name)
-            _undo([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
+            undo_steps([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
             raise DeployFailed(step.name, exc, outcome) from exc
         outcome.timings[step.name] = time.monotonic() - started
         outcome.done.append(step.name)
@@ -62,7 +62,8 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
     return outcome
 
 
-def _undo(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable[[str, str], None]) -> None:
+def undo_steps(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable[[str, str], None]) -> None:
+    """Undo `steps` in reverse; an undo that fails is recorded and the rest still run."""
     for step in reversed(steps):
         if step.undo is None:
             continue

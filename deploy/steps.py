@@ -152,6 +152,9 @@ def build_release(d: Deploy) -> None:
 
 
 def undo_build(d: Deploy) -> None:
+    if not d.release_id:
+        return
+
     def mark(r: Remote) -> None:
         if r.run(["test", "-d", d.layout.release(d.release_id)], check=False).exited == 0:
             build.set_status(r, d.layout, d.release_id, "failed")

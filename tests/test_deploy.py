@@ -3,7 +3,11 @@ Each test deploys a scratch copy of the project, as a user runs `fab`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +203,34 @@ def test_refs_that_are_not_refs_are_refused_before_anything_changes(deployed):
 def test_an_unknown_stage_and_a_bad_batch_are_clear_errors(staged):
     assert "unknown stage 'nope'" in assert_clean_failure(staged.fab("deploy", "--stage", "nope", db=False))
     assert "--batch must be a whole number" in assert_clean_failure(deploy(staged, "--batch", "x"))
+
+
+def test_a_deploy_killed_on_the_controller_is_detected_and_recovered(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("DATABASE_URL", None)
+    killed = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=deployed.root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in killed.stdout:
+        if line.startswith("-> switch"):
+            time.sleep(1.0)  # the first host may be switching now
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait(timeout=30)
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"  # migrated, then killed
+
+    status = deployed.fab("status", db=False)
+    assert "INTERRUPTED" in status.stdout and "stopped at step 'switch'" in status.stdout
+    refused = assert_clean_failure(deploy(deployed))
+    assert "an earlier deploy was interrupted" in refused and "fab recover" in refused
+
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT count(*) FROM boards") == "2"
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host)["revision"] == HEAD
+    after = json.loads(deployed.fab("status", "--json", db=False).stdout)
+    assert after["lock"] is None and after["interrupted"] is None
+    assert deploy(deployed).returncode == 0
