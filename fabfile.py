@@ -2,6 +2,7 @@
 from invoke import Collection
 
 from deploy import commands, journal
+from deploy import rollback as rollback_
 from deploy.config import load_project
 from deploy.errors import ConfigError
 from deploy.tasking import task
@@ -14,6 +15,12 @@ STAGE = {"stage": "the stage in deploy.toml (default: [deploy] default_stage)"}
 def deploy(c, stage=None, ref="main", batch=None):
     """Build a release on every host, back up, migrate once, switch, check health; undo all on failure."""
     commands.deploy(load_project(), stage, ref, _number("--batch", batch))
+
+
+@task(help={**STAGE, "to": "a release id (default: the previous good release); see fab releases"})
+def rollback(c, stage=None, to=None):
+    """Code and database back to what a release expects, with a backup first and a health check."""
+    rollback_.rollback(load_project(), stage, to)
 
 
 @task(help=STAGE)
@@ -60,4 +67,4 @@ def _number(option: str, value):
     return int(value)
 
 
-ns = Collection(deploy, recover, status, releases, setup, lock, unlock)
+ns = Collection(deploy, rollback, recover, status, releases, setup, lock, unlock)

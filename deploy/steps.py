@@ -6,7 +6,6 @@ any point undoes, in reverse, what was done on every host.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from .errors import DeployError, MigrationError
 from .lint import lint_revisions
 from .migrations import MigrationGraph, Revision
 from .pipeline import Step
-from .remote import build, cleanup, dbops, service
+from .remote import build, cleanup, dbops, deploylog, service
 from .remote.connection import Remote, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
@@ -271,7 +270,7 @@ def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | N
 
 
 def append_log(d: Deploy, entry: dict) -> None:
-    d.migrator.run(["sh", "-c", 'cat >> "$1"', "log", d.layout.log], input=json.dumps(entry) + "\n")
+    deploylog.append(d.migrator, d.layout, entry)
 
 
 def _user() -> str:

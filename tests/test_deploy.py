@@ -234,3 +234,27 @@ def test_a_deploy_killed_on_the_controller_is_detected_and_recovered(deployed):
     after = json.loads(deployed.fab("status", "--json", db=False).stdout)
     assert after["lock"] is None and after["interrupted"] is None
     assert deploy(deployed).returncode == 0
+
+
+def test_rollback_after_a_good_deploy_puts_code_and_database_back(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    assert deploy(deployed).returncode == 0
+    newer = current(deployed, "app1")
+    proc = deployed.fab("rollback", db=False)
+    assert proc.returncode == 0, output(proc)
+    assert f"{newer} -> {deployed.first_release}" in proc.stdout
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT count(*) FROM boards") == "2"
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
+                                          "expected_revision": HEAD, "status": "ok"}
+    backups = ssh(deployed, "app1", "ls /srv/app/backups").stdout
+    assert "prerollback.dump" in backups
+    for bad, message in (("../../etc", "is not a release id"), ("20990101000000-deadbeef", "is not a release on"),
+                         (deployed.first_release, "is already current")):
+        assert message in assert_clean_failure(deployed.fab("rollback", "--to", bad, db=False))
+    forward = deployed.fab("rollback", "--to", newer, db=False)  # and forward again
+    assert forward.returncode == 0, output(forward)
+    assert health(deployed, "app2") == {"release": newer, "revision": "a0d0a0d0beef",
+                                        "expected_revision": "a0d0a0d0beef", "status": "ok"}

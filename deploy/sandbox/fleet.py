@@ -133,7 +133,9 @@ def down(sandbox: Sandbox) -> list[str]:
     mounts.remove_strays(sandbox)
     shutil.rmtree(sandbox.state_dir, ignore_errors=True)
     removed = machine.release(sandbox)
-    left = leftovers(sandbox)
+    deadline = time.monotonic() + 3  # links of deleted namespaces go away asynchronously
+    while (left := leftovers(sandbox)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if left:
         raise SandboxError("`down` left these behind: " + ", ".join(left), hint="run `inv sandbox.down` again")
     return removed

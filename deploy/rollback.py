@@ -1,0 +1,149 @@
+"""`fab rollback`: code and database back to what an earlier release expects, under
+the deploy lock, with the same engine (each step with its undo) and health check.
+
+Order: back up, switch the code (it is checked only for answering, since the
+schema may not match yet), move the database with the code that knows both
+revisions (the newer release's), then check health at the target revision.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from . import console, pipeline
+from .config import ProjectConfig
+from .errors import DeployError
+from .remote import build, dbops, deploylog, lock, service
+from .remote.connection import Remote, connect, on_hosts
+from .remote.layout import Layout
+from .stages import StageConfig, load_stage
+
+RELEASE_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
+
+
+@dataclass
+class Rollback:
+    stage: StageConfig
+    remotes: dict[str, Remote]
+    layout: Layout
+    requested: str | None = None  # --to, else the previous good release
+    source: str = ""           # the release serving now
+    target: str = ""
+    app: str = "app:create_app"
+    db_now: str | None = None
+    target_revision: str | None = None
+    backup: dict | None = None
+    moved: bool = False
+    mover: str = ""            # the release whose code moves the database
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def migrator(self) -> Remote:
+        return self.remotes[self.stage.migrations_host.name]
+
+    @property
+    def apps(self) -> list[Remote]:
+        return [self.remotes[h.name] for h in self.stage.app_hosts]
+
+
+def choose(r: Rollback) -> None:
+    to = r.requested
+    releases = build.list_releases(r.migrator, r.layout)
+    r.source = service.current_release(r.migrator, r.layout) or ""
+    if to is not None and not RELEASE_ID.fullmatch(to):
+        raise DeployError(f"{to[:80]!r} is not a release id", hint=f"fab releases --stage {r.stage.name}")
+    known = {rel["id"]: rel for rel in releases}
+    if to is None:
+        earlier = [rel["id"] for rel in releases if rel.get("status") == "good" and rel["id"] < r.source]
+        if not earlier:
+            raise DeployError("there is no earlier good release to roll back to",
+                              hint=f"fab releases --stage {r.stage.name}")
+        to = earlier[-1]
+    if to not in known:
+        raise DeployError(f"{to} is not a release on {r.stage.name}", hint=f"fab releases --stage {r.stage.name}")
+    if known[to].get("status") == "failed":
+        raise DeployError(f"{to} is a failed release", hint="roll back to a good one (fab releases)")
+    if to == r.source:
+        raise DeployError(f"{to} is already current")
+    missing = [m.name for m in r.apps if m.run(["test", "-d", r.layout.release(to)], check=False).exited != 0]
+    if missing:
+        raise DeployError(f"{to} is not on {', '.join(missing)} (removed by cleanup?)", hint="deploy its commit instead")
+    r.target, r.target_revision = to, known[to].get("revision")
+    r.db_now = dbops.current_revision(r.migrator, r.layout, r.source, r.app)
+    console.say(f"  {r.source} -> {r.target}; database {r.db_now} -> {r.target_revision}")
+
+
+def back_up(r: Rollback) -> None:
+    if r.db_now != r.target_revision:
+        r.backup = dbops.backup(r.migrator, r.layout, r.source, f"{time.strftime('%Y%m%d%H%M%S')}-prerollback",
+                                r.db_now)
+        console.say(f"  backup {r.backup['id']} ({r.backup['size']} bytes)")
+
+
+def _switch_all(r: Rollback, release: str) -> None:
+    def on_host(m: Remote) -> None:
+        service.switch(m, r.layout, release)
+        service.reload(m, r.stage.service)
+        service.wait_healthy(m, r.stage.health_url, release, None, r.stage.health_timeout,
+                             any_revision=True, service=r.stage.service)
+    on_hosts(f"switching to {release}", r.apps, on_host)
+
+
+def switch_code(r: Rollback) -> None:
+    _switch_all(r, r.target)
+
+
+def switch_code_back(r: Rollback) -> None:
+    _switch_all(r, r.source)
+
+
+def migrate_database(r: Rollback) -> None:
+    """Downgrade with the code serving now when it knows the target revision; else the
+    target is newer (a roll forward): upgrade with the target's code."""
+    if r.db_now == r.target_revision:
+        return
+    r.moved = True
+    known = dbops.flask_db(r.migrator, r.layout, r.source, r.app, "show", r.target_revision or "base", check=False)
+    r.mover = r.source if known.exited == 0 else r.target
+    verb = "downgrade" if r.mover == r.source else "upgrade"
+    dbops.flask_db(r.migrator, r.layout, r.mover, r.app, verb, r.target_revision or "base", timeout=3600)
+    console.say(f"  database {verb}d to {r.target_revision}")
+
+
+def migrate_database_back(r: Rollback) -> None:
+    if r.moved:
+        verb = "upgrade" if r.mover == r.source else "downgrade"
+        dbops.flask_db(r.migrator, r.layout, r.mover, r.app, verb, r.db_now or "base", timeout=3600)
+
+
+def verify(r: Rollback) -> None:
+    on_hosts("health", r.apps, lambda m: service.wait_healthy(
+        m, r.stage.health_url, r.target, r.target_revision, r.stage.health_timeout))
+
+
+STEPS = [
+    pipeline.Step("choose", choose),
+    pipeline.Step("backup", back_up),
+    pipeline.Step("switch", switch_code, switch_code_back),
+    pipeline.Step("database", migrate_database, migrate_database_back),
+    pipeline.Step("health", verify),
+]
+
+
+def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = None) -> str:
+    """Roll the stage back to `to` (default: the previous good release)."""
+    stage = load_stage(project, stage_name)
+    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to)
+    console.heading(f"rollback on {stage.name}")
+    lock.acquire(r.migrator, r.layout, lock.holder("rollback", to), stage.name)
+    try:
+        pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "rollback",
+                 "from": r.source, "release": r.target, "revision_before": r.db_now,
+                 "revision_after": r.target_revision, "backup": r.backup["id"] if r.backup else None, "outcome": "ok"}
+        deploylog.append(r.migrator, r.layout, entry)
+        console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
+        return r.target
+    finally:
+        lock.release(r.migrator, r.layout)
