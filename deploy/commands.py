@@ -56,6 +56,9 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
         console.warn(f"could not write the deploy log: {exc}")
     for note in d.notes:
         console.say(f"  {note}")
+    if failure.outcome.undo_failures:
+        failure.hint = (f"once the hosts named above are reachable: fab recover --stage {d.stage.name} "
+                        "(it finishes the undo from the journal)")
 
 
 def _release_lock(d: steps.Deploy) -> None:

@@ -47,9 +47,9 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
     """Run `steps` on `ctx`; on failure undo in reverse and raise DeployFailed."""
     outcome = Outcome()
     for step in steps:
-        on_event("start", step.name)
         started = time.monotonic()
         try:
+            on_event("start", step.name)
             step.do(ctx)
         except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
             outcome.timings[step.name] = time.monotonic() - started

@@ -258,3 +258,50 @@ def test_rollback_after_a_good_deploy_puts_code_and_database_back(deployed):
     assert forward.returncode == 0, output(forward)
     assert health(deployed, "app2") == {"release": newer, "revision": "a0d0a0d0beef",
                                         "expected_revision": "a0d0a0d0beef", "status": "ok"}
+
+
+def run_until(project, line_start: str, argv: list[str]) -> subprocess.Popen:
+    """Start `fab ...` and return once it prints a line starting with `line_start`."""
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", *argv], cwd=project.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.seen = []
+    for line in proc.stdout:
+        proc.seen.append(line)
+        if line.startswith(line_start):
+            return proc
+    raise AssertionError("never saw " + line_start + ":\n" + "".join(proc.seen))
+
+
+def test_ctrl_c_during_the_switch_undoes_everything_and_exits_130(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> switch", ["deploy"])
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, "".join(proc.seen) + rest
+    assert "interrupted (Ctrl-C)" in rest and "Traceback" not in rest
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host)["release"] == deployed.first_release
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def test_a_host_cut_off_mid_deploy_is_reported_the_others_reverted_and_recover_finishes(deployed):
+    from deploy.sandbox import faults
+
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> switch", ["deploy"])
+    faults.apply(deployed.sandbox, "app2", "cut-network")
+    rest = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 1, "".join(proc.seen) + rest
+    assert "app2" in rest and "NOT undone" in rest and "fab recover --stage sandbox" in rest
+    assert current(deployed, "app1") == deployed.first_release
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    faults.apply(deployed.sandbox, "app2", "restore-network")
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host)["release"] == deployed.first_release
