@@ -11,10 +11,11 @@ STAGE = {"stage": "the stage in deploy.toml (default: [deploy] default_stage)"}
 
 
 @task(help={**STAGE, "ref": "branch, tag or commit in the stage's repository (default: main)",
-            "batch": "app hosts switched at a time (default: the stage's batch, 0 = all)"})
-def deploy(c, stage=None, ref="main", batch=None):
+            "batch": "app hosts switched at a time (default: the stage's batch, 0 = all)",
+            "dry-run": "print the plan (hosts, release, migrations and their SQL, lint, backup); change nothing"})
+def deploy(c, stage=None, ref="main", batch=None, dry_run=False):
     """Build a release on every host, back up, migrate once, switch, check health; undo all on failure."""
-    commands.deploy(load_project(), stage, ref, _number("--batch", batch))
+    commands.deploy(load_project(), stage, ref, _number("--batch", batch), dry_run)
 
 
 @task(help={**STAGE, "to": "a release id (default: the previous good release); see fab releases"})

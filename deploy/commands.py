@@ -14,11 +14,16 @@ from .stages import load_stage
 from .templates import render
 
 
-def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", batch: int | None = None) -> dict:
+def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", batch: int | None = None,
+           dry_run: bool = False) -> dict:
     """Build, back up, migrate once, switch and check; on failure undo everything and exit non-zero."""
     stage = load_stage(project, stage_name)
     remotes = connect(stage)
     d = steps.Deploy(project, stage, remotes, ref, batch if batch is not None else stage.batch)
+    if dry_run:
+        console.heading(f"dry run: deploy {ref} to {stage.name} (nothing will change)")
+        steps.print_plan(d)
+        return {"release": d.release_id, "commit": d.commit, "dry_run": True}
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
     stale = journal.interrupted(stage, d.migrator, d.layout)

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import console, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
-from .lint import lint_revisions
+from .lint import lint_revisions, render_revisions
 from .migrations import MigrationGraph, Revision
 from .pipeline import Step
 from .remote import build, cleanup, dbops, deploylog, service
@@ -120,6 +120,32 @@ def _check_database(d: Deploy, target: ProjectConfig) -> None:
                               hint="fix them (or waive with a reason), commit, push, deploy again")
     console.say(f"  database at {d.db_before or '(empty)'}; to run: "
                 + (", ".join(r.label() for r in d.pending) or "nothing"))
+
+
+def print_plan(d: Deploy) -> None:
+    """--dry-run: preflight (which changes nothing), then what the deploy would do."""
+    preflight(d)
+    known = d.previous.get(d.migrator.name) is not None
+    if not known:
+        d.pending = d.graph.pending(())
+        console.say("  (no release yet: the database revision is read once the first release is built;"
+                    " shown as if the database were empty)")
+    console.heading(f"plan: release {d.release_id} = {d.ref} ({d.commit[:12]})")
+    for r in d.build_remotes:
+        env = "reuse" if build.environment_ready(r, d.layout, d.digest) else f"install {d.digest} from uploaded wheels"
+        console.say(f"  {r.name:<8} {','.join(r.host.roles):<16} {d.previous.get(r.name) or '(none)'} -> "
+                    f"{d.release_id}; environment: {env}")
+    size = d.batch or len(d.app_remotes)
+    console.say(f"  switch {len(d.app_remotes)} app host(s), {size} at a time; health: {d.stage.health_url}")
+    if not d.pending:
+        console.say("  migrations: none; no backup")
+        return
+    console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.migrator.name}")
+    _, chunks = render_revisions(load_project(d.export_dir), d.graph)
+    for rev in d.pending:
+        atomic = " (NOT atomic: autocommit block)" if rev.non_transactional else ""
+        console.say(f"  migration {rev.label()}{atomic}:")
+        console.say(console.indent(chunks.get(rev.id, "(no SQL rendered)").strip(), "      "))
 
 
 # build ----------------------------------------------------------------------

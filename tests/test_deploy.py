@@ -305,3 +305,18 @@ def test_a_host_cut_off_mid_deploy_is_reported_the_others_reverted_and_recover_f
     for host in ("app1", "app2"):
         assert current(deployed, host) == deployed.first_release
         assert health(deployed, host)["release"] == deployed.first_release
+
+
+def test_dry_run_prints_the_plan_with_the_sql_and_changes_nothing(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    before = ssh(deployed, "app1", "ls /srv/app/releases /srv/app/backups 2>&1; cat /srv/app/deploy.log").stdout
+    proc = deploy(deployed, "--dry-run")
+    assert proc.returncode == 0, output(proc)
+    text = proc.stdout
+    assert "ALTER TABLE boards ADD COLUMN note TEXT" in text and "backup first:" in text
+    assert "app2" in text and "environment: reuse" in text
+    assert ssh(deployed, "app1", "ls /srv/app/releases /srv/app/backups 2>&1; cat /srv/app/deploy.log").stdout == before
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    password = ssh(deployed, "app1", "sed -n 's/.*:\\(.*\\)@.*/\\1/p' /srv/app/shared/env").stdout.strip()
+    assert password and password not in text
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
