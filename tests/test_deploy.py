@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -104,9 +106,34 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
     assert entry["backup"] == f"{release}-predeploy"
 
 
-def test_deploy_with_nothing_changed_installs_nothing_runs_no_migration_and_takes_no_backup(deployed):
+class Load(threading.Thread):
+    """Requests to every app host, back to back, until stopped; every failure is kept."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.done, self.ok, self.failures = urls, threading.Event(), 0, []
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for url in self.urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as answer:
+                        self.ok += answer.status == 200
+                except Exception as exc:  # a dropped request, whatever its kind
+                    self.failures.append(repr(exc))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+
+
+def test_deploy_with_nothing_changed_installs_nothing_runs_no_migration_and_drops_no_request(deployed):
+    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load.start()
     proc = deploy(deployed)
+    load.stop()
     assert proc.returncode == 0, output(proc)
+    assert load.failures == [] and load.ok > 20, (load.ok, load.failures[:3])
     text = output(proc)
     assert text.count("environment reused (no dependency change)") == 2
     assert "to run: nothing" in text and "no backup needed" in text
