@@ -3,6 +3,7 @@ Each test deploys a scratch copy of the project, as a user runs `fab`."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -347,3 +348,37 @@ def test_dry_run_prints_the_plan_with_the_sql_and_changes_nothing(deployed):
     password = ssh(deployed, "app1", "sed -n 's/.*:\\(.*\\)@.*/\\1/p' /srv/app/shared/env").stdout.strip()
     assert password and password not in text
     assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def mapped_environments(sandbox, host_name: str) -> set[str]:
+    """The Python environments whose files the app's processes on a host have mapped (workers import from them)."""
+    from deploy.sandbox.system import pids_in
+
+    found = set()
+    for pid in pids_in(sandbox.find(host_name)):
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        found |= set(re.findall(r"/srv/app/shared/venvs/([0-9a-f]{16})/", maps))
+    return found
+
+
+def test_a_dependency_change_gets_a_new_environment_that_reloaded_workers_use_without_dropping_requests(deployed):
+    old = mapped_environments(deployed.sandbox, "app1")
+    assert len(old) == 1
+    with open(deployed.root / "requirements" / "app.lock", "a") as lock:
+        lock.write("# a changed lock file: a new environment\n")
+    deployed.commit_all("change the lock")
+    deployed.push()
+    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load.start()
+    proc = deploy(deployed)
+    load.stop()
+    assert proc.returncode == 0, output(proc)
+    assert output(proc).count("installed from uploaded wheels") == 2
+    assert load.failures == [] and load.ok > 20, (load.ok, load.failures[:3])
+    for host in ("app1", "app2"):
+        health(deployed, host)  # every worker has served a request by now (or will import on its first)
+        new = mapped_environments(deployed.sandbox, host)
+        assert new and not new & old, (host, old, new)
