@@ -216,6 +216,12 @@ def undo_migrate(d: Deploy) -> None:
         return
     now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
     if now == d.db_before:
+        risky = [r.label() for r in d.pending if r.non_transactional]
+        if risky:  # an autocommit block commits as it goes: the revision can be old while its work stays
+            d.notes.append(f"database at {d.db_before or '(empty)'}, but {', '.join(risky)} ran outside a "
+                           "transaction: what it did before failing may remain (e.g. an index built "
+                           "CONCURRENTLY); such revisions are written to be rerun (IF NOT EXISTS)")
+            return
         d.notes.append(f"database untouched at {d.db_before or '(empty)'} (the failed migration rolled back)")
         return
     if d.stage.rollback != "stop":
