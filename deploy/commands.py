@@ -22,7 +22,10 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
     d = steps.Deploy(project, stage, remotes, ref, batch if batch is not None else stage.batch)
     if dry_run:
         console.heading(f"dry run: deploy {ref} to {stage.name} (nothing will change)")
-        steps.print_plan(d)
+        try:
+            steps.print_plan(d)
+        finally:
+            d.remove_scratch()
         return {"release": d.release_id, "commit": d.commit, "dry_run": True}
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
@@ -43,6 +46,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
         _release_lock(d)
+        d.remove_scratch()
         for remote in remotes.values():
             remote.close()
 

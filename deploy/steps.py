@@ -6,6 +6,7 @@ any point undoes, in reverse, what was done on every host.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Deploy:
     layout: Layout = field(init=False)
     commit: str = ""
     release_id: str = ""
+    scratch: Path | None = None
     export_dir: Path | None = None
     app: str = "app:create_app"
     graph: MigrationGraph | None = None
@@ -51,6 +53,10 @@ class Deploy:
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
+
+    def remove_scratch(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     @property
     def migrator(self) -> Remote:
@@ -90,7 +96,8 @@ def preflight(d: Deploy) -> None:
         d.say(name, text)
     mirror = source.mirror(d.project, d.stage.name, d.stage.repo)
     d.commit = source.resolve(mirror, d.ref, d.stage.repo)
-    d.export_dir = source.export(mirror, d.commit, Path(tempfile.mkdtemp(prefix="deploy-export-")) / "src")
+    d.scratch = Path(tempfile.mkdtemp(prefix="deploy-export-"))
+    d.export_dir = source.export(mirror, d.commit, d.scratch / "src")
     target = load_project(d.export_dir)
     d.app = target.app
     d.graph = MigrationGraph(target.migrations_dir)
@@ -99,12 +106,21 @@ def preflight(d: Deploy) -> None:
     except MigrationError as exc:
         raise DeployError(f"{d.ref} ({d.commit[:12]}): {exc}", hint=exc.hint) from None
     d.digest = source.lock_hash(d.export_dir)
-    d.release_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + d.commit[:8]
+    d.release_id = new_release_id(d.commit, set(d.previous.values()))
     console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
     current = d.previous.get(d.migrator.name)
     if current:
         d.db_before = dbops.current_revision(d.migrator, d.layout, current, d.app)
         _check_database(d, target)
+
+
+def new_release_id(commit: str, taken: set[str | None]) -> str:
+    """UTC time and commit: sorts by age, the same on every host, never a release that exists."""
+    while True:
+        release_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + commit[:8]
+        if release_id not in taken:
+            return release_id
+        time.sleep(0.2)
 
 
 def _check_database(d: Deploy, target: ProjectConfig) -> None:
