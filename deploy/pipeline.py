@@ -33,7 +33,10 @@ class DeployFailed(DeployError):
     """A step failed; every earlier step was undone (or the message says which was not)."""
 
     def __init__(self, step: str, cause: BaseException, outcome: Outcome, hint: str | None = None) -> None:
-        reason = "interrupted (Ctrl-C)" if isinstance(cause, KeyboardInterrupt) else str(cause)
+        if isinstance(cause, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C)"
+        else:
+            reason = cause.message if isinstance(cause, DeployError) else f"{type(cause).__name__}: {cause}"
         lines = [f"step '{step}' failed: {reason}"]
         if outcome.undone:
             lines.append("undone: " + ", ".join(outcome.undone))

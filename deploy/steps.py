@@ -16,10 +16,11 @@ from . import console, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
 from .lint import lint_revisions, render_revisions
-from .migrations import MigrationGraph, Revision
+from .console import indent
+from .migrations import MigrationGraph, Revision, error_summary
 from .pipeline import Step
 from .remote import build, cleanup, dbops, deploylog, service
-from .remote.connection import Remote, on_hosts
+from .remote.connection import HostError, Remote, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
 
@@ -221,7 +222,13 @@ def migrate(d: Deploy) -> None:
         console.warn("not atomic (autocommit blocks): " + ", ".join(risky) + "; a failure may leave part applied")
     d.migrated = True
     env = {"MIGRATION_LOCK_TIMEOUT": d.stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": d.stage.statement_timeout}
-    dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", env=env, timeout=3600)
+    try:
+        dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", env=env, timeout=3600)
+    except HostError as exc:
+        if not exc.output:
+            raise  # the host, not the migration: lost connection, timeout
+        raise MigrationError(f"the migration failed on {d.migrator.name}:\n{indent(error_summary(exc.output))}",
+                             hint="fix the migration, commit, push, deploy again") from None
     after = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
     d.say(d.migrator.name, f"database {d.db_before or '(empty)'} -> {after}")
 
