@@ -1,0 +1,36 @@
+"""Stage configuration errors name the file, the key and what was expected, before any SSH."""
+import pytest
+from conftest import assert_clean_failure
+
+STAGE = '''
+[stages.bad]
+user = "deploy"
+key = "deploy.toml"
+known_hosts = "deploy.toml"
+repo = "git://example.invalid/app.git"
+deploy_to = "/srv/app"
+{extra}
+'''
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("", "[stages.bad] hosts: expected a list of tables"),
+    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]', "roles: expected roles among app, migrations, db, got 'web'"),
+    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app"]}]', 'exactly one host with the role "migrations"'),
+    ('hosts = [{name = "a", address = "-oProxyCommand=x", roles = ["app", "migrations"]}]', "address: expected a host name or IP address"),
+    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]\nbatch = -1', "batch: expected a whole number from 0 to 1000"),
+    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]\nrollback = "pray"', "rollback: expected one of"),
+])
+def test_a_malformed_stage_is_refused_with_the_file_and_the_key(project, extra, message):
+    with open(project.root / "deploy.toml", "a") as config:
+        config.write(STAGE.format(extra=extra))
+    text = assert_clean_failure(project.fab("status", "--stage", "bad", db=False))
+    assert "deploy.toml" in text and message in text
+
+
+def test_a_missing_ssh_key_is_named(project):
+    with open(project.root / "deploy.toml", "a") as config:
+        config.write(STAGE.replace('key = "deploy.toml"', 'key = "no/such/key"').format(
+            extra='hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]'))
+    text = assert_clean_failure(project.fab("deploy", "--stage", "bad", db=False))
+    assert "key: expected an existing file" in text and "no/such/key" in text
