@@ -1,7 +1,7 @@
 """Remote half of the workflow: `fab --list`. Each task calls one deploy.* function."""
 from invoke import Collection
 
-from deploy import commands, journal
+from deploy import backups, commands, journal
 from deploy import rollback as rollback_
 from deploy.config import load_project
 from deploy.errors import ConfigError
@@ -22,6 +22,25 @@ def deploy(c, stage=None, ref="main", batch=None, dry_run=False):
 def rollback(c, stage=None, to=None):
     """Code and database back to what a release expects, with a backup first and a health check."""
     rollback_.rollback(load_project(), stage, to)
+
+
+@task(help={**STAGE, "label": "a word for the backup's id (default: manual)",
+            "download": "also copy the backup and its manifest into this folder (sha256 checked)"})
+def backup(c, stage=None, label=None, download=None):
+    """Back up the stage's database (pg_dump on the migrations host, with a manifest)."""
+    backups.backup(load_project(), stage, label, download)
+
+
+@task(name="backups", help={**STAGE, "json": "print JSON"})
+def list_backups(c, stage=None, json=False):
+    """The stage's backups: id, time, size, revision, release, last verification."""
+    backups.list_backups(load_project(), stage, json)
+
+
+@task(positional=["backup_id"], help={**STAGE, "backup_id": "an id from fab backups"})
+def restore(c, backup_id, stage=None):
+    """Restore a verified backup: safety backup first, app stopped meanwhile, put back if it fails."""
+    backups.restore(load_project(), stage, backup_id)
 
 
 @task(help=STAGE)
@@ -68,4 +87,4 @@ def _number(option: str, value):
     return int(value)
 
 
-ns = Collection(deploy, rollback, recover, status, releases, setup, lock, unlock)
+ns = Collection(deploy, rollback, backup, list_backups, restore, recover, status, releases, setup, lock, unlock)

@@ -77,7 +77,7 @@ def choose(r: Rollback) -> None:
 def back_up(r: Rollback) -> None:
     if r.db_now != r.target_revision:
         r.backup = dbops.backup(r.migrator, r.layout, r.source, f"{time.strftime('%Y%m%d%H%M%S')}-prerollback",
-                                r.db_now)
+                                "prerollback")
         console.say(f"  backup {r.backup['id']} ({r.backup['size']} bytes)")
 
 

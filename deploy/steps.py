@@ -210,7 +210,7 @@ def backup(d: Deploy) -> None:
         console.say("  no migration to run: no backup needed")
         return
     backup_id = f"{d.release_id}-predeploy"
-    d.backup = dbops.backup(d.migrator, d.layout, d.release_id, backup_id, d.db_before)
+    d.backup = dbops.backup(d.migrator, d.layout, d.release_id, backup_id, "predeploy")
     d.say(d.migrator.name, f"backup {backup_id}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
 
 

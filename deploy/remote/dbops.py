@@ -1,46 +1,31 @@
 """The database, from the migrations host, through a release's own code: its
-revision, upgrade, downgrade and a pre-deploy backup. The DATABASE_URL comes
+revision, upgrade, downgrade, and the backup tool. The DATABASE_URL comes
 from the server's env file inside the remote shell, never from a command line."""
 from __future__ import annotations
 
 import json
 import re
 
+from ..server import script
 from .connection import Remote
 from .layout import Layout
 
 WITH_ENV = 'set -a && . "$1" && set +a && cd "$2" && shift 2 && exec "$@"'
 
-BACKUP = """import hashlib, json, os, subprocess, sys, time
-from urllib.parse import unquote, urlsplit
-out, manifest_path, backup_id, revision, release = sys.argv[1:6]
-url = urlsplit(os.environ.pop("DATABASE_URL"))
-env = dict(os.environ, PGHOST=url.hostname or "", PGPORT=str(url.port or 5432),
-           PGUSER=unquote(url.username or ""), PGPASSWORD=unquote(url.password or ""),
-           PGDATABASE=url.path.lstrip("/"))
-os.umask(0o077)
-os.makedirs(os.path.dirname(out), mode=0o700, exist_ok=True)
-started = time.time()
-subprocess.run(["pg_dump", "--format=custom", "--file", out], env=env, check=True)
-digest = hashlib.sha256()
-with open(out, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
-manifest = {"id": backup_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "database": env["PGDATABASE"], "revision": revision or None, "release": release,
-            "format": "custom", "size": os.path.getsize(out), "sha256": digest.hexdigest(),
-            "duration": round(time.time() - started, 3)}
-with open(manifest_path, "w") as f:
-    json.dump(manifest, f)
-print(json.dumps(manifest))
-"""
 
 
 def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str], env: dict[str, str] | None = None,
-               check: bool = True, timeout: float | None = None):
+               check: bool = True, timeout: float | None = None, input: str | None = None):
+    """`argv` in the release's folder with the server's env file loaded (secrets stay on the server)."""
     extra = [f"{k}={v}" for k, v in (env or {}).items()]
     return remote.run(["sh", "-c", WITH_ENV, "with-env", layout.env_file, layout.release(release_id),
-                       "env", *extra, *argv], check=check, timeout=timeout)
+                       "env", *extra, *argv], check=check, timeout=timeout, input=input)
+
+
+def server_tool(remote: Remote, layout: Layout, release_id: str, name: str, *args: str, timeout: float = 3600) -> dict:
+    """Run one of deploy/server's scripts with the release's Python; its JSON answer."""
+    out = in_release(remote, layout, release_id, [".venv/bin/python", "-", *args], input=script(name), timeout=timeout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def flask_db(remote: Remote, layout: Layout, release_id: str, app: str, *args: str, env: dict[str, str] | None = None,
@@ -56,9 +41,6 @@ def current_revision(remote: Remote, layout: Layout, release_id: str, app: str) 
     return found[-1] if found else None
 
 
-def backup(remote: Remote, layout: Layout, release_id: str, backup_id: str, revision: str | None) -> dict:
-    out = f"{layout.backups}/{backup_id}.dump"
-    result = in_release(remote, layout, release_id,
-                        [".venv/bin/python", "-c", BACKUP, out, f"{layout.backups}/{backup_id}.json",
-                         backup_id, revision or "", release_id], timeout=3600)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def backup(remote: Remote, layout: Layout, release_id: str, backup_id: str, label: str = "") -> dict:
+    """pg_dump into backups/ with its manifest (see deploy/server/backup_tool.py)."""
+    return server_tool(remote, layout, release_id, "backup_tool", "dump", layout.backups, backup_id, release_id, label)
