@@ -187,6 +187,13 @@ STEPS = [
 ]
 
 
+def restore_in_place(stage: StageConfig, remotes: dict[str, Remote], backup_id: str) -> dict:
+    """The restore steps under a lock the caller holds (a deploy's undo)."""
+    r = Restore(stage, remotes, Layout(stage.deploy_to), _check_id(backup_id))
+    pipeline.run(STEPS, r)
+    return r.result or {}
+
+
 def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
     """Restore BACKUP_ID into the stage's database (see the module docstring)."""
     stage = load_stage(project, stage_name)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import console, source
+from . import backups, console, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
 from .lint import lint_revisions, render_revisions
@@ -254,9 +254,33 @@ def undo_migrate(d: Deploy) -> None:
         if down.exited == 0 and now == d.db_before:
             d.notes.append(f"database downgraded to {d.db_before or '(empty)'}")
             return
+    if d.stage.rollback == "downgrade-or-restore" and d.backup:
+        _restore_unless_written(d, now)
+        return
     backup_note = f"; the pre-deploy backup is {d.backup['id']}" if d.backup else ""
     raise DeployError(f"the database is at {now}, not at {d.db_before} as before the deploy{backup_note}",
-                      hint=f"inspect it; downgrade with the release {d.release_id}'s code or restore the backup")
+                      hint=f"inspect it; downgrade with the release {d.release_id}'s code, or "
+                           f"fab restore --stage {d.stage.name} {d.backup['id'] if d.backup else 'BACKUP_ID'}")
+
+
+STATS_FLUSH_SECONDS = 11  # PostgreSQL reports a session's row counts within 10 s of its last commit
+
+
+def _restore_unless_written(d: Deploy, now: str | None) -> None:
+    """The downgrade failed: restore the pre-deploy backup, but only if nothing wrote to the
+    app's tables since it was taken (those rows would be lost); otherwise stop and say so."""
+    time.sleep(STATS_FLUSH_SECONDS)
+    written = dbops.server_tool(d.migrator, d.layout, d.release_id, "backup_tool", "writes")["writes"]
+    if written != d.backup.get("writes"):
+        raise DeployError(
+            f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and "
+            f"{written - d.backup.get('writes', 0)} row(s) were written since the pre-deploy backup "
+            f"{d.backup['id']}, so it was not restored (they would be lost)",
+            hint=f"save what you need, then fab restore --stage {d.stage.name} {d.backup['id']}; "
+                 "or finish the downgrade by hand")
+    backups.restore_in_place(d.stage, d.remotes, d.backup["id"])
+    d.notes.append(f"database restored from the pre-deploy backup {d.backup['id']} (the downgrade failed; "
+                   "nothing was written since the backup)")
 
 
 # switch ---------------------------------------------------------------------

@@ -382,3 +382,38 @@ def test_a_dependency_change_gets_a_new_environment_that_reloaded_workers_use_wi
         health(deployed, host)  # every worker has served a request by now (or will import on its first)
         new = mapped_environments(deployed.sandbox, host)
         assert new and not new & old, (host, old, new)
+
+
+IRREVERSIBLE = GOOD_MIGRATION.replace('''def downgrade():
+    op.drop_column("boards", "note")''', '''def downgrade():
+    raise RuntimeError("this migration cannot be undone")''')
+
+
+def break_the_app(project) -> None:
+    project.edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
+    project.commit_all("break the app")
+    project.push()
+
+
+def test_a_failed_downgrade_restores_the_predeploy_backup_when_nothing_was_written_since(deployed):
+    add_migration(deployed, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
+    text = assert_clean_failure(deploy(deployed))
+    assert "step 'switch' failed" in text and "restored from the pre-deploy backup" in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == "kept,also kept"
+    for host in ("app1", "app2"):
+        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
+                                          "expected_revision": HEAD, "status": "ok"}
+
+
+def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since_the_backup(deployed):
+    writes = IRREVERSIBLE.replace('''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))''', '''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
+    op.execute("UPDATE boards SET note = 'written after the backup'")''')
+    add_migration(deployed, writes, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
+    text = assert_clean_failure(deploy(deployed))
+    assert "the downgrade failed" in text and "row(s) were written since the pre-deploy backup" in text
+    assert "fab restore --stage sandbox" in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
+    assert sql(deployed, "SELECT count(*) FROM boards WHERE note IS NOT NULL") == "2"  # nothing thrown away

@@ -45,6 +45,15 @@ def facts():
     return version, revision, counts
 
 
+def writes():
+    """Rows inserted, updated or deleted in the app's tables so far (the statistics' counters;
+    alembic_version is left out: a migration writes it, the app does not)."""
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+                    "WHERE relname <> 'alembic_version'")
+        return int(cur.fetchone()[0])
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -60,13 +69,15 @@ def dump(folder, backup_id, release, label):
     path, manifest_path = f"{folder}/{backup_id}.dump", f"{folder}/{backup_id}.json"
     started = time.time()
     version, revision, counts = facts()
+    written = writes()
     subprocess.run(["pg_dump", *DUMP_OPTIONS, "--file", path], env=PGENV, check=True)
     tool = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
     manifest = {"id": backup_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "label": label or None, "database": PGENV["PGDATABASE"], "server_version": version,
                 "pg_dump_version": tool, "revision": revision, "release": release or None,
                 "format": "custom", "options": DUMP_OPTIONS, "size": os.path.getsize(path),
-                "sha256": sha256(path), "duration": round(time.time() - started, 3), "row_counts": counts}
+                "sha256": sha256(path), "duration": round(time.time() - started, 3), "row_counts": counts,
+                "writes": written}
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     return manifest
@@ -103,6 +114,6 @@ def restore(folder, backup_id, jobs):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    result = {"dump": lambda: dump(*args), "verify": lambda: verify(*args),
+    result = {"dump": lambda: dump(*args), "verify": lambda: verify(*args), "writes": lambda: {"writes": writes()},
               "restore": lambda: restore(args[0], args[1], int(args[2]))}[command]()
     print(json.dumps(result))
