@@ -417,3 +417,21 @@ def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since
     assert "fab restore --stage sandbox" in text
     assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
     assert sql(deployed, "SELECT count(*) FROM boards WHERE note IS NOT NULL") == "2"  # nothing thrown away
+
+
+def test_cleanup_keeps_k_good_releases_plus_the_rollback_target_and_removes_failed_ones(deployed):
+    deployed.edit("deploy.toml", "keep_releases = 5", "keep_releases = 1")
+    deployed.commit_all("keep one release")
+    add_migration(deployed, FAILING_MIGRATION, "f00dfa11beef_fail.py")
+    assert deploy(deployed).returncode == 1  # leaves a failed release behind
+    (deployed.root / "migrations" / "versions" / "f00dfa11beef_fail.py").unlink()
+    deployed.commit_all("drop the failing migration")
+    deployed.push()
+    for _ in range(2):
+        assert deploy(deployed).returncode == 0
+    releases = json.loads(deployed.fab("releases", "--json", db=False).stdout)
+    assert [r["status"] for r in releases] == ["good", "good"]
+    assert deployed.first_release not in [r["id"] for r in releases]
+    for host in ("app1", "app2"):
+        assert ssh(deployed, host, "ls /srv/app/releases | wc -l").stdout.strip() == "2"
+        assert health(deployed, host)["release"] == releases[-1]["id"]
