@@ -16,7 +16,7 @@ from . import console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, dbops, lock, service
-from .remote.connection import Remote, connect, on_hosts
+from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
 
@@ -112,7 +112,7 @@ def verify(remote: Remote, layout: Layout, release: str, backup_id: str) -> dict
 
 
 @dataclass
-class Restore:
+class Restore(StageRemotes):
     stage: StageConfig
     remotes: dict[str, Remote]
     layout: Layout
@@ -121,14 +121,6 @@ class Restore:
     manifest: dict = field(default_factory=dict)
     safety: dict | None = None
     result: dict | None = None
-
-    @property
-    def migrator(self) -> Remote:
-        return self.remotes[self.stage.migrations_host.name]
-
-    @property
-    def apps(self) -> list[Remote]:
-        return [self.remotes[h.name] for h in self.stage.app_hosts]
 
 
 def _check(r: Restore) -> None:

@@ -8,10 +8,10 @@ from . import console, journal, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, lock, service
-from .remote.connection import HostError, connect, on_hosts
+from .remote.connection import HostError, Remote, connect, on_hosts
 from .remote.layout import Layout
 from .stages import load_stage
-from .templates import render
+from .templates import app_unit, render, sudo_rule
 
 
 def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", batch: int | None = None,
@@ -132,7 +132,8 @@ def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = Fal
 
 
 def setup(project: ProjectConfig, stage_name: str | None) -> None:
-    """The layout on every host; an env file template only where none exists; the unit checked."""
+    """The layout on every host; an env file template only where none exists; with the stage's
+    admin account, the unit and the deploy user's sudo rule installed (else it says how)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     template = render("env.example")
@@ -145,14 +146,37 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
             r.run(["sh", "-c", 'umask 077 && cat > "$1"', "env", layout.env_file], input=template)
         notes = ["wrote an env file template (fill it in)" if wrote else "env file kept"]
         if "app" in r.host.roles:
-            unit = service.systemctl(r, "status", stage.service, check=False)
-            if unit.exited == 4 or "not found" in unit.stderr:
-                notes.append(f"the unit {stage.service}.service is not installed: as root, install "
-                             f"deploy/templates/app.service (filled in) into /etc/systemd/system/")
+            notes.append(_install_unit(stage, r.host) if stage.admin_user else _unit_state(stage, r))
         return "; ".join(notes)
 
     for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
         console.ok(f"{name}: {text}")
+
+
+def _install_unit(stage, host) -> str:
+    """As the admin account: the rendered unit and the deploy user's sudo rule (checked by visudo)."""
+    admin = Remote(stage, host, user=stage.admin_user)
+    unit = app_unit(stage.service, stage.user, stage.deploy_to, stage.bind, stage.gunicorn_config)
+    rule = sudo_rule(stage.user, stage.service)
+    sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}"
+    try:
+        admin.run(["sudo", "-n", "install", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin",
+                   f"/etc/systemd/system/{stage.service}.service"], input=unit)
+        admin.run(["sudo", "-n", "sh", "-c", 'umask 337 && cat > "$1.new" && visudo -cqf "$1.new" && mv "$1.new" "$1"',
+                   "sudoers", sudoers], input=rule)
+        admin.run(["sudo", "-n", "systemctl", "daemon-reload"])
+    finally:
+        admin.close()
+    return f"installed {stage.service}.service and {sudoers} (as {stage.admin_user})"
+
+
+def _unit_state(stage, r) -> str:
+    unit = service.systemctl(r, "status", stage.service, check=False)
+    if unit.exited == 4 or "not found" in unit.stderr:
+        return (f"the unit {stage.service}.service is not installed: set admin_user in the stage "
+                f"(an account with sudo) and run fab setup again, or install deploy/templates/app.service "
+                f"(filled in) into /etc/systemd/system/ as root")
+    return "unit installed"
 
 
 def lock_stage(project: ProjectConfig, stage_name: str | None) -> None:

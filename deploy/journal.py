@@ -99,7 +99,7 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
         setattr(d, name, record.get(name))
     d.previous = record.get("previous") or {}
     d.built = [r.name for r in d.build_remotes]
-    d.switched = [r.name for r in d.app_remotes if service.current_release(r, layout) == d.release_id]
+    d.switched = [r.name for r in d.apps if service.current_release(r, layout) == d.release_id]
     names = [s.name for s in steps.STEPS]
     reached = names.index(record.get("step", "preflight")) if record.get("step") in names else len(names) - 1
     d.migrated = reached >= names.index("migrate")  # undo_migrate then reads where the database really is

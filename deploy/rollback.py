@@ -15,7 +15,7 @@ from . import console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, dbops, deploylog, lock, service
-from .remote.connection import Remote, connect, on_hosts
+from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
 
@@ -23,7 +23,7 @@ RELEASE_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
 
 
 @dataclass
-class Rollback:
+class Rollback(StageRemotes):
     stage: StageConfig
     remotes: dict[str, Remote]
     layout: Layout
@@ -37,14 +37,6 @@ class Rollback:
     moved: bool = False
     mover: str = ""            # the release whose code moves the database
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def migrator(self) -> Remote:
-        return self.remotes[self.stage.migrations_host.name]
-
-    @property
-    def apps(self) -> list[Remote]:
-        return [self.remotes[h.name] for h in self.stage.app_hosts]
 
 
 def choose(r: Rollback) -> None:

@@ -47,6 +47,9 @@ class StageConfig:
     statement_timeout: str
     rollback: str              # what to do with the database when a deploy fails
     min_free_mb: int
+    admin_user: str | None     # an account with sudo, used only by `fab setup` (units, sudo rule)
+    bind: str                  # where gunicorn listens (the unit's BIND)
+    gunicorn_config: str       # in the release
 
     @property
     def app_hosts(self) -> tuple[StageHost, ...]:
@@ -126,6 +129,11 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         statement_timeout=table.matching("statement_timeout", "10min", r"\d+(ms|s|min|h)?", "a duration like 10min"),
         rollback=rollback,
         min_free_mb=table.integer("min_free_mb", 200, 0, 10**7),
+        admin_user=(table.matching("admin_user", None, r"[a-z_][a-z0-9_-]{0,30}", "a Unix user name")
+                    if "admin_user" in table.data else None),
+        bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
+        gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
+                                       "a .py path in the release"),
     )
 
 

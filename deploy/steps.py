@@ -20,13 +20,13 @@ from .console import indent
 from .migrations import MigrationGraph, Revision, error_summary
 from .pipeline import Step
 from .remote import build, cleanup, dbops, deploylog, service
-from .remote.connection import HostError, Remote, on_hosts
+from .remote.connection import HostError, Remote, StageRemotes, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
 
 
 @dataclass
-class Deploy:
+class Deploy(StageRemotes):
     """What the steps share: decided once on the controller, the same for every host."""
 
     project: ProjectConfig
@@ -58,14 +58,6 @@ class Deploy:
     def remove_scratch(self) -> None:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
-
-    @property
-    def migrator(self) -> Remote:
-        return self.remotes[self.stage.migrations_host.name]
-
-    @property
-    def app_remotes(self) -> list[Remote]:
-        return [self.remotes[h.name] for h in self.stage.app_hosts]
 
     @property
     def build_remotes(self) -> list[Remote]:
@@ -152,8 +144,8 @@ def print_plan(d: Deploy) -> None:
         env = "reuse" if build.environment_ready(r, d.layout, d.digest) else f"install {d.digest} from uploaded wheels"
         console.say(f"  {r.name:<8} {','.join(r.host.roles):<16} {d.previous.get(r.name) or '(none)'} -> "
                     f"{d.release_id}; environment: {env}")
-    size = d.batch or len(d.app_remotes)
-    console.say(f"  switch {len(d.app_remotes)} app host(s), {size} at a time; health: {d.stage.health_url}")
+    size = d.batch or len(d.apps)
+    console.say(f"  switch {len(d.apps)} app host(s), {size} at a time; health: {d.stage.health_url}")
     if not d.pending:
         console.say("  migrations: none; no backup")
         return
@@ -286,7 +278,7 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
 # switch ---------------------------------------------------------------------
 
 def switch(d: Deploy) -> None:
-    remotes = d.app_remotes
+    remotes = d.apps
     size = d.batch or len(remotes)
     for start in range(0, len(remotes), size):
         batch = remotes[start:start + size]
@@ -328,7 +320,7 @@ def verify_serving(d: Deploy) -> list[str]:
             return "nothing deployed before: the service is stopped"
         body = service.wait_healthy(r, d.stage.health_url, previous, d.db_before, d.stage.health_timeout)
         return f"serving {previous}, healthy at {body.get('revision')}"
-    return [f"{name}: {text}" for name, text in on_hosts("checking the old release", d.app_remotes, check).items()]
+    return [f"{name}: {text}" for name, text in on_hosts("checking the old release", d.apps, check).items()]
 
 
 def finish(d: Deploy) -> None:

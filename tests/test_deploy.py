@@ -59,6 +59,14 @@ def health(project, host: str) -> dict:
     return json.loads(proc.stdout)
 
 
+def assert_serving(project, release: str, revision: str) -> None:
+    """Every app host's `current` is `release`, and it answers healthy at `revision`."""
+    for host in ("app1", "app2"):
+        assert current(project, host) == release, host
+        assert health(project, host) == {"release": release, "revision": revision,
+                                         "expected_revision": revision, "status": "ok"}, host
+
+
 def deploy(project, *args: str) -> subprocess.CompletedProcess:
     return project.fab("deploy", *args, db=False)
 
@@ -88,8 +96,12 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
 
     project.sandbox = clean_sandbox
     point_at_sandbox(project, clean_sandbox)
+    for host in clean_sandbox.apps:  # nothing installed: `fab setup` installs the unit as the admin account
+        (host.root / "systemd" / "app.service").unlink()
     setup = project.fab("setup", db=False)
     assert setup.returncode == 0, output(setup)
+    assert output(setup).count("installed app.service and /etc/sudoers.d/flask-deploy-deploy (as deploy-admin)") == 2
+    assert "Environment=BIND=0.0.0.0:8000" in (clean_sandbox.apps[0].root / "systemd" / "app.service").read_text()
     proc = deploy(project)
     assert proc.returncode == 0, output(proc)
     text = output(proc)
@@ -188,10 +200,7 @@ def test_a_release_that_fails_to_boot_is_rolled_back_everywhere_with_the_databas
     assert "database downgraded to " + HEAD in text
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(deployed, "SELECT count(*) FROM boards") == "2"
-    for host in ("app1", "app2"):
-        assert current(deployed, host) == deployed.first_release
-        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
-                                          "expected_revision": HEAD, "status": "ok"}
+    assert_serving(deployed, deployed.first_release, HEAD)
 
 
 def test_a_host_failing_its_health_check_in_the_second_batch_reverts_the_first(deployed):
@@ -273,10 +282,7 @@ def test_rollback_after_a_good_deploy_puts_code_and_database_back(deployed):
     assert f"{newer} -> {deployed.first_release}" in proc.stdout
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(deployed, "SELECT count(*) FROM boards") == "2"
-    for host in ("app1", "app2"):
-        assert current(deployed, host) == deployed.first_release
-        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
-                                          "expected_revision": HEAD, "status": "ok"}
+    assert_serving(deployed, deployed.first_release, HEAD)
     backups = ssh(deployed, "app1", "ls /srv/app/backups").stdout
     assert "prerollback.dump" in backups
     for bad, message in (("../../etc", "is not a release id"), ("20990101000000-deadbeef", "is not a release on"),
@@ -402,9 +408,7 @@ def test_a_failed_downgrade_restores_the_predeploy_backup_when_nothing_was_writt
     assert "step 'switch' failed" in text and "restored from the pre-deploy backup" in text
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == "kept,also kept"
-    for host in ("app1", "app2"):
-        assert health(deployed, host) == {"release": deployed.first_release, "revision": HEAD,
-                                          "expected_revision": HEAD, "status": "ok"}
+    assert_serving(deployed, deployed.first_release, HEAD)
 
 
 def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since_the_backup(deployed):

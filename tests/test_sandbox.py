@@ -139,6 +139,11 @@ def test_the_deploy_user_may_manage_the_app_service_through_sudo_and_nothing_els
     assert ssh(sandbox, "app1", "pgrep -u deploy -f http.server").returncode == 1
 
 
+def test_the_admin_account_has_full_sudo_for_setup_and_the_deploy_user_does_not(sandbox):
+    assert ssh(sandbox, "app1", "sudo -n id -u", "-l", "deploy-admin").stdout.strip() == "0"
+    assert ssh(sandbox, "app1", "sudo -n id -u").returncode != 0
+
+
 def test_cutting_a_link_breaks_a_running_ssh_command_and_restoring_it_lets_new_ones_in(sandbox):
     argv = ["ssh", "-F", str(sandbox.ssh_config), "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2",
             "app1", "echo started; sleep 60"]
@@ -248,8 +253,9 @@ def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, san
     assert not spec.state_dir.exists()
     cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not [c for c in cmdlines if str(spec.state_dir).encode() in c or b"10.213.8.1" in c]
-    assert not machine.user_exists("fddeploy")
-    assert not machine.sudoers_path("fddeploy").exists()
+    for user in ("fddeploy", "fddeploy-admin"):
+        assert not machine.user_exists(user)
+        assert not machine.sudoers_path(user).exists()
     assert machine.user_exists("deploy")  # still used by the session's fleet
 
 

@@ -58,10 +58,10 @@ class Output:
 class Remote:
     """One host of a stage, connected on first use."""
 
-    def __init__(self, stage: StageConfig, host: StageHost) -> None:
+    def __init__(self, stage: StageConfig, host: StageHost, user: str | None = None) -> None:
         self.stage, self.host, self.name = stage, host, host.name
         self.conn = Connection(
-            host.address, user=stage.user, port=host.port, connect_timeout=10,
+            host.address, user=user or stage.user, port=host.port, connect_timeout=10,
             config=Config(overrides={"load_ssh_configs": False}),
             connect_kwargs={"key_filename": str(stage.key), "look_for_keys": False, "allow_agent": False},
         )
@@ -149,6 +149,21 @@ class Remote:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class StageRemotes:
+    """For a verb's context holding `stage` and `remotes`: its migrations host and app hosts."""
+
+    stage: StageConfig
+    remotes: dict[str, Remote]
+
+    @property
+    def migrator(self) -> Remote:
+        return self.remotes[self.stage.migrations_host.name]
+
+    @property
+    def apps(self) -> list[Remote]:
+        return [self.remotes[h.name] for h in self.stage.app_hosts]
 
 
 def connect(stage: StageConfig, hosts: tuple[StageHost, ...] | None = None) -> dict[str, Remote]:

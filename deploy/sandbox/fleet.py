@@ -56,13 +56,17 @@ def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
 
 
 def _ensure_host(sandbox: Sandbox, host: Host) -> list[str]:
-    provision.prepare_host_files(sandbox, host)
+    config_changed = provision.prepare_host_files(sandbox, host)
     made = network.ensure_host_network(sandbox, host)
     if mounts.ensure_host_mounts(sandbox, host):
         made.append("mount namespace")
-    if sshd.sshd_pid(host) is None:
+    running = sshd.sshd_pid(host)
+    if running is None:
         sshd.start_sshd(host)
         made.append("sshd")
+    elif config_changed:
+        os.kill(running, signal.SIGHUP)  # sshd re-executes itself with the new config
+        made.append("sshd reloaded (new config)")
     if host.is_db:
         if dbhost.initialise(sandbox, host):
             made.append("postgresql cluster")

@@ -9,23 +9,15 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from ..templates import render
+from ..templates import sudo_rule
 from .spec import Sandbox
 from .system import run, write_file
 
 REGISTRY = Path("/var/lib/flask-deploy-sandbox")
-SERVICE_VERBS = ("start", "stop", "restart", "reload", "status", "is-active", "show")
 
 
 def sudoers_path(user: str) -> Path:
     return Path("/etc/sudoers.d") / f"flask-deploy-{user}"
-
-
-def sudo_rule(user: str, service: str) -> str:
-    """The narrow privilege: systemctl verbs on the app's unit, nothing else."""
-    commands = ", ".join(f"/usr/bin/systemctl {verb} {service}.service" for verb in SERVICE_VERBS)
-    return render("sudoers", file=sudoers_path(user).name, user=user,
-                  alias=f"{service.upper().replace('-', '_').replace('.', '_')}_SERVICE", commands=commands)
 
 
 def user_exists(user: str) -> bool:
@@ -40,30 +32,43 @@ def _marker(name: str) -> Path:
     return REGISTRY / name
 
 
-def claim(sandbox: Sandbox) -> list[str]:
-    """Register `sandbox`; create the user, its home mount point and sudo rule if missing."""
-    user = sandbox.settings.user
-    REGISTRY.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(_marker(f"{user}.{sandbox.prefix}.owner"), f"{sandbox.state_dir}\n", 0o600)
-    made = []
-    if not user_exists(user):
+def admin_name(user: str) -> str:
+    """The operator account beside the deploy user: full sudo, used only by `fab setup`."""
+    return f"{user}-admin"
+
+
+def _ensure_user(name: str, made: list[str], home: str | None = None) -> None:
+    if not user_exists(name):
         # "*": no password can ever match, yet the account is not locked, so key login works.
-        run(["useradd", "--no-create-home", "--home-dir", f"/home/{user}", "--shell", "/bin/bash",
-             "--password", "*", "--user-group", user])
-        write_file(_marker(f"made-user-{user}"), "", 0o600)
-        made.append(f"user {user}")
-    home = Path("/home") / user
-    if not home.exists():
-        home.mkdir(mode=0o755, parents=True)  # a mount point: each host mounts its own home here
-        write_file(_marker(f"made-home-{user}"), "", 0o600)
-    rule = sudo_rule(user, sandbox.settings.service)
-    path = sudoers_path(user)
+        run(["useradd", "--no-create-home", "--home-dir", home or f"/home/{name}", "--shell", "/bin/bash",
+             "--password", "*", "--user-group", name])
+        write_file(_marker(f"made-user-{name}"), "", 0o600)
+        made.append(f"user {name}")
+
+
+def _ensure_rule(path: Path, rule: str, made: list[str]) -> None:
     if not path.exists() or path.read_text() != rule:
         candidate = path.with_name(f".{path.name}.new")
         write_file(candidate, rule, 0o440)
         run(["visudo", "-cf", str(candidate)])
         candidate.rename(path)
         made.append(f"sudo rule {path}")
+
+
+def claim(sandbox: Sandbox) -> list[str]:
+    """Register `sandbox`; create the users, the deploy user's home mount point and sudo rules if missing."""
+    user = sandbox.settings.user
+    REGISTRY.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file(_marker(f"{user}.{sandbox.prefix}.owner"), f"{sandbox.state_dir}\n", 0o600)
+    made: list[str] = []
+    _ensure_user(user, made)
+    _ensure_user(admin_name(user), made, home="/")  # its keys are in each host's /etc/ssh
+    _ensure_rule(sudoers_path(admin_name(user)), f"{admin_name(user)} ALL=(ALL) NOPASSWD: ALL\n", made)
+    home = Path("/home") / user
+    if not home.exists():
+        home.mkdir(mode=0o755, parents=True)  # a mount point: each host mounts its own home here
+        write_file(_marker(f"made-home-{user}"), "", 0o600)
+    _ensure_rule(sudoers_path(user), sudo_rule(user, sandbox.settings.service), made)
     return made
 
 
@@ -74,14 +79,15 @@ def release(sandbox: Sandbox) -> list[str]:
     if REGISTRY.exists() and any(REGISTRY.glob(f"{user}.*.owner")):
         return []
     removed = []
-    if _marker(f"made-user-{user}").exists():
-        if user_exists(user):
-            run(["userdel", user])
-            removed.append(f"user {user}")
-        _marker(f"made-user-{user}").unlink()
-    if sudoers_path(user).exists():
-        sudoers_path(user).unlink()
-        removed.append(f"sudo rule {sudoers_path(user)}")
+    for name in (user, admin_name(user)):
+        if _marker(f"made-user-{name}").exists():
+            if user_exists(name):
+                run(["userdel", name])
+                removed.append(f"user {name}")
+            _marker(f"made-user-{name}").unlink()
+        if sudoers_path(name).exists():
+            sudoers_path(name).unlink()
+            removed.append(f"sudo rule {sudoers_path(name)}")
     if _marker(f"made-home-{user}").exists():
         home = Path("/home") / user
         if home.is_dir() and not any(home.iterdir()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from ..templates import render
+from ..templates import app_unit
 from . import dbhost, sshd
 from .spec import Host, Sandbox
 from .system import in_host, write_file
@@ -22,18 +22,20 @@ def etc_hosts(sandbox: Sandbox, host: Host) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_host_files(sandbox: Sandbox, host: Host) -> None:
-    """Create what the host's mount namespace binds (see mounts.host_dirs)."""
+def prepare_host_files(sandbox: Sandbox, host: Host) -> bool:
+    """Create what the host's mount namespace binds (see mounts.host_dirs); True when
+    sshd's config changed."""
     for name in ("systemd", "log/journal"):
         (host.root / name).mkdir(mode=0o755, parents=True, exist_ok=True)
     write_file(host.root / "etc-hosts", etc_hosts(sandbox, host))
     write_file(host.root / "etc-hostname", f"{host.name}\n")
-    sshd.prepare_host(sandbox, host)
+    changed = sshd.prepare_host(sandbox, host)
     install_units(sandbox, host)
     if host.is_db:
         home = host.root / "postgresql"
         home.mkdir(mode=0o755, exist_ok=True)
         shutil.chown(home, "postgres", "postgres")
+    return changed
 
 
 def install_units(sandbox: Sandbox, host: Host) -> None:
@@ -41,8 +43,7 @@ def install_units(sandbox: Sandbox, host: Host) -> None:
     if "app" not in host.roles:
         return
     s = sandbox.settings
-    unit = render("app.service", service=s.service, user=s.user, deploy_to=s.deploy_to,
-                  bind="0.0.0.0:8000", gunicorn_config="app/gunicorn.conf.py")
+    unit = app_unit(s.service, s.user, s.deploy_to, "0.0.0.0:8000", "app/gunicorn.conf.py")
     write_file(host.root / "systemd" / f"{s.service}.service", unit)
 
 

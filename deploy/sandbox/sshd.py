@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+from .machine import admin_name
 from .spec import Host, Sandbox
 from .system import SandboxError, in_host, run, write_file
 
@@ -23,7 +24,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers {user}
+AllowUsers {user} {admin}
+AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
 # No PAM: its session modules expect a systemd host. The account's "*" password
 # cannot match anything but does not lock the account, so keys work.
 UsePAM no
@@ -67,8 +69,9 @@ def host_key(host: Host) -> Path:
     return host.root / "etc-ssh" / "ssh_host_ed25519_key"
 
 
-def prepare_host(sandbox: Sandbox, host: Host) -> None:
-    """The host's /etc/ssh (a host key kept across `up`s) and the user's authorized_keys."""
+def prepare_host(sandbox: Sandbox, host: Host) -> bool:
+    """The host's /etc/ssh (a host key kept across `up`s) and the users' authorized keys;
+    True when sshd_config changed (a running sshd must reload it)."""
     etc = host.root / "etc-ssh"
     etc.mkdir(mode=0o755, parents=True, exist_ok=True)
     if not host_key(host).exists():
@@ -78,7 +81,9 @@ def prepare_host(sandbox: Sandbox, host: Host) -> None:
         if Path("/etc/ssh", name).exists() and not (etc / name).exists():
             shutil.copy(Path("/etc/ssh", name), etc / name)
     user = sandbox.settings.user
-    write_file(etc / "sshd_config", SSHD_CONFIG.format(name=host.name, address=host.address, user=user))
+    config = SSHD_CONFIG.format(name=host.name, address=host.address, user=user, admin=admin_name(user))
+    changed = not (etc / "sshd_config").exists() or (etc / "sshd_config").read_text() != config
+    write_file(etc / "sshd_config", config)
     home = host.root / "home"
     home.mkdir(mode=0o755, parents=True, exist_ok=True)
     shutil.chown(home, user, user)
@@ -88,6 +93,9 @@ def prepare_host(sandbox: Sandbox, host: Host) -> None:
     shutil.chown(dot_ssh, user, user)
     public = Path(f"{sandbox.key}.pub").read_text()
     write_file(dot_ssh / "authorized_keys", public, 0o600, owner=user)
+    (etc / "authorized_keys").mkdir(mode=0o755, exist_ok=True)
+    write_file(etc / "authorized_keys" / admin_name(user), public, 0o644)
+    return changed
 
 
 def sshd_pid(host: Host) -> int | None:

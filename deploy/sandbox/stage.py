@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .machine import admin_name
 from .provision import env_file
 from .spec import Sandbox
 from .system import write_file
@@ -21,6 +22,8 @@ def stage_text(sandbox: Sandbox) -> str:
         "# It holds no secret: the database password is only in each host's env file.",
         "[stage]",
         f"user = {_toml(s.user)}",
+        f"admin_user = {_toml(admin_name(s.user))}",
+        'bind = "0.0.0.0:8000"',
         f"key = {_toml(str(sandbox.key))}",
         f"known_hosts = {_toml(str(sandbox.known_hosts))}",
         f"repo = {_toml(sandbox.origin_url)}",
