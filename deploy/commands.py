@@ -191,11 +191,16 @@ def unlock_stage(project: ProjectConfig, stage_name: str | None, force: bool = F
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
     holder = lock.read(remote, layout)
-    if holder is None:
+    stale = journal.load(remote, layout)
+    if holder is None and not (stale and force):
         console.ok(f"{stage.name} was not locked")
         return
-    if holder.get("action") != "manual lock" and not force:
+    if holder is not None and holder.get("action") != "manual lock" and not force:
         raise DeployError(f"{stage.name} is locked by a deploy: {lock.describe(holder)}",
-                          hint=f"if that deploy is dead: fab unlock --stage {stage.name} --force")
+                          hint=f"if that deploy is dead: fab recover --stage {stage.name} (undoes it), "
+                               f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
+    if force and stale:
+        journal.clear(remote, layout)  # the operator takes over what that deploy left
+        console.warn(f"dropped the journal of {journal.describe(stale)}; nothing was undone")
     lock.release(remote, layout)
-    console.ok(f"unlocked {stage.name} (was: {lock.describe(holder)})")
+    console.ok(f"unlocked {stage.name}" + (f" (was: {lock.describe(holder)})" if holder else ""))

@@ -439,3 +439,17 @@ def test_cleanup_keeps_k_good_releases_plus_the_rollback_target_and_removes_fail
     for host in ("app1", "app2"):
         assert ssh(deployed, host, "ls /srv/app/releases | wc -l").stdout.strip() == "2"
         assert health(deployed, host)["release"] == releases[-1]["id"]
+
+
+def test_unlock_force_drops_a_dead_deploys_journal_and_lock_without_undoing_anything(deployed):
+    import socket
+
+    stale = {"release_id": "20990101000000-deadbeef", "step": "build", "state": "running",
+             "holder": {"host": socket.gethostname(), "pid": 2**22 + 1, "user": "gone", "action": "deploy"}}
+    ssh(deployed, "app1", f"mkdir /srv/app/.lock && echo '{json.dumps(stale)}' > /srv/app/.journal.json")
+    assert "an earlier deploy was interrupted" in assert_clean_failure(deploy(deployed))
+    refused = assert_clean_failure(deployed.fab("unlock", db=False))
+    assert "locked by a deploy" in refused and "fab recover" in refused
+    forced = deployed.fab("unlock", "--force", db=False)
+    assert forced.returncode == 0 and "dropped the journal" in forced.stdout
+    assert deploy(deployed).returncode == 0
