@@ -162,7 +162,7 @@ def _install_unit(stage, host) -> str:
     try:
         admin.run(["sudo", "-n", "install", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin",
                    f"/etc/systemd/system/{stage.service}.service"], input=unit)
-        admin.run(["sudo", "-n", "sh", "-c", 'umask 337 && cat > "$1.new" && visudo -cqf "$1.new" && mv "$1.new" "$1"',
+        admin.run(["sudo", "-n", "sh", "-c", 'umask 337 && t="$1.new.$$" && cat > "$t" && visudo -cqf "$t" && mv "$t" "$1"',
                    "sudoers", sudoers], input=rule)
         admin.run(["sudo", "-n", "systemctl", "daemon-reload"])
     finally:
