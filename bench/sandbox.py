@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from deploy.config import ProjectConfig, SandboxSettings
+from deploy.config import ProjectConfig
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
 from deploy.sandbox.system import ensure_packages
@@ -20,9 +20,7 @@ def bench_sandbox(project: ProjectConfig, runs: int, hosts: int = 2) -> str:
     """Time `runs` cycles of up (fresh), up (again, nothing to do), down; return the section."""
     ensure_packages()  # once: the target is for a machine with the packages installed
     state = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
-    settings = SandboxSettings(hosts=hosts, prefix="fdb", subnet="10.213.7.0/24", state_dir=state / "sandbox",
-                               user="deploy", service="app", deploy_to="/srv/app", disk_size="1g")
-    sandbox = Sandbox(settings, project.root, hosts)
+    sandbox = Sandbox.throwaway("fdb", "10.213.7.0/24", state / "sandbox", project.root, hosts)
     fleet.down(sandbox)
     fresh, again, down = [], [], []
     try:

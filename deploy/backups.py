@@ -8,14 +8,13 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, dbops, lock, service
+from .remote import build, dbops, deploylog, lock, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
@@ -61,7 +60,7 @@ def backup(project: ProjectConfig, stage_name: str | None, label: str | None = N
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
-    backup_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + (label or "manual")
+    backup_id = deploylog.stamp() + "-" + (label or "manual")
     manifest = dbops.backup(remote, layout, _serving(remote, layout), backup_id, label or "manual")
     console.ok(f"backup {backup_id}: {manifest['size']} bytes in {manifest['duration']}s, revision "
                f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
@@ -105,7 +104,7 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
 def verify(remote: Remote, layout: Layout, release: str, backup_id: str) -> dict:
     """sha256 and a full read; the result is kept beside the backup."""
     result = dbops.server_tool(remote, layout, release, "backup_tool", "verify", layout.backups, backup_id)
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["time"] = deploylog.now()
     remote.run(["sh", "-c", 'umask 077 && cat > "$1"', "verify", f"{layout.backups}/{backup_id}.verify.json"],
                input=json.dumps(result))
     return result
@@ -139,7 +138,7 @@ def _check(r: Restore) -> None:
 
 
 def _safety_backup(r: Restore) -> None:
-    safety_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-before-restore"
+    safety_id = deploylog.stamp() + "-before-restore"
     r.safety = dbops.backup(r.migrator, r.layout, r.release, safety_id, "before-restore")
     console.say(f"  safety backup of the current database: {safety_id}")
 

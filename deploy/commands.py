@@ -29,7 +29,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
         return {"release": d.release_id, "commit": d.commit, "dry_run": True}
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
-    stale = journal.interrupted(stage, d.migrator, d.layout)
+    stale = journal.interrupted(d.migrator, d.layout)
     if stale:
         raise DeployError(f"an earlier deploy was interrupted: {journal.describe(stale)}",
                           hint=f"fab recover --stage {stage.name} (puts the old release and database back)")
@@ -93,7 +93,7 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
 
     hosts = on_hosts("status", list(remotes.values()), host_state)
     holder = lock.read(remotes[stage.migrations_host.name], layout)
-    stale = journal.interrupted(stage, remotes[stage.migrations_host.name], layout)
+    stale = journal.interrupted(remotes[stage.migrations_host.name], layout)
     result = {"stage": stage.name, "hosts": hosts, "lock": holder, "interrupted": stale}
     if as_json:
         console.say(json.dumps(result, indent=2))

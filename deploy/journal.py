@@ -17,7 +17,7 @@ from .errors import DeployError
 from .remote import lock, service
 from .remote.connection import Remote, connect
 from .remote.layout import Layout
-from .stages import StageConfig, load_stage
+from .stages import load_stage
 
 FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated", "backup")
 
@@ -72,7 +72,7 @@ def describe(record: dict) -> str:
             f"({record.get('state')}), by {lock.describe(record.get('holder', {}))}")
 
 
-def interrupted(stage: StageConfig, remote: Remote, layout: Layout) -> dict | None:
+def interrupted(remote: Remote, layout: Layout) -> dict | None:
     """The journal of a deploy whose controller is gone, if any."""
     record = load(remote, layout)
     if record is None or holder_alive(record):

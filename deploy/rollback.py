@@ -8,7 +8,6 @@ revisions (the newer release's), then check health at the target revision.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 
 from . import console, pipeline
@@ -68,7 +67,7 @@ def choose(r: Rollback) -> None:
 
 def back_up(r: Rollback) -> None:
     if r.db_now != r.target_revision:
-        r.backup = dbops.backup(r.migrator, r.layout, r.source, f"{time.strftime('%Y%m%d%H%M%S')}-prerollback",
+        r.backup = dbops.backup(r.migrator, r.layout, r.source, f"{deploylog.stamp()}-prerollback",
                                 "prerollback")
         console.say(f"  backup {r.backup['id']} ({r.backup['size']} bytes)")
 
@@ -131,7 +130,7 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
     lock.acquire(r.migrator, r.layout, lock.holder("rollback", to), stage.name)
     try:
         pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "rollback",
+        entry = {"time": deploylog.now(), "action": "rollback",
                  "from": r.source, "release": r.target, "revision_before": r.db_now,
                  "revision_after": r.target_revision, "backup": r.backup["id"] if r.backup else None, "outcome": "ok"}
         deploylog.append(r.migrator, r.layout, entry)

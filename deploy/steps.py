@@ -6,6 +6,7 @@ any point undoes, in reverse, what was done on every host.
 """
 from __future__ import annotations
 
+import getpass
 import shutil
 import tempfile
 import time
@@ -110,7 +111,7 @@ def preflight(d: Deploy) -> None:
 def new_release_id(commit: str, taken: set[str | None]) -> str:
     """UTC time and commit: sorts by age, the same on every host, never a release that exists."""
     while True:
-        release_id = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + commit[:8]
+        release_id = deploylog.stamp() + "-" + commit[:8]
         if release_id not in taken:
             return release_id
         time.sleep(0.2)
@@ -164,8 +165,8 @@ def build_release(d: Deploy) -> None:
     needs_env = [r for r in d.build_remotes if not build.environment_ready(r, d.layout, d.digest)]
     wheels = source.wheelhouse(d.project, d.export_dir, d.digest, version, machine) if needs_env else None
     meta = {"release": d.release_id, "ref": d.ref, "commit": d.commit, "revision": d.head,
-            "lock": d.digest, "status": "building", "user": _user(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "lock": d.digest, "status": "building", "user": getpass.getuser(),
+            "time": deploylog.now()}
 
     def on_host(r: Remote) -> str:
         d.built.append(r.name)
@@ -333,7 +334,7 @@ def finish(d: Deploy) -> None:
 
 
 def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | None = None) -> dict:
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "deploy", "user": _user(),
+    return {"time": deploylog.now(), "action": "deploy", "user": getpass.getuser(),
             "stage": d.stage.name, "ref": d.ref, "commit": d.commit, "release": d.release_id,
             "revision_before": d.db_before, "revision_after": d.head if outcome == "ok" else d.db_before,
             "backup": d.backup["id"] if d.backup else None, "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -342,12 +343,6 @@ def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | N
 
 def append_log(d: Deploy, entry: dict) -> None:
     deploylog.append(d.migrator, d.layout, entry)
-
-
-def _user() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 STEPS = [

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.config import SandboxSettings
 from deploy.database import create_database, drop_database
 from deploy.local.database import LocalCluster
 from deploy.local.git import git
@@ -54,11 +53,7 @@ def database_url(pg_cluster: LocalCluster) -> str:
 
 def sandbox_spec(prefix: str, subnet: str, app_hosts: int = 2) -> Sandbox:
     """A sandbox of the tests' own (its own names and subnet), beside any `inv sandbox.up` one."""
-    settings = SandboxSettings(
-        hosts=app_hosts, prefix=prefix, subnet=subnet, state_dir=SCRATCH / f"sandbox-{prefix}",
-        user="deploy", service="app", deploy_to="/srv/app", disk_size="1g",
-    )
-    return Sandbox(settings, REPO, app_hosts)
+    return Sandbox.throwaway(prefix, subnet, SCRATCH / f"sandbox-{prefix}", REPO, app_hosts)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,14 @@ import json
 
 import pytest
 from conftest import assert_clean_failure, output
-from test_deploy import GOOD_MIGRATION, HEAD, add_migration, current, deploy, health, sql, ssh
+from test_deploy import GOOD_MIGRATION, HEAD, add_migration, deploy, deploy_and_seed, health, sql, ssh
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
 def deployed(staged):
-    proc = deploy(staged)
-    assert proc.returncode == 0, output(proc)
-    staged.first_release = current(staged, "app1")
-    sql(staged, "INSERT INTO boards (name) VALUES ('one'), ('two'), ('three')")
-    return staged
+    return deploy_and_seed(staged, "one", "two", "three")
 
 
 def backups(project) -> list[dict]:

@@ -81,14 +81,19 @@ def add_migration(project, text: str, name: str) -> None:
     project.push()
 
 
+def deploy_and_seed(project, *names: str):
+    """The project's commit deployed and healthy on the test fleet, with these boards in its database."""
+    proc = deploy(project)
+    assert proc.returncode == 0, output(proc)
+    project.first_release = current(project, "app1")
+    sql(project, "INSERT INTO boards (name) VALUES " + ", ".join(f"('{n}')" for n in names))
+    return project
+
+
 @pytest.fixture
 def deployed(staged):
     """The seed commit deployed and healthy on the test fleet."""
-    proc = deploy(staged)
-    assert proc.returncode == 0, output(proc)
-    staged.first_release = current(staged, "app1")
-    sql(staged, "INSERT INTO boards (name) VALUES ('kept'), ('also kept')")
-    return staged
+    return deploy_and_seed(staged, "kept", "also kept")
 
 
 def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_serves(clean_sandbox, project):
@@ -453,3 +458,18 @@ def test_unlock_force_drops_a_dead_deploys_journal_and_lock_without_undoing_anyt
     forced = deployed.fab("unlock", "--force", db=False)
     assert forced.returncode == 0 and "dropped the journal" in forced.stdout
     assert deploy(deployed).returncode == 0
+
+
+def test_fab_refuses_a_host_whose_key_is_wrong_or_unknown_and_never_adds_one(staged):
+    lines = staged.sandbox.known_hosts.read_text().splitlines()
+    app1, app2 = lines[0].split(), lines[1].split()
+    for name, text, message in (("wrong_known_hosts", " ".join([app1[0], *app2[1:]]) + "\n" + "\n".join(lines[1:]) + "\n",
+                                 "host key does not match"),
+                                ("empty_known_hosts", "\n".join(lines[1:]) + "\n", "host key is not in")):
+        path = staged.root / name
+        path.write_text(text)
+        staged.edit("deploy.toml", "[stages.sandbox]\n", f'[stages.sandbox]\nknown_hosts = "{name}"\n')
+        refused = assert_clean_failure(staged.fab("status", db=False))
+        assert "app1" in refused and message in refused and "refusing to connect" in refused
+        assert path.read_text() == text  # nothing was accepted or added
+        staged.edit("deploy.toml", f'[stages.sandbox]\nknown_hosts = "{name}"\n', "[stages.sandbox]\n")

@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import json
+import time
 
 from .connection import Remote
 from .layout import Layout
+
+
+def now() -> str:
+    """UTC, ISO 8601: the time in every log line, manifest and lock holder."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def stamp() -> str:
+    """UTC, sortable: the start of every release and backup id."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime())
 
 
 def append(remote: Remote, layout: Layout, entry: dict) -> None:

@@ -7,9 +7,9 @@ import getpass
 import json
 import os
 import socket
-import time
 
 from ..errors import DeployError
+from . import deploylog
 from .connection import HostError, Remote
 from .layout import Layout
 
@@ -20,7 +20,7 @@ class LockHeld(DeployError):
 
 def holder(action: str, ref: str | None) -> dict:
     return {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "ref": ref}
+            "time": deploylog.now(), "action": action, "ref": ref}
 
 
 def describe(info: dict) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from .spec import Host, Sandbox
-from .system import in_host, run
+from .system import run
 
 
 def _links() -> dict[str, dict]:
@@ -56,16 +56,6 @@ def link_is_up(host: Host) -> bool | None:
 def set_link(host: Host, up: bool) -> None:
     """Cut (down) or restore (up) the host's only link: packets are dropped, as in a real outage."""
     run(["ip", "link", "set", host.link, "up" if up else "down"])
-
-
-def can_connect(host: Host, address: str, port: int, timeout: float = 2.0) -> bool:
-    """From inside `host`, whether a TCP connection to address:port succeeds."""
-    probe = (
-        "import socket,sys\n"
-        "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()\n"
-        "except OSError: sys.exit(1)\n"
-    )
-    return in_host(host, ["python3", "-c", probe, address, str(port), str(timeout)], check=False).returncode == 0
 
 
 def remove_host_network(host: Host) -> None:

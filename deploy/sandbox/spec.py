@@ -64,6 +64,13 @@ class Sandbox:
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.settings.subnet)
 
+    @classmethod
+    def throwaway(cls, prefix: str, subnet: str, state_dir: Path, project_root: Path, app_hosts: int = 2) -> "Sandbox":
+        """A sandbox of its own names and subnet beside any other (the tests', the benchmarks')."""
+        settings = SandboxSettings(hosts=app_hosts, prefix=prefix, subnet=subnet, state_dir=state_dir,
+                                   user="deploy", service="app", deploy_to="/srv/app", disk_size="1g")
+        return cls(settings, project_root, app_hosts)
+
     def address(self, index: int) -> str:
         return str(self.network.network_address + index)
 
