@@ -31,10 +31,21 @@ def backup(c, stage=None, label=None, download=None):
     backups.backup(load_project(), stage, label, download)
 
 
-@task(name="backups", help={**STAGE, "json": "print JSON"})
+@task(name="list", help={**STAGE, "json": "print JSON"})
 def list_backups(c, stage=None, json=False):
     """The stage's backups: id, time, size, revision, release, last verification."""
     backups.list_backups(load_project(), stage, json)
+
+
+@task(name="check", help={**STAGE, "json": "print JSON",
+                          "restore-test": "also restore it into a scratch database now (default: every "
+                                          "backups.restore_test_days)",
+                          "skip-restore-test": "not this time, even if one is due"})
+def check_backups(c, stage=None, json=False, restore_test=False, skip_restore_test=False):
+    """Check the newest backup (age, size, sha256, full read, restore test); exit 0 OK, 1 WARNING, 2 CRITICAL."""
+    if restore_test and skip_restore_test:
+        raise ConfigError("--restore-test and --skip-restore-test contradict each other")
+    backups.check(load_project(), stage, json, True if restore_test else False if skip_restore_test else None)
 
 
 @task(positional=["backup_id"], help={**STAGE, "backup_id": "an id from fab backups"})
@@ -87,4 +98,7 @@ def _number(option: str, value):
     return int(value)
 
 
-ns = Collection(deploy, rollback, backup, list_backups, restore, recover, status, releases, setup, lock, unlock)
+backups_ns = Collection("backups")
+backups_ns.add_task(list_backups, default=True)
+backups_ns.add_task(check_backups)
+ns = Collection(deploy, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock)

@@ -4,7 +4,6 @@ restore that refuses an unverified backup, takes a safety backup first, stops
 the app while it runs and puts the safety backup back if the restore fails."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -13,30 +12,16 @@ from pathlib import Path
 
 from . import console, pipeline
 from .config import ProjectConfig
-from .errors import DeployError
-from .remote import build, dbops, deploylog, lock, service
+from .errors import BackupCheckFailed, DeployError
+from .remote import build, lock, server_tools, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
+from .server import reports
+from .server.digests import checksums
 from .stages import StageConfig, load_stage
 
 BACKUP_ID = re.compile(r"\d{14}-[A-Za-z0-9_.-]{1,60}")
 LABEL = re.compile(r"[A-Za-z0-9_-]{1,40}")
-
-LIST = """import glob, json, os, sys
-out = []
-for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
-    if path.endswith(".verify.json"):
-        continue
-    try:
-        manifest = json.load(open(path))
-        check = path[:-5] + ".verify.json"
-        manifest["verified"] = json.load(open(check)) if os.path.exists(check) else None
-        out.append(manifest)
-    except (OSError, ValueError):
-        pass
-print(json.dumps(out))
-"""
-
 
 def _serving(remote: Remote, layout: Layout) -> str:
     release = service.current_release(remote, layout)
@@ -54,30 +39,40 @@ def _check_id(backup_id: str) -> str:
 
 def backup(project: ProjectConfig, stage_name: str | None, label: str | None = None,
            download: str | None = None) -> dict:
-    """A pg_dump of the stage's database on the migrations host, with its manifest; optionally copied here."""
+    """A pg_dump of the stage's database on the migrations host, with its manifest, then pruning
+    (the stage's retention); optionally copied here."""
     if label is not None and not LABEL.fullmatch(label):
         raise DeployError(f"--label must be 1-40 letters, digits, '-' or '_', got {label[:60]!r}")
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
-    backup_id = deploylog.stamp() + "-" + (label or "manual")
-    manifest = dbops.backup(remote, layout, _serving(remote, layout), backup_id, label or "manual")
-    console.ok(f"backup {backup_id}: {manifest['size']} bytes in {manifest['duration']}s, revision "
+    manifest = server_tools.dump(remote, layout, stage, label or "manual")
+    console.ok(f"backup {manifest['id']}: {manifest['size']} bytes in {manifest['duration']}s, revision "
                f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
+    say_pruned(manifest)
     if download:
         fetch(remote, layout, manifest, Path(download))
     return manifest
+
+
+def say_pruned(manifest: dict, say=console.say) -> None:
+    if manifest.get("pruned"):
+        say(f"  retention removed {len(manifest['pruned'])} older backup(s): {', '.join(manifest['pruned'])}")
 
 
 def fetch(remote: Remote, layout: Layout, manifest: dict, folder: Path) -> Path:
     """Copy a backup and its manifest here; the sha256 is checked after the transfer."""
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / f"{manifest['id']}.dump"
-    for suffix in (".dump", ".json"):
-        target = folder / f"{manifest['id']}{suffix}"
-        remote.conn.get(f"{layout.backups}/{manifest['id']}{suffix}", str(target))
+    source = f"{layout.backups}/{manifest['id']}.dump"
+    names = sorted(manifest.get("files", {}))
+    if names:
+        local.mkdir(mode=0o700, exist_ok=True)
+    for remote_path, target in ([(f"{source}/{n}", local / n) for n in names] or [(source, local)]) + [
+            (f"{layout.backups}/{manifest['id']}.json", folder / f"{manifest['id']}.json")]:
+        remote.conn.get(remote_path, str(target))
         os.chmod(target, 0o600)
-    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    digest, _ = checksums(str(local))
     if digest != manifest["sha256"]:
         raise DeployError(f"the downloaded {local.name} does not match its sha256 ({digest[:12]} != "
                           f"{manifest['sha256'][:12]})", hint="download it again")
@@ -89,7 +84,7 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
-    found = json.loads(remote.run(["python3", "-c", LIST, layout.backups]).stdout)
+    found = server_tools.manifests(remote, layout)
     if as_json:
         console.say(json.dumps(found, indent=2))
         return found
@@ -101,13 +96,24 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     return found
 
 
-def verify(remote: Remote, layout: Layout, release: str, backup_id: str) -> dict:
-    """sha256 and a full read; the result is kept beside the backup."""
-    result = dbops.server_tool(remote, layout, release, "backup_tool", "verify", layout.backups, backup_id)
-    result["time"] = deploylog.now()
-    remote.run(["sh", "-c", 'umask 077 && cat > "$1"', "verify", f"{layout.backups}/{backup_id}.verify.json"],
-               input=json.dumps(result))
-    return result
+def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
+          restore_test: bool | None = None) -> dict:
+    """The scheduled check, run now from here: the same tool and settings as the check timer,
+    so it also writes the history and the Prometheus file. Exits 0, 1 or 2."""
+    stage = load_stage(project, stage_name)
+    layout = Layout(stage.deploy_to)
+    remote = connect(stage)[stage.migrations_host.name]
+    forced = [] if restore_test is None else ["--restore-test" if restore_test else "--no-restore-test"]
+    report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced)
+    if as_json:
+        console.say(json.dumps(report, indent=2))
+    else:
+        console.say(reports.table(report))
+    if report["status"]:
+        failing = [f"{c['check']} {c['state']}" for c in report["checks"] if c["status"]]
+        raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
+                                hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
+    return report
 
 
 @dataclass
@@ -129,7 +135,7 @@ def _check(r: Restore) -> None:
         raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",
                           hint=f"fab backups --stage {r.stage.name}")
     r.manifest = json.loads(found.stdout)
-    checked = verify(r.migrator, r.layout, r.release, r.backup_id)
+    checked = server_tools.verify(r.migrator, r.layout, r.backup_id)
     if not checked["ok"]:
         raise DeployError(f"backup {r.backup_id} fails verification (sha256 ok: {checked['sha256_ok']}, "
                           f"full read ok: {checked.get('read_ok')}); refusing to restore it",
@@ -138,9 +144,9 @@ def _check(r: Restore) -> None:
 
 
 def _safety_backup(r: Restore) -> None:
-    safety_id = deploylog.stamp() + "-before-restore"
-    r.safety = dbops.backup(r.migrator, r.layout, r.release, safety_id, "before-restore")
-    console.say(f"  safety backup of the current database: {safety_id}")
+    # no pruning here: it could remove the very backup being restored
+    r.safety = server_tools.dump(r.migrator, r.layout, r.stage, "before-restore", prune=False)
+    console.say(f"  safety backup of the current database: {r.safety['id']}")
 
 
 def _stop_app(r: Restore) -> None:
@@ -152,8 +158,7 @@ def _start_app(r: Restore) -> None:
 
 
 def _restore(r: Restore) -> None:
-    r.result = dbops.server_tool(r.migrator, r.layout, r.release, "backup_tool", "restore", r.layout.backups,
-                                 r.backup_id, "2")
+    r.result = server_tools.restore(r.migrator, r.layout, r.stage, r.backup_id)
     if not r.result["ok"]:
         raise DeployError(f"pg_restore failed: {r.result['error']}")
     if r.result["revision"] != r.manifest.get("revision") or r.result["row_counts"] != r.manifest.get("row_counts"):
@@ -163,8 +168,7 @@ def _restore(r: Restore) -> None:
 
 
 def _put_safety_back(r: Restore) -> None:
-    back = dbops.server_tool(r.migrator, r.layout, r.release, "backup_tool", "restore", r.layout.backups,
-                             r.safety["id"], "2")
+    back = server_tools.restore(r.migrator, r.layout, r.stage, r.safety["id"])
     if not back["ok"]:
         raise DeployError(f"the safety backup {r.safety['id']} could not be put back either: {back['error']}")
 

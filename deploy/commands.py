@@ -7,11 +7,11 @@ import time
 from . import console, journal, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, lock, service
+from .remote import build, lock, server_tools, service
 from .remote.connection import HostError, Remote, connect, on_hosts
 from .remote.layout import Layout
 from .stages import load_stage
-from .templates import app_unit, render, sudo_rule
+from .templates import app_unit, backup_units, render, sudo_rule
 
 
 def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", batch: int | None = None,
@@ -133,7 +133,7 @@ def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = Fal
 
 def setup(project: ProjectConfig, stage_name: str | None) -> None:
     """The layout on every host; an env file template only where none exists; with the stage's
-    admin account, the unit and the deploy user's sudo rule installed (else it says how)."""
+    admin account, the units and the deploy user's sudo rule installed (else it says how)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     template = render("env.example")
@@ -145,29 +145,49 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
         if wrote:  # (stdin is only sent to a command that reads it all)
             r.run(["sh", "-c", 'umask 077 && cat > "$1"', "env", layout.env_file], input=template)
         notes = ["wrote an env file template (fill it in)" if wrote else "env file kept"]
+        units = {}
         if "app" in r.host.roles:
-            notes.append(_install_unit(stage, r.host) if stage.admin_user else _unit_state(stage, r))
+            units[f"{stage.service}.service"] = app_unit(stage.service, stage.user, stage.deploy_to, stage.bind,
+                                                         stage.gunicorn_config)
+        if r.host == stage.migrations_host:
+            server_tools.tool(r, layout, "list")  # installs the backup tool the timers run
+            units.update(backup_units(stage.service, stage.user, stage.deploy_to, stage.backups))
+        if units:
+            notes.append(_install_units(stage, r.host, units) if stage.admin_user else _unit_state(stage, r))
         return "; ".join(notes)
 
     for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
         console.ok(f"{name}: {text}")
 
 
-def _install_unit(stage, host) -> str:
-    """As the admin account: the rendered unit and the deploy user's sudo rule (checked by visudo)."""
+def _install_units(stage, host, units: dict[str, str]) -> str:
+    """As the admin account: the rendered units, the deploy user's sudo rule (checked by visudo),
+    and the timers enabled."""
     admin = Remote(stage, host, user=stage.admin_user)
-    unit = app_unit(stage.service, stage.user, stage.deploy_to, stage.bind, stage.gunicorn_config)
     rule = sudo_rule(stage.user, stage.service)
     sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}"
     try:
-        admin.run(["sudo", "-n", "install", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin",
-                   f"/etc/systemd/system/{stage.service}.service"], input=unit)
+        for name, text in units.items():
+            admin.run(["sudo", "-n", "install", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin",
+                       f"/etc/systemd/system/{name}"], input=text)
         admin.run(["sudo", "-n", "sh", "-c", 'umask 337 && t="$1.new.$$" && cat > "$t" && visudo -cqf "$t" && mv "$t" "$1"',
                    "sudoers", sudoers], input=rule)
         admin.run(["sudo", "-n", "systemctl", "daemon-reload"])
+        timers = [name for name in units if name.endswith(".timer")]
+        notes = [f"installed {', '.join(units)} and {sudoers} (as {stage.admin_user})"]
+        if timers:
+            enabled = admin.run(["sudo", "-n", "systemctl", "enable", "--now", *timers], check=False)
+            notes.append("timers enabled" if enabled.exited == 0 else
+                         f"the timers could not be enabled ({_last_line(enabled)}): without systemd, schedule "
+                         f"the units' commands with cron (README, Backups)")
     finally:
         admin.close()
-    return f"installed {stage.service}.service and {sudoers} (as {stage.admin_user})"
+    return "; ".join(notes)
+
+
+def _last_line(out) -> str:
+    lines = (out.stderr or out.stdout).strip().splitlines()
+    return lines[-1][:160] if lines else f"exit {out.exited}"
 
 
 def _unit_state(stage, r) -> str:

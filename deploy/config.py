@@ -87,6 +87,12 @@ class _Table:
             raise self.fail(key, f"a whole number from {low} to {high}, got {value!r}")
         return value
 
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise self.fail(key, f"a number from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
     def matching(self, key: str, default: str, pattern: str, expected: str) -> str:
         value = self.text(key, default)
         if not re.fullmatch(pattern, value):

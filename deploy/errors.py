@@ -38,6 +38,14 @@ class CheckFailed(DeployError):
     """One or more checks failed; the message lists every one."""
 
 
+class BackupCheckFailed(DeployError):
+    """The backup check found a problem; exits 1 (WARNING) or 2 (CRITICAL), as Nagios plugins do."""
+
+    def __init__(self, message: str, status: int, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = status
+
+
 class CommandFailed(DeployError):
     """A subprocess exited non-zero: names the command, its exit code and its last output."""
 

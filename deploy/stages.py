@@ -28,6 +28,34 @@ class StageHost:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """`[stages.NAME.backups]`: how backups are taken, kept and checked."""
+
+    format: str                 # directory (parallel dump, the default) or custom
+    compress: int               # gzip level; 4 with 2 jobs was measured best (README, Backups)
+    jobs: int                   # parallel pg_dump/pg_restore jobs
+    keep: int                   # the newest N are kept...
+    keep_daily_days: int        # ...and the newest of each of the last D days
+    warn_age_hours: float
+    crit_age_hours: float
+    size_tolerance: float       # the newest may differ this much (a fraction) from the median of earlier ones
+    restore_test_days: float    # a real restore into a scratch database at least this often (0: never by itself)
+    schedule: str               # systemd OnCalendar= of the nightly backup
+    check_schedule: str         # and of the check
+    textfile: str               # the Prometheus textfile-collector file the check rewrites
+
+    def dump_args(self, label: str) -> list[str]:
+        return ["dump", "--label", label, "--format", self.format, "--compress", str(self.compress),
+                "--jobs", str(self.jobs), "--keep", str(self.keep), "--keep-daily-days", str(self.keep_daily_days)]
+
+    def check_args(self) -> list[str]:
+        return ["check", "--warn-age-hours", f"{self.warn_age_hours:g}", "--crit-age-hours",
+                f"{self.crit_age_hours:g}", "--size-tolerance", f"{self.size_tolerance:g}",
+                "--restore-test-days", f"{self.restore_test_days:g}", "--jobs", str(self.jobs),
+                "--textfile", self.textfile]
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """Everything `fab ... --stage NAME` needs, validated."""
 
@@ -50,6 +78,7 @@ class StageConfig:
     admin_user: str | None     # an account with sudo, used only by `fab setup` (units, sudo rule)
     bind: str                  # where gunicorn listens (the unit's BIND)
     gunicorn_config: str       # in the release
+    backups: BackupSettings
 
     @property
     def app_hosts(self) -> tuple[StageHost, ...]:
@@ -134,6 +163,33 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
         gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
                                        "a .py path in the release"),
+        backups=_backups(table.table("backups"), table.data.get("deploy_to", "")),
+    )
+
+
+CALENDAR = r"[A-Za-z0-9*:./, ~-]+"
+
+
+def _backups(table: _Table, deploy_to: str) -> BackupSettings:
+    fmt = table.text("format", "directory")
+    if fmt not in ("directory", "custom"):
+        raise table.fail("format", f"directory or custom, got {fmt!r}")
+    warn = table.number("warn_age_hours", 26, 0.01, 24 * 366)
+    return BackupSettings(
+        format=fmt,
+        compress=table.integer("compress", 4, 0, 9),
+        jobs=table.integer("jobs", 2, 1, 64),
+        keep=table.integer("keep", 7, 1, 1000),
+        keep_daily_days=table.integer("keep_daily_days", 14, 0, 3660),
+        warn_age_hours=warn,
+        crit_age_hours=table.number("crit_age_hours", max(50, warn), warn, 24 * 366),
+        size_tolerance=table.number("size_tolerance", 0.5, 0.01, 100),
+        restore_test_days=table.number("restore_test_days", 7, 0, 366),
+        schedule=table.matching("schedule", "*-*-* 03:00:00", CALENDAR, "a systemd calendar spec like *-*-* 03:00:00"),
+        check_schedule=table.matching("check_schedule", "*-*-* 04:30:00", CALENDAR,
+                                      "a systemd calendar spec like *-*-* 04:30:00"),
+        textfile=table.matching("textfile", f"{deploy_to}/metrics/flask_deploy_backup.prom", r"(/[A-Za-z0-9_.-]+)+\.prom",
+                                "an absolute path ending in .prom"),
     )
 
 

@@ -18,9 +18,9 @@ from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
 from .lint import lint_revisions, render_revisions
 from .console import indent
-from .migrations import MigrationGraph, Revision, error_summary
+from .migrations import MIGRATION_LOCK_KEY, MigrationGraph, Revision, error_summary
 from .pipeline import Step
-from .remote import build, cleanup, dbops, deploylog, service
+from .remote import build, cleanup, dbops, deploylog, server_tools, service
 from .remote.connection import HostError, Remote, StageRemotes, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
@@ -202,9 +202,10 @@ def backup(d: Deploy) -> None:
     if not d.pending:
         console.say("  no migration to run: no backup needed")
         return
-    backup_id = f"{d.release_id}-predeploy"
-    d.backup = dbops.backup(d.migrator, d.layout, d.release_id, backup_id, "predeploy")
-    d.say(d.migrator.name, f"backup {backup_id}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
+    d.backup = server_tools.dump(d.migrator, d.layout, d.stage, "predeploy", backup_id=f"{d.release_id}-predeploy",
+                                 release=d.release_id)
+    d.say(d.migrator.name, f"backup {d.backup['id']}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
+    backups.say_pruned(d.backup, lambda text: d.say(d.migrator.name, text.strip()))
 
 
 def migrate(d: Deploy) -> None:
@@ -230,6 +231,10 @@ def undo_migrate(d: Deploy) -> None:
     """Back to the revision the database had: verify, downgrade, or stop and say exactly where it is."""
     if not d.migrated:
         return
+    ended = server_tools.end_migrations(d.migrator, d.layout, MIGRATION_LOCK_KEY)
+    if ended:  # its client died (killed, or the connection lost): its transaction would hold its locks
+        d.notes.append(f"ended the migration's orphaned database session(s) {', '.join(map(str, ended))}; "
+                       "their open transaction rolled back")
     now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
     if now == d.db_before:
         risky = [r.label() for r in d.pending if r.non_transactional]
@@ -263,7 +268,7 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
     """The downgrade failed: restore the pre-deploy backup, but only if nothing wrote to the
     app's tables since it was taken (those rows would be lost); otherwise stop and say so."""
     time.sleep(STATS_FLUSH_SECONDS)
-    written = dbops.server_tool(d.migrator, d.layout, d.release_id, "backup_tool", "writes")["writes"]
+    written = server_tools.writes(d.migrator, d.layout)
     if written != d.backup.get("writes"):
         raise DeployError(
             f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and "

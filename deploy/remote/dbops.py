@@ -1,17 +1,14 @@
-"""The database, from the migrations host, through a release's own code: its
-revision, upgrade, downgrade, and the backup tool. The DATABASE_URL comes
-from the server's env file inside the remote shell, never from a command line."""
+"""The database, from the migrations host, through a release's own code: its revision,
+upgrade and downgrade. The DATABASE_URL comes from the server's env file inside the
+remote shell, never from a command line."""
 from __future__ import annotations
 
-import json
 import re
 
-from ..server import script
 from .connection import Remote
 from .layout import Layout
 
 WITH_ENV = 'set -a && . "$1" && set +a && cd "$2" && shift 2 && exec "$@"'
-
 
 
 def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str], env: dict[str, str] | None = None,
@@ -20,12 +17,6 @@ def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str],
     extra = [f"{k}={v}" for k, v in (env or {}).items()]
     return remote.run(["sh", "-c", WITH_ENV, "with-env", layout.env_file, layout.release(release_id),
                        "env", *extra, *argv], check=check, timeout=timeout, input=input)
-
-
-def server_tool(remote: Remote, layout: Layout, release_id: str, name: str, *args: str, timeout: float = 3600) -> dict:
-    """Run one of deploy/server's scripts with the release's Python; its JSON answer."""
-    out = in_release(remote, layout, release_id, [".venv/bin/python", "-", *args], input=script(name), timeout=timeout)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def flask_db(remote: Remote, layout: Layout, release_id: str, app: str, *args: str, env: dict[str, str] | None = None,
@@ -39,8 +30,3 @@ def current_revision(remote: Remote, layout: Layout, release_id: str, app: str) 
     out = flask_db(remote, layout, release_id, app, "current")
     found = re.findall(r"^([0-9a-f]{6,})\b", out.stdout, re.M)
     return found[-1] if found else None
-
-
-def backup(remote: Remote, layout: Layout, release_id: str, backup_id: str, label: str = "") -> dict:
-    """pg_dump into backups/ with its manifest (see deploy/server/backup_tool.py)."""
-    return server_tool(remote, layout, release_id, "backup_tool", "dump", layout.backups, backup_id, release_id, label)

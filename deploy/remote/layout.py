@@ -6,7 +6,8 @@
     shared/venvs/      Python environments, one per app.lock hash, shared by releases
     shared/wheels/     the wheels they were installed from (no package index needed)
     repo/              a bare git mirror of the stage's repository
-    backups/           database backups (0700; files 0600)
+    backups/           database backups (0700; files 0600) and check-history.jsonl
+    tools/             the backup tool the timers and fab run (deploy/server, refreshed by each use)
     deploy.log         one JSON line per deploy or rollback
     .lock/             the stage's deploy lock (on the migrations host), holder.json inside
 """
@@ -51,6 +52,10 @@ class Layout:
     @property
     def backups(self) -> str:
         return f"{self.root}/backups"
+
+    @property
+    def tools(self) -> str:
+        return f"{self.root}/tools"
 
     @property
     def log(self) -> str:

@@ -1,119 +1,117 @@
-"""Server side of backups: dump, verify, restore. Run as `python - COMMAND ARGS` with
-DATABASE_URL in the environment (from the server's env file); prints JSON.
+"""The server side of backups, installed in `deploy_to/tools/` and run with the system
+python3, by `fab` over SSH and by the systemd timers alike:
 
-The password reaches pg_dump/pg_restore/psycopg2 through PGPASSWORD in their
-environment, never through a command line.
+    backup_tool.py --deploy-to D dump [--label L] [--format F] [--compress N] [--jobs N] [--keep N] ...
+    backup_tool.py --deploy-to D check [--json] [--textfile PATH] [--restore-test | --no-restore-test] ...
+    backup_tool.py --deploy-to D list | verify ID | restore ID | prune | writes | end-migrations KEY
+
+DATABASE_URL comes from the environment (the unit's EnvironmentFile, or the env file
+sourced by fab); the password reaches PostgreSQL's programs only as PGPASSWORD.
+Commands print one JSON document, except `check` without --json, which prints a
+table; `check` exits 0, 1 or 2 (OK, WARNING, CRITICAL).
 """
-import hashlib
+from __future__ import annotations
+
+import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-from urllib.parse import unquote, urlsplit
 
-import psycopg2
-
-URL = urlsplit(os.environ.pop("DATABASE_URL", ""))
-PGENV = dict(os.environ, PGHOST=URL.hostname or "", PGPORT=str(URL.port or 5432),
-             PGUSER=unquote(URL.username or ""), PGPASSWORD=unquote(URL.password or ""),
-             PGDATABASE=URL.path.lstrip("/"))
-DUMP_OPTIONS = ["--format=custom", "--compress=1"]
+import checks
+import dumps
+import reports
+import retention
+from pgenv import ToolError, database_name, end_sessions_holding, psql, writes
 
 
-def connect(database=None):
-    return psycopg2.connect(host=PGENV["PGHOST"], port=PGENV["PGPORT"], user=PGENV["PGUSER"],
-                            password=PGENV["PGPASSWORD"], dbname=database or PGENV["PGDATABASE"], connect_timeout=5)
+def _serving_release(deploy_to: str) -> str | None:
+    target = os.path.realpath(f"{deploy_to}/current")
+    return os.path.basename(target) if os.path.isdir(target) else None
 
 
-def facts():
-    """Server version, Alembic revision and exact row counts of every table."""
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute("SHOW server_version")
-        version = cur.fetchone()[0]
-        cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
-        revision = None
-        if cur.fetchone()[0]:
-            cur.execute("SELECT version_num FROM alembic_version")
-            row = cur.fetchone()
-            revision = row[0] if row else None
-        cur.execute("SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2")
-        counts = {}
-        for schema, table in cur.fetchall():
-            cur.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
-            counts[f"{schema}.{table}"] = cur.fetchone()[0]
-    return version, revision, counts
-
-
-def writes():
-    """Rows inserted, updated or deleted in the app's tables so far (the statistics' counters;
-    alembic_version is left out: a migration writes it, the app does not)."""
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
-                    "WHERE relname <> 'alembic_version'")
-        return int(cur.fetchone()[0])
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dump(folder, backup_id, release, label):
-    os.umask(0o077)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    path, manifest_path = f"{folder}/{backup_id}.dump", f"{folder}/{backup_id}.json"
-    started = time.time()
-    version, revision, counts = facts()
-    written = writes()
-    subprocess.run(["pg_dump", *DUMP_OPTIONS, "--file", path], env=PGENV, check=True)
-    tool = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
-    manifest = {"id": backup_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                "label": label or None, "database": PGENV["PGDATABASE"], "server_version": version,
-                "pg_dump_version": tool, "revision": revision, "release": release or None,
-                "format": "custom", "options": DUMP_OPTIONS, "size": os.path.getsize(path),
-                "sha256": sha256(path), "duration": round(time.time() - started, 3), "row_counts": counts,
-                "writes": written}
-    with open(manifest_path, "w") as f:
-        json.dump(manifest, f)
+def cmd_dump(a: argparse.Namespace) -> dict:
+    backup_id = a.id or f"{dumps.stamp()}-{a.label}"
+    manifest = dumps.dump(a.folder, backup_id, a.release or _serving_release(a.deploy_to), a.label,
+                          a.format, a.compress, a.jobs)
+    manifest["pruned"] = (retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep, a.keep_daily_days)
+                          if a.keep else [])
     return manifest
 
 
-def verify(folder, backup_id):
-    """The sha256 against the manifest, then a full read of the dump (pg_restore to /dev/null)."""
-    manifest = json.load(open(f"{folder}/{backup_id}.json"))
-    path = f"{folder}/{backup_id}.dump"
-    result = {"id": backup_id, "sha256_ok": sha256(path) == manifest["sha256"]}
-    if result["sha256_ok"]:
-        read = subprocess.run(["pg_restore", "--file=/dev/null", path], capture_output=True, text=True)
-        result["read_ok"] = read.returncode == 0
-        result["read_error"] = read.stderr.strip()[-500:] or None
-    result["ok"] = result["sha256_ok"] and result.get("read_ok", False)
-    return result
+def cmd_check(a: argparse.Namespace) -> dict:
+    limits = checks.Limits(a.warn_age_hours, a.crit_age_hours, a.size_tolerance, a.restore_test_days, a.jobs)
+    report = checks.run(a.folder, limits, a.restore_test)
+    checks.record(a.folder, report)
+    if a.textfile:
+        checks.write_textfile(a.textfile, reports.prometheus(report, database_name()))
+    return report
 
 
-def restore(folder, backup_id, jobs):
-    """Drop and recreate the app's objects from the dump, stopping at the first error."""
-    path = f"{folder}/{backup_id}.dump"
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename = current_user")
-    started = time.time()
-    run = subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error",
-                          f"--jobs={jobs}", "--dbname", PGENV["PGDATABASE"], path],
-                         env=PGENV, capture_output=True, text=True)
-    if run.returncode != 0:
-        return {"ok": False, "error": run.stderr.strip()[-1500:]}
-    version, revision, counts = facts()
-    return {"ok": True, "revision": revision, "row_counts": counts, "duration": round(time.time() - started, 3)}
+def cmd_restore(a: argparse.Namespace) -> dict:
+    """In place: the app's other sessions are ended first (the app is stopped by then)."""
+    psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+         "AND pid <> pg_backend_pid() AND usename = current_user;")
+    return dumps.restore(a.folder, a.id, a.jobs)
+
+
+COMMANDS = {
+    "dump": cmd_dump,
+    "check": cmd_check,
+    "list": lambda a: dumps.manifests(a.folder),
+    "verify": lambda a: dumps.verify(a.folder, a.id),
+    "restore": cmd_restore,
+    "prune": lambda a: {"pruned": retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
+                                                  a.keep_daily_days)},
+    "writes": lambda a: {"writes": writes()},
+    "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backup_tool.py", description=__doc__.splitlines()[0])
+    p.add_argument("--deploy-to", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    dump = sub.add_parser("dump")
+    dump.add_argument("--id")
+    dump.add_argument("--label", default="manual")
+    dump.add_argument("--release")
+    dump.add_argument("--format", default="directory", choices=dumps.FORMATS)
+    dump.add_argument("--compress", type=int, default=6)
+    for command in (dump, sub.add_parser("prune")):
+        command.add_argument("--keep", type=int, default=0, help="0: do not prune")
+        command.add_argument("--keep-daily-days", type=int, default=0)
+    check = sub.add_parser("check")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--textfile", help="a Prometheus textfile-collector file to (re)write")
+    check.add_argument("--warn-age-hours", type=float, default=26)
+    check.add_argument("--crit-age-hours", type=float, default=50)
+    check.add_argument("--size-tolerance", type=float, default=0.5)
+    check.add_argument("--restore-test-days", type=float, default=7)
+    check.add_argument("--restore-test", action=argparse.BooleanOptionalAction, default=None)
+    for name in ("verify", "restore"):
+        sub.add_parser(name).add_argument("id")
+    for command in (dump, check, sub.choices["restore"]):
+        command.add_argument("--jobs", type=int, default=2)
+    sub.add_parser("list")
+    sub.add_parser("writes")
+    sub.add_parser("end-migrations").add_argument("key", type=int)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    args.folder = f"{args.deploy_to}/backups"
+    try:
+        answer = COMMANDS[args.command](args)
+    except ToolError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        return checks.CRITICAL if args.command == "check" else 1
+    if args.command == "check" and not args.json:
+        print(reports.table(answer))
+    else:
+        print(json.dumps(answer))
+    return answer["status"] if args.command == "check" else 0
 
 
 if __name__ == "__main__":
-    command, args = sys.argv[1], sys.argv[2:]
-    result = {"dump": lambda: dump(*args), "verify": lambda: verify(*args), "writes": lambda: {"writes": writes()},
-              "restore": lambda: restore(args[0], args[1], int(args[2]))}[command]()
-    print(json.dumps(result))
+    sys.exit(main(sys.argv[1:]))

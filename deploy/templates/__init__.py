@@ -1,6 +1,7 @@
 """Files the toolkit ships to servers (systemd units, sudoers), filled in with str.format."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
@@ -24,3 +25,21 @@ def sudo_rule(user: str, service: str) -> str:
 def app_unit(service: str, user: str, deploy_to: str, bind: str, gunicorn_config: str) -> str:
     return render("app.service", service=service, user=user, deploy_to=deploy_to, bind=bind,
                   gunicorn_config=gunicorn_config)
+
+
+def tool_command(deploy_to: str, args: list[str]) -> list[str]:
+    """The backup tool as the timers run it: the copy fab keeps in deploy_to/tools."""
+    return ["/usr/bin/python3", f"{deploy_to}/tools/backup_tool.py", "--deploy-to", deploy_to, *args]
+
+
+def backup_units(service: str, user: str, deploy_to: str, backups) -> dict[str, str]:
+    """File name -> text of the nightly backup's and the backup check's service and timer units."""
+    values = {"service": service, "user": user, "deploy_to": deploy_to}
+    return {
+        f"{service}-backup.service": render("backup.service", **values, command=shlex.join(
+            tool_command(deploy_to, backups.dump_args("nightly")))),
+        f"{service}-backup.timer": render("backup.timer", **values, schedule=backups.schedule),
+        f"{service}-backup-check.service": render("backup-check.service", **values, command=shlex.join(
+            tool_command(deploy_to, backups.check_args()))),
+        f"{service}-backup-check.timer": render("backup-check.timer", **values, schedule=backups.check_schedule),
+    }

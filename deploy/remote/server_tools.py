@@ -1,0 +1,65 @@
+"""The backup tool (deploy/server/) on a host, over SSH: each call refreshes its copy in
+deploy_to/tools/ and runs it with the server's env file loaded, in one command. The
+database password stays in that file; it is never on a command line."""
+from __future__ import annotations
+
+import json
+
+from ..errors import DeployError
+from ..server import BOOT, ENTRY, sources
+from ..stages import StageConfig
+from .connection import HostError, Remote
+from .layout import Layout
+
+WITH_ENV = 'set -a && . "$1" && set +a && shift && exec "$@"'
+
+
+def run_tool(remote: Remote, layout: Layout, *args: str, check: bool = True, timeout: float = 3600):
+    """The tool's command `args` on `remote`; its finished process (stdout is JSON or the check's table)."""
+    return remote.run(["sh", "-c", WITH_ENV, "with-env", layout.env_file, "python3", "-c", BOOT, layout.tools,
+                       ENTRY, "--deploy-to", layout.root, *args], input=sources(), check=check, timeout=timeout)
+
+
+def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600) -> dict | list:
+    """The tool's JSON answer; its {"ok": false, "error": ...} answers become a DeployError."""
+    done = run_tool(remote, layout, *args, check=False, timeout=timeout)
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("ok") is False and "error" in answer:
+        raise DeployError(f"{remote.name}: {answer['error']}")
+    if done.exited != 0 or answer is None:
+        raise HostError(remote.name, f"the backup tool's `{args[0]}` exited with {done.exited}",
+                        output=(done.stderr or done.stdout).strip()[-1500:])
+    return answer
+
+
+def dump(remote: Remote, layout: Layout, stage: StageConfig, label: str, backup_id: str | None = None,
+         release: str | None = None, prune: bool = True) -> dict:
+    """A backup with the stage's settings, then (`prune`) retention's pruning; its manifest (with "pruned")."""
+    args = stage.backups.dump_args(label) + ([] if prune else ["--keep", "0"])
+    args += ["--id", backup_id] if backup_id else []
+    args += ["--release", release] if release else []
+    return tool(remote, layout, *args)
+
+
+def manifests(remote: Remote, layout: Layout) -> list[dict]:
+    return tool(remote, layout, "list")
+
+
+def verify(remote: Remote, layout: Layout, backup_id: str) -> dict:
+    return tool(remote, layout, "verify", backup_id)
+
+
+def restore(remote: Remote, layout: Layout, stage: StageConfig, backup_id: str) -> dict:
+    return tool(remote, layout, "restore", backup_id, "--jobs", str(stage.backups.jobs))
+
+
+def writes(remote: Remote, layout: Layout) -> int:
+    return tool(remote, layout, "writes")["writes"]
+
+
+def end_migrations(remote: Remote, layout: Layout, advisory_key: int) -> list[int]:
+    return tool(remote, layout, "end-migrations", str(advisory_key))["ended"]

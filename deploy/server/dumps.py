@@ -1,0 +1,174 @@
+"""Backups on a server: a pg_dump and its manifest, checksums, a full read, a restore.
+
+A backup `ID` is `backups/ID.dump` (a file in custom format, or a folder in
+directory format) plus `backups/ID.json`, its manifest. Files are 0600 in the
+0700 folder. A dump that fails leaves nothing behind.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from digests import checksums
+from pgenv import ToolError, facts, pg_env, writes
+
+FORMATS = ("directory", "custom")
+
+
+def stamp(at: float | None = None) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(at))
+
+
+def iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def dump_path(folder: str, backup_id: str) -> str:
+    return f"{folder}/{backup_id}.dump"
+
+
+def manifests(folder: str) -> list[dict]:
+    """Every backup's manifest, oldest first, each with its last verification (or None)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        if path.endswith(".verify.json"):
+            continue
+        try:
+            manifest = json.load(open(path))
+            check = path[:-5] + ".verify.json"
+            manifest["verified"] = json.load(open(check)) if os.path.exists(check) else None
+            found.append(manifest)
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda m: (m.get("time", ""), m.get("id", "")))
+
+
+def size_of(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+    return os.path.getsize(path)
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def dump_options(fmt: str, compress: int, jobs: int) -> list[str]:
+    if fmt not in FORMATS:
+        raise ToolError(f"unknown dump format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    options = [f"--format={fmt}", f"--compress={compress}"]
+    return options + [f"--jobs={jobs}"] if fmt == "directory" and jobs > 1 else options
+
+
+def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str, compress: int, jobs: int) -> dict:
+    """pg_dump into backups/ID.dump and write the manifest; on any failure remove both."""
+    os.umask(0o077)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path, manifest_path = dump_path(folder, backup_id), f"{folder}/{backup_id}.json"
+    if os.path.lexists(path) or os.path.lexists(manifest_path):
+        raise ToolError(f"a backup {backup_id} already exists")
+    options = dump_options(fmt, compress, jobs)
+    started = time.time()
+    try:
+        version, revision, counts = facts()
+        written = writes()
+        run = subprocess.run(["pg_dump", *options, "--file", path], env=pg_env(), capture_output=True, text=True)
+        if run.returncode != 0:
+            raise ToolError(f"pg_dump failed: {run.stderr.strip()[-800:]}")
+        digest, files = checksums(path)
+        tool = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
+        manifest = {"id": backup_id, "time": iso(started), "label": label or None, "database": pg_env()["PGDATABASE"],
+                    "server_version": version, "pg_dump_version": tool, "revision": revision,
+                    "release": release or None, "format": fmt, "options": options, "size": size_of(path),
+                    "sha256": digest, "duration": round(time.time() - started, 3), "row_counts": counts,
+                    "writes": written}
+        if files:
+            manifest["files"] = files
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f)
+        return manifest
+    except BaseException as exc:
+        remove(path)
+        remove(manifest_path)
+        if isinstance(exc, OSError):
+            raise ToolError(f"the backup failed and was removed: {exc}") from None
+        raise
+
+
+def load_manifest(folder: str, backup_id: str) -> dict:
+    try:
+        return json.load(open(f"{folder}/{backup_id}.json"))
+    except FileNotFoundError:
+        raise ToolError(f"there is no backup {backup_id}") from None
+    except ValueError as exc:
+        raise ToolError(f"the manifest of {backup_id} is not valid JSON: {exc}") from None
+
+
+def sha256_matches(folder: str, manifest: dict) -> tuple[bool, str]:
+    """Whether the dump's sha256 is the manifest's; the detail names a missing or changed file."""
+    path = dump_path(folder, manifest["id"])
+    if not os.path.lexists(path):
+        return False, f"{os.path.basename(path)} is missing"
+    digest, files = checksums(path)
+    if digest == manifest.get("sha256"):
+        return True, f"sha256 {digest[:12]} as in the manifest"
+    changed = sorted(n for n in set(files) | set(manifest.get("files", {}))
+                     if files.get(n) != manifest.get("files", {}).get(n))
+    return False, (f"sha256 {digest[:12]} is not the manifest's {str(manifest.get('sha256'))[:12]}"
+                   + (f" (changed: {', '.join(changed[:5])})" if changed else ""))
+
+
+def reads_completely(folder: str, backup_id: str) -> tuple[bool, str]:
+    """pg_restore of the whole dump to /dev/null: every block is read and decompressed."""
+    path = dump_path(folder, backup_id)
+    if not os.path.lexists(path):
+        return False, "the dump is missing"
+    run = subprocess.run(["pg_restore", "--file=/dev/null", path], capture_output=True, text=True)
+    if run.returncode != 0:
+        return False, "pg_restore: " + (run.stderr.strip().splitlines() or ["failed"])[-1][:300]
+    return True, "pg_restore read it completely"
+
+
+def verify(folder: str, backup_id: str) -> dict:
+    """The sha256 against the manifest, then a full read; the verdict is kept beside the backup."""
+    manifest = load_manifest(folder, backup_id)
+    sha_ok, sha_detail = sha256_matches(folder, manifest)
+    result = {"id": backup_id, "time": iso(time.time()), "source": "verify", "sha256_ok": sha_ok,
+              "sha256": sha_detail}
+    if sha_ok:
+        result["read_ok"], result["read"] = reads_completely(folder, backup_id)
+    result["ok"] = sha_ok and result.get("read_ok", False)
+    keep_verdict(folder, result)
+    return result
+
+
+def keep_verdict(folder: str, verdict: dict) -> None:
+    old = os.umask(0o077)
+    try:
+        with open(f"{folder}/{verdict['id']}.verify.json", "w") as f:
+            json.dump(verdict, f)
+    finally:
+        os.umask(old)
+
+
+def restore(folder: str, backup_id: str, jobs: int, database: str | None = None) -> dict:
+    """pg_restore into `database` (default: the app's, whose objects are dropped and recreated),
+    stopping at the first error; then the restored revision and row counts."""
+    path = dump_path(folder, backup_id)
+    started = time.time()
+    run = subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error",
+                          f"--jobs={jobs}", "--dbname", pg_env(database)["PGDATABASE"], path],
+                         env=pg_env(database), capture_output=True, text=True)
+    if run.returncode != 0:
+        return {"ok": False, "error": run.stderr.strip()[-1500:]}
+    duration = round(time.time() - started, 3)
+    version, revision, counts = facts(database)
+    return {"ok": True, "revision": revision, "row_counts": counts, "duration": duration}

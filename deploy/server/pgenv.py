@@ -1,0 +1,95 @@
+"""The stage's database, seen from a server: DATABASE_URL (from the env file) turned
+into PG* variables for psql, pg_dump and pg_restore, so that the password never
+appears on a command line. Standard library only: it runs with the system python3.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from urllib.parse import unquote, urlsplit
+
+
+class ToolError(Exception):
+    """An expected failure, reported as {"ok": false, "error": ...}."""
+
+
+def pg_env(database: str | None = None) -> dict[str, str]:
+    """The environment for PostgreSQL's client programs, from DATABASE_URL."""
+    raw = os.environ.get("DATABASE_URL", "")
+    if not raw:
+        raise ToolError("DATABASE_URL is not set (it comes from the server's shared/env file)")
+    url = urlsplit(raw)
+    env = dict(os.environ, PGHOST=url.hostname or "", PGPORT=str(url.port or 5432),
+               PGUSER=unquote(url.username or ""), PGPASSWORD=unquote(url.password or ""),
+               PGDATABASE=database or url.path.lstrip("/"), PGCONNECT_TIMEOUT="5")
+    env.pop("DATABASE_URL")
+    return env
+
+
+def database_name() -> str:
+    return pg_env()["PGDATABASE"]
+
+
+def psql(script: str, database: str | None = None) -> list[list[str]]:
+    """Run `script` (SQL and psql meta-commands) and return the output rows, split on tabs."""
+    run = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                         input=script, env=pg_env(database), capture_output=True, text=True)
+    if run.returncode != 0:
+        raise ToolError(f"psql: {run.stderr.strip()[-800:]}")
+    return [line.split("\t") for line in run.stdout.splitlines() if line]
+
+
+FACTS = r"""
+SELECT 'version', current_setting('server_version');
+SELECT 'SELECT ''revision'', version_num FROM alembic_version'
+ WHERE to_regclass('alembic_version') IS NOT NULL
+\gexec
+SELECT format('SELECT %L, %L, count(*) FROM %I.%I', 'count', schemaname || '.' || tablename, schemaname, tablename)
+  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY schemaname, tablename
+\gexec
+"""
+
+
+def facts(database: str | None = None) -> tuple[str, str | None, dict[str, int]]:
+    """Server version, Alembic revision and exact row counts of every table."""
+    version, revision, counts = "", None, {}
+    for row in psql(FACTS, database):
+        if row[0] == "version":
+            version = row[1]
+        elif row[0] == "revision":
+            revision = row[1]
+        elif row[0] == "count":
+            counts[row[1]] = int(row[2])
+    return version, revision, counts
+
+
+def writes() -> int:
+    """Rows inserted, updated or deleted in the app's tables so far (the statistics' counters;
+    alembic_version is left out: a migration writes it, the app does not)."""
+    rows = psql("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+                "WHERE relname <> 'alembic_version';")
+    return int(rows[0][0])
+
+
+def end_sessions_holding(advisory_key: int) -> list[int]:
+    """Terminate the sessions holding this advisory lock (a migration whose client was
+    killed keeps its transaction, and its locks, until it next talks to the client)."""
+    high, low = advisory_key >> 32, advisory_key & 0xFFFFFFFF
+    rows = psql(f"SELECT pid, pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' "
+                f"AND granted AND classid = {high} AND objid = {low} AND objsubid = 1 "
+                f"AND pid <> pg_backend_pid();")
+    return [int(row[0]) for row in rows]
+
+
+def create_database(name: str) -> None:
+    psql(f'CREATE DATABASE "{name}";', "postgres")
+
+
+def drop_database(name: str) -> None:
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);', "postgres")
+
+
+def databases_starting(prefix: str) -> list[str]:
+    """Databases whose name starts with `prefix` (letters, digits and '_' only)."""
+    rows = psql(f"SELECT datname FROM pg_database WHERE left(datname, {len(prefix)}) = '{prefix}';", "postgres")
+    return [row[0] for row in rows]
