@@ -104,7 +104,7 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
     forced = [] if restore_test is None else ["--restore-test" if restore_test else "--no-restore-test"]
-    report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced)
+    report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced, exits=(0, 1, 2))
     if as_json:
         console.say(json.dumps(report, indent=2))
     else:

@@ -59,10 +59,13 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
         failure.outcome.undo_failures.append(f"old release not healthy: {exc}")
     try:
         steps.append_log(d, steps.log_entry(d, "failed", failure.outcome.timings, str(failure.cause)))
+    except HostError as exc:
+        console.warn(f"could not write the deploy log: {exc}")
+    try:
         if not failure.outcome.undo_failures:
             journal.clear(d.migrator, d.layout)
     except HostError as exc:
-        console.warn(f"could not write the deploy log: {exc}")
+        console.warn(f"could not remove the journal (`fab status` will report this deploy as interrupted): {exc}")
     for note in d.notes:
         console.say(f"  {note}")
     if failure.outcome.undo_failures:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import console
 from .errors import DeployError
 
 
@@ -56,7 +57,7 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
             step.do(ctx)
         except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
             outcome.timings[step.name] = time.monotonic() - started
-            on_event("failed", step.name)
+            _observe(on_event, "failed", step.name)
             undo_steps([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
             raise DeployFailed(step.name, exc, outcome) from exc
         outcome.timings[step.name] = time.monotonic() - started
@@ -70,7 +71,7 @@ def undo_steps(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable
     for step in reversed(steps):
         if step.undo is None:
             continue
-        on_event("undo", step.name)
+        _observe(on_event, "undo", step.name)
         for _attempt in range(2):  # a second Ctrl-C during the undo does not stop it
             try:
                 step.undo(ctx)
@@ -81,3 +82,12 @@ def undo_steps(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable
             except Exception as exc:  # keep undoing the rest; report this one
                 outcome.undo_failures.append(f"{step.name}: {exc}")
                 break
+
+
+def _observe(on_event: Callable[[str, str], None], event: str, step: str) -> None:
+    """Tell the hook (journal, progress) during an undo: if it fails (a full disk, a lost
+    host), the undo still runs; the hook's error is only reported."""
+    try:
+        on_event(event, step)
+    except Exception as exc:
+        console.warn(f"while undoing {step}: {exc}")

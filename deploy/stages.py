@@ -38,7 +38,7 @@ class BackupSettings:
     keep_daily_days: int        # ...and the newest of each of the last D days
     warn_age_hours: float
     crit_age_hours: float
-    size_tolerance: float       # the newest may differ this much (a fraction) from the median of earlier ones
+    size_tolerance: float       # the newest may be this much (a fraction) smaller than the median of earlier ones
     restore_test_days: float    # a real restore into a scratch database at least this often (0: never by itself)
     schedule: str               # systemd OnCalendar= of the nightly backup
     check_schedule: str         # and of the check
@@ -183,7 +183,7 @@ def _backups(table: _Table, deploy_to: str) -> BackupSettings:
         keep_daily_days=table.integer("keep_daily_days", 14, 0, 3660),
         warn_age_hours=warn,
         crit_age_hours=table.number("crit_age_hours", max(50, warn), warn, 24 * 366),
-        size_tolerance=table.number("size_tolerance", 0.5, 0.01, 100),
+        size_tolerance=table.number("size_tolerance", 0.5, 0.01, 0.99),
         restore_test_days=table.number("restore_test_days", 7, 0, 366),
         schedule=table.matching("schedule", "*-*-* 03:00:00", CALENDAR, "a systemd calendar spec like *-*-* 03:00:00"),
         check_schedule=table.matching("check_schedule", "*-*-* 04:30:00", CALENDAR,

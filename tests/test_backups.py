@@ -25,13 +25,18 @@ def test_a_backup_is_0600_in_a_0700_folder_with_a_manifest_and_downloads_with_it
     assert proc.returncode == 0, output(proc)
     manifest = next(m for m in backups(deployed) if m["id"].endswith("-nightly"))
     assert manifest["revision"] == HEAD and manifest["release"] == deployed.first_release
-    assert manifest["row_counts"]["public.boards"] == 3 and manifest["format"] == "custom"
+    assert manifest["row_counts"]["public.boards"] == 3 and manifest["format"] == "directory"
+    assert manifest["options"] == ["--format=directory", "--compress=4", "--jobs=2"]
     assert manifest["server_version"].startswith("15") and "pg_dump" in manifest["pg_dump_version"]
-    modes = ssh(deployed, "app1", f"stat -c '%a' /srv/app/backups /srv/app/backups/{manifest['id']}.dump "
+    dump = f"/srv/app/backups/{manifest['id']}.dump"
+    modes = ssh(deployed, "app1", f"stat -c '%a' /srv/app/backups {dump} {dump}/* "
                                   f"/srv/app/backups/{manifest['id']}.json").stdout.split()
-    assert modes == ["700", "600", "600"]
+    assert modes == ["700", "700"] + ["600"] * len(manifest["files"]) + ["600"]
     local = tmp_path / f"{manifest['id']}.dump"
-    assert hashlib.sha256(local.read_bytes()).hexdigest() == manifest["sha256"]
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(local.iterdir())}
+    assert files == manifest["files"] and "toc.dat" in files
+    listing = "".join(f"{name} {digest}\n" for name, digest in files.items())
+    assert hashlib.sha256(listing.encode()).hexdigest() == manifest["sha256"]
     password = ssh(deployed, "app1", "sed -n 's/.*:\\(.*\\)@.*/\\1/p' /srv/app/shared/env").stdout.strip()
     assert password not in json.dumps(manifest) and password not in output(proc)
     assert "--label must be" in assert_clean_failure(deployed.fab("backup", "--label", "../x", db=False))
@@ -54,7 +59,7 @@ def test_restore_brings_the_data_back_after_taking_a_safety_backup(deployed):
 def test_restore_refuses_a_corrupted_backup_and_ids_that_are_not_backups(deployed):
     assert deployed.fab("backup", "--label", "bad", db=False).returncode == 0
     backup_id = next(m["id"] for m in backups(deployed) if m["id"].endswith("-bad"))
-    path = f"/srv/app/backups/{backup_id}.dump"
+    path = f"/srv/app/backups/{backup_id}.dump/toc.dat"
     ssh(deployed, "app1", f"printf 'X' | dd of={path} bs=1 seek=100 conv=notrunc status=none")
     sql(deployed, "DELETE FROM boards WHERE name = 'three'")
     text = assert_clean_failure(deployed.fab("restore", backup_id, db=False))

@@ -20,8 +20,9 @@ def run_tool(remote: Remote, layout: Layout, *args: str, check: bool = True, tim
                        ENTRY, "--deploy-to", layout.root, *args], input=sources(), check=check, timeout=timeout)
 
 
-def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600) -> dict | list:
-    """The tool's JSON answer; its {"ok": false, "error": ...} answers become a DeployError."""
+def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600, exits: tuple[int, ...] = (0,)) -> dict | list:
+    """The tool's JSON answer (when it exits with one of `exits`); its {"ok": false, "error": ...}
+    answers become a DeployError."""
     done = run_tool(remote, layout, *args, check=False, timeout=timeout)
     lines = done.stdout.strip().splitlines()
     try:
@@ -30,9 +31,10 @@ def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600) -> d
         answer = None
     if isinstance(answer, dict) and answer.get("ok") is False and "error" in answer:
         raise DeployError(f"{remote.name}: {answer['error']}")
-    if done.exited != 0 or answer is None:
-        raise HostError(remote.name, f"the backup tool's `{args[0]}` exited with {done.exited}",
-                        output=(done.stderr or done.stdout).strip()[-1500:])
+    if done.exited not in exits or answer is None:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        raise HostError(remote.name, f"the backup tool's `{args[0]}` exited with {done.exited}:\n{tail}",
+                        output=done.stdout + done.stderr)
     return answer
 
 

@@ -24,7 +24,7 @@ HISTORY = "check-history.jsonl"
 class Limits:
     warn_age_hours: float
     crit_age_hours: float
-    size_tolerance: float       # a fraction: the newest may differ this much from the median of earlier ones
+    size_tolerance: float       # a fraction: the newest may be this much smaller than the median of earlier ones
     restore_test_days: float    # a real restore at least this often; 0 = only when asked
     jobs: int
 
@@ -41,22 +41,29 @@ def check_age(newest: dict, limits: Limits, now: float) -> dict:
                                  f"{limits.crit_age_hours:g} h)", seconds=round(now - taken), taken=taken)
 
 
+def app_rows(manifest: dict) -> int:
+    """Rows in the app's tables (alembic_version's one row does not make a dump non-empty)."""
+    return sum(n for table, n in manifest.get("row_counts", {}).items() if not table.endswith(".alembic_version"))
+
+
 def check_size(newest: dict, earlier: list[dict], tolerance: float) -> dict:
     size = newest.get("size", 0)
     if size == 0:
         return result("size", CRITICAL, "the dump is empty (0 bytes)", bytes=0)
-    rows = sum(newest.get("row_counts", {}).values())
-    earlier_rows = [sum(m.get("row_counts", {}).values()) for m in earlier[-5:]]
+    rows = app_rows(newest)
+    earlier_rows = [app_rows(m) for m in earlier[-5:]]
     if rows == 0 and any(earlier_rows):
         return result("size", WARNING, "the dump holds no rows, but earlier backups did", bytes=size)
     if not earlier:
         return result("size", OK, f"{size} bytes (no earlier backup to compare with)", bytes=size)
     median = statistics.median(m.get("size", 0) for m in earlier[-5:])
     ratio = size / median if median else 1.0
-    status = WARNING if abs(ratio - 1) > tolerance else OK
+    # Shrinking is the anomaly to catch (a table lost, a dump cut short); growth is what data does.
+    status = WARNING if ratio < 1 - tolerance else OK
     word = "smaller" if ratio < 1 else "larger"
     return result("size", status, f"{size} bytes, {abs(ratio - 1):.0%} {word} than the median of the last "
-                                  f"{len(earlier[-5:])} ({median:.0f}; tolerance {tolerance:.0%})", bytes=size)
+                                  f"{len(earlier[-5:])} ({median:.0f}; warning below {1 - tolerance:.0%} of it)",
+                  bytes=size)
 
 
 def check_sha256(folder: str, newest: dict) -> dict:

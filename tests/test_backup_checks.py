@@ -1,0 +1,286 @@
+"""`fab backups.check`, the timers' commands, retention, and backups that fail, against
+the sandbox's real PostgreSQL host."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import output
+from test_deploy import (GOOD_MIGRATION, HEAD, add_migration, current, deploy, deploy_and_seed, run_until, sql,
+                         ssh)
+
+from deploy.sandbox import faults
+
+pytestmark = pytest.mark.timeout(300)
+
+BACKUPS = "/srv/app/backups"
+PROM = "/srv/app/metrics/flask_deploy_backup.prom"
+
+
+@pytest.fixture
+def deployed(staged):
+    return deploy_and_seed(staged, "one", "two", "three")
+
+
+def backup(project, label: str) -> dict:
+    proc = project.fab("backup", "--label", label, db=False)
+    assert proc.returncode == 0, output(proc)
+    return next(m for m in listed(project) if m["id"].endswith(f"-{label}"))
+
+
+def listed(project) -> list[dict]:
+    return json.loads(project.fab("backups", "--json", db=False).stdout)
+
+
+def check(project, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = project.fab("backups.check", "--json", *args, db=False)
+    assert "Traceback" not in output(proc) and proc.stdout.startswith("{"), output(proc)
+    return proc, json.loads(proc.stdout)
+
+
+def states(report: dict) -> dict[str, str]:
+    return {c["check"]: c["state"] for c in report["checks"]}
+
+
+def scratch_databases(project) -> str:
+    return sql(project, "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'flask_deploy_restore%'")
+
+
+def on_server(project, command: str) -> str:
+    proc = ssh(project, "app1", command)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def edit_manifest(project, backup_id: str, **changes) -> None:
+    """Rewrite fields of a manifest on the server (what an old or odd backup looks like)."""
+    code = (f"import json; p = {BACKUPS + '/' + backup_id + '.json'!r}; m = json.load(open(p)); "
+            f"m.update(json.loads({json.dumps(json.dumps(changes))})); json.dump(m, open(p, 'w'))")
+    on_server(project, f"python3 -c {shlex.quote(code)}")
+
+
+def configure_backups(project, text: str) -> None:
+    with open(project.root / "deploy.toml", "a") as f:
+        f.write(f"\n[stages.sandbox.backups]\n{text}\n")
+
+
+def test_a_good_backup_passes_every_check_with_a_restore_test_that_drops_its_scratch_database(deployed):
+    made = backup(deployed, "good")
+    proc, report = check(deployed)
+    assert proc.returncode == 0, output(proc)
+    assert states(report) == {"age": "OK", "size": "OK", "sha256": "OK", "read": "OK", "restore": "OK"}
+    assert report["backup"] == made["id"]
+    restore = next(c for c in report["checks"] if c["check"] == "restore")
+    assert restore["ran"] is True and restore["seconds"] > 0 and "row counts of 3 tables" in restore["detail"]
+    assert scratch_databases(deployed) == ""
+    prom = on_server(deployed, f"cat {PROM}")
+    assert 'flask_deploy_backup_check_status{database="app",check="all"} 0' in prom
+    assert 'flask_deploy_backup_check_status{database="app",check="restore"} 0' in prom
+    assert "flask_deploy_backup_restore_test_seconds" in prom
+    verified = next(m for m in listed(deployed) if m["id"] == made["id"])["verified"]
+    assert verified["ok"] is True and verified["source"] == "check"
+    # the next run does not restore again (weekly by default), and both runs are in the history
+    again = deployed.fab("backups.check", db=False)
+    assert again.returncode == 0, output(again)
+    assert "restore  OK        not run: last passed" in again.stdout
+    history = [json.loads(line) for line in on_server(deployed, f"cat {BACKUPS}/check-history.jsonl").splitlines()]
+    assert [h["state"] for h in history] == ["OK", "OK"]
+    assert [next(c["ran"] for c in h["checks"] if c["check"] == "restore") for h in history] == [True, False]
+
+
+def test_one_flipped_byte_in_the_dump_is_critical(deployed):
+    made = backup(deployed, "flip")
+    on_server(deployed, f"printf 'X' | dd of={BACKUPS}/{made['id']}.dump/toc.dat bs=1 seek=200 conv=notrunc status=none")
+    proc, report = check(deployed, "--skip-restore-test")
+    assert proc.returncode == 2, output(proc)
+    assert states(report)["sha256"] == "CRITICAL" and "changed: toc.dat" in report["checks"][2]["detail"]
+    assert "backup check CRITICAL: sha256 CRITICAL" in proc.stderr
+    assert 'check="all"} 2' in on_server(deployed, f"cat {PROM}")
+
+
+def test_a_truncated_dump_is_critical_and_its_failed_restore_test_still_drops_the_scratch_database(deployed):
+    sql(deployed, "INSERT INTO boards (name) SELECT 'board ' || g FROM generate_series(1, 3000) g")
+    made = backup(deployed, "cut")
+    largest = max(made["files"], key=lambda name: name != "toc.dat" and name.endswith(".gz"))
+    on_server(deployed, f"f={BACKUPS}/{made['id']}.dump/{largest}; truncate -s $(( $(stat -c %s $f) / 2 )) $f")
+    proc, report = check(deployed, "--restore-test")
+    assert proc.returncode == 2, output(proc)
+    assert states(report) == {"age": "OK", "size": "OK", "sha256": "CRITICAL", "read": "CRITICAL",
+                              "restore": "CRITICAL"}
+    assert scratch_databases(deployed) == ""
+
+
+def test_an_old_backup_is_a_warning_or_critical_as_the_stage_configures(deployed):
+    backup(deployed, "old")
+    taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 30 * 3600))
+    for made in listed(deployed):  # this one and the first deploy's
+        edit_manifest(deployed, made["id"], time=taken)
+    proc, report = check(deployed, "--skip-restore-test")
+    assert proc.returncode == 1, output(proc)
+    assert states(report)["age"] == "WARNING" and "30.0 h old" in report["checks"][0]["detail"]
+    configure_backups(deployed, "warn_age_hours = 12\ncrit_age_hours = 24")
+    proc, report = check(deployed, "--skip-restore-test")
+    assert proc.returncode == 2 and states(report)["age"] == "CRITICAL", output(proc)
+
+
+def test_an_anomalously_small_or_empty_dump_is_a_warning(deployed):
+    sql(deployed, "INSERT INTO boards (name) SELECT md5(g::text) || repeat(' lorem ipsum', 20) "
+                  "FROM generate_series(1, 5000) g")
+    backup(deployed, "big1")
+    backup(deployed, "big2")
+    sql(deployed, "DELETE FROM boards WHERE id > 10")
+    backup(deployed, "small")
+    proc, report = check(deployed, "--skip-restore-test")
+    assert proc.returncode == 1, output(proc)
+    assert states(report)["size"] == "WARNING" and "smaller than the median" in report["checks"][1]["detail"]
+    sql(deployed, "DELETE FROM cards; DELETE FROM boards")
+    backup(deployed, "empty")
+    proc, report = check(deployed, "--skip-restore-test")
+    assert proc.returncode == 1 and "holds no rows" in report["checks"][1]["detail"], output(proc)
+
+
+def test_no_backup_at_all_is_critical(staged):
+    assert deploy(staged).returncode == 0
+    on_server(staged, f"rm -r {BACKUPS}/*")
+    proc, report = check(staged)
+    assert proc.returncode == 2 and "there is no backup" in report["checks"][0]["detail"], output(proc)
+
+
+def unit(project, name: str) -> dict[str, str]:
+    """The [Service]/[Timer] keys of a unit installed on app1."""
+    text = on_server(project, f"cat /etc/systemd/system/{name}")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def run_as_unit(project, keys: dict[str, str]) -> subprocess.CompletedProcess:
+    """The unit's ExecStart, exactly, as its User, in its WorkingDirectory, with its EnvironmentFile."""
+    assert keys["User"] == "deploy"
+    command = (f"cd {shlex.quote(keys['WorkingDirectory'])} && set -a && . {shlex.quote(keys['EnvironmentFile'])} "
+               f"&& set +a && exec {keys['ExecStart']}")
+    return ssh(project, "app1", command)
+
+
+def test_fab_setup_installs_timers_whose_commands_back_up_prune_and_check(deployed):
+    configure_backups(deployed, 'keep = 2\nkeep_daily_days = 0\nschedule = "*-*-* 02:15:00"')
+    setup = deployed.fab("setup", db=False)
+    assert setup.returncode == 0, output(setup)
+    assert "app-backup.timer" in setup.stdout and "app-backup-check.timer" in setup.stdout
+    assert unit(deployed, "app-backup.timer")["OnCalendar"] == "*-*-* 02:15:00"
+    assert unit(deployed, "app-backup-check.timer")["OnCalendar"] == "*-*-* 04:30:00"
+    for label in ("a", "b"):
+        backup(deployed, label)
+    nightly = run_as_unit(deployed, unit(deployed, "app-backup.service"))
+    assert nightly.returncode == 0, nightly.stdout + nightly.stderr
+    answer = json.loads(nightly.stdout)
+    assert answer["label"] == "nightly" and answer["release"] == deployed.first_release
+    assert len(answer["pruned"]) == 1 and answer["pruned"][0].endswith("-a")
+    checked = run_as_unit(deployed, unit(deployed, "app-backup-check.service"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"backup check of {answer['id']}" in checked.stdout and "OK" in checked.stdout
+    assert 'check="all"} 0' in on_server(deployed, f"cat {PROM}")
+    assert on_server(deployed, f"stat -c '%a %U' {PROM}").strip() == "644 deploy"
+
+
+def test_retention_keeps_the_newest_the_newest_verified_and_live_deploy_backups(deployed):
+    configure_backups(deployed, "keep = 2\nkeep_daily_days = 0")
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    assert deploy(deployed).returncode == 0
+    release = current(deployed, "app1")
+    backup(deployed, "m1")
+    assert check(deployed, "--skip-restore-test")[0].returncode == 0  # m1 is now the newest verified
+    backup(deployed, "m2")
+    proc = deployed.fab("backup", "--label", "m3", db=False)
+    assert proc.returncode == 0, output(proc)
+    assert "retention removed" not in proc.stdout  # m1 verified, predeploy live, m2 and m3 newest
+    proc = deployed.fab("backup", "--label", "m4", db=False)
+    assert "retention removed 1 older backup(s)" in proc.stdout and "-m2" in proc.stdout, output(proc)
+    kept = sorted(m["id"].split("-", 1)[1] for m in listed(deployed))
+    deploys = sorted(f"{r.split('-', 1)[1]}-predeploy" for r in (deployed.first_release, release))
+    assert kept == sorted(["m1", "m3", "m4", *deploys])
+    assert on_server(deployed, f"ls {BACKUPS} | grep -c m2 || true").strip() == "0"
+
+
+class Holding:
+    """A transaction on the stage's database holding an ACCESS EXCLUSIVE lock on a table,
+    so that a backup waits (its row counts) at a known point until `release`."""
+
+    def __init__(self, project, table: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ssh", "-F", str(project.sandbox.ssh_config), "app1",
+             'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'is locked';\n")
+        self.proc.stdin.flush()
+        seen = [self.proc.stdout.readline()]
+        while "is locked" not in seen[-1]:
+            seen.append(self.proc.stdout.readline())
+            assert seen[-1], "".join(seen)
+
+    def release(self) -> None:
+        self.proc.stdin.write("COMMIT;\n\\q\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def wait_for_lock_waiter(project, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sql(project, "SELECT count(*) FROM pg_locks WHERE NOT granted") != "0":
+            return
+        time.sleep(0.2)
+    raise AssertionError("nothing waited for the lock")
+
+
+def test_a_disk_that_fills_during_the_backup_removes_the_partial_dump_and_stops_the_deploy_before_migrating(deployed):
+    sql(deployed, "INSERT INTO boards (name) SELECT md5(g::text) FROM generate_series(1, 20000) g")
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    before = on_server(deployed, f"ls {BACKUPS}")
+    lock = Holding(deployed, "boards")
+    try:
+        running = run_until(deployed, "-> backup", ["deploy"])  # the release is built
+        wait_for_lock_waiter(deployed)  # the backup is counting rows
+        faults.apply(deployed.sandbox, "app1", "fill-disk")
+    finally:
+        lock.release()
+    text = "".join(running.seen) + running.communicate(timeout=240)[0]
+    faults.apply(deployed.sandbox, "app1", "free-disk")
+    assert running.returncode != 0 and "Traceback" not in text, text
+    assert "step 'backup' failed" in text and "No space left on device" in text
+    assert "-> migrate" not in text
+    assert on_server(deployed, f"ls {BACKUPS}") == before  # nothing partial left
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert current(deployed, "app1") == deployed.first_release
+
+
+def test_the_database_password_never_appears_in_a_process_command_line_during_a_backup(deployed):
+    password = on_server(deployed, "sed -n 's/.*:\\(.*\\)@.*/\\1/p' /srv/app/shared/env").strip()
+    assert len(password) >= 16
+    sql(deployed, "INSERT INTO boards (name) SELECT md5(g::text) || repeat('x', 200) FROM generate_series(1, 60000) g")
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for path in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if "pg_dump" in line or "psql" in line or "backup_tool" in line:
+                    seen.append(line)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        made = backup(deployed, "watched")
+    finally:
+        done.set()
+        watcher.join()
+    assert any("/bin/pg_dump --format=directory" in line for line in seen), sorted(set(seen))[:5]
+    assert not [line for line in seen if password in line]
+    assert password not in json.dumps(made)
