@@ -221,6 +221,9 @@ def migrate(d: Deploy) -> None:
     except HostError as exc:
         if not exc.output:
             raise  # the host, not the migration: lost connection, timeout
+        if exc.killed:
+            raise MigrationError(f"the migration process on {d.migrator.name} was killed (exit status {exc.exited})",
+                                 hint="find out what killed it (the OOM killer? an operator?), then deploy again") from None
         raise MigrationError(f"the migration failed on {d.migrator.name}:\n{indent(error_summary(exc.output))}",
                              hint="fix the migration, commit, push, deploy again") from None
     after = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)

@@ -329,6 +329,50 @@ def test_ctrl_c_during_the_switch_undoes_everything_and_exits_130(deployed):
     assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
 
 
+SLOW_MIGRATION = GOOD_MIGRATION.replace(
+    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n',
+    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n    op.execute("SELECT pg_sleep(60)")\n')
+
+
+def pids_running(*words: str) -> list[int]:
+    """Processes on the machine (the sandbox hosts share its process table) whose command line has all `words`."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(w in line for w in words):
+            found.append(int(path.parent.name))
+    return found
+
+
+def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_session_ended(deployed):
+    before = sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> migrate", ["deploy"])
+    deadline = time.monotonic() + 60
+    while not (pids := pids_running(".venv/bin/python -m flask", " db upgrade")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the upgrade is inside its transaction, holding boards' lock, sleeping
+    assert pids, "the migration never started"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    rest = proc.communicate(timeout=120)[0]
+    text = "".join(proc.seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "step 'migrate' failed" in text and "the migration process on app1 was killed" in text
+    assert "orphaned database session" in text
+    assert "database untouched at " + HEAD in text
+    # the killed client's transaction is gone: boards is not locked, the column is not there
+    locked = sql(deployed, "SET lock_timeout = '2s'; SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    assert locked.splitlines()[-1] == before
+    assert sql(deployed, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == "0"
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert_serving(deployed, deployed.first_release, HEAD)
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
 def test_a_host_cut_off_mid_deploy_is_reported_the_others_reverted_and_recover_finishes(deployed):
     from deploy.sandbox import faults
 

@@ -13,6 +13,9 @@ deploy_to = "/srv/app"
 '''
 
 
+ONE_HOST = 'hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]'
+
+
 @pytest.mark.parametrize("extra, message", [
     ("", "[stages.bad] hosts: expected a list of tables"),
     ('hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]', "roles: expected roles among app, migrations, db, got 'web'"),
@@ -20,6 +23,12 @@ deploy_to = "/srv/app"
     ('hosts = [{name = "a", address = "-oProxyCommand=x", roles = ["app", "migrations"]}]', "address: expected a host name or IP address"),
     ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]\nbatch = -1', "batch: expected a whole number from 0 to 1000"),
     ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]\nrollback = "pray"', "rollback: expected one of"),
+    (f'{ONE_HOST}\n[stages.bad.backups]\nformat = "tar"', "[stages.bad.backups] format: expected directory or custom"),
+    (f'{ONE_HOST}\n[stages.bad.backups]\nwarn_age_hours = 30\ncrit_age_hours = 20',
+     "crit_age_hours: expected a number from 30 to 8784, got 20"),
+    (f'{ONE_HOST}\n[stages.bad.backups]\nsize_tolerance = 1.5', "size_tolerance: expected a number from 0.01 to 0.99"),
+    (f'{ONE_HOST}\n[stages.bad.backups]\nschedule = "daily; rm -rf /"', "schedule: expected a systemd calendar spec"),
+    (f'{ONE_HOST}\n[stages.bad.backups]\ntextfile = "metrics.txt"', "textfile: expected an absolute path ending in .prom"),
 ])
 def test_a_malformed_stage_is_refused_with_the_file_and_the_key(project, extra, message):
     with open(project.root / "deploy.toml", "a") as config:

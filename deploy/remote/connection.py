@@ -30,10 +30,17 @@ DEAD_LINK_MS = 10_000   # unacknowledged data for this long: the connection is d
 class HostError(DeployError):
     """A host could not be reached, refused us, or a command on it failed."""
 
-    def __init__(self, host: str, message: str, *, hint: str | None = None, output: str = "") -> None:
+    def __init__(self, host: str, message: str, *, hint: str | None = None, output: str = "",
+                 exited: int | None = None) -> None:
         super().__init__(f"{host}: {message}", hint=hint)
         self.host = host
         self.output = output
+        self.exited = exited  # the command's exit status, when it ran and failed
+
+    @property
+    def killed(self) -> bool:
+        """The command died of a signal (SSH reports -1; a shell reports 128 + the signal)."""
+        return self.exited is not None and (self.exited < 0 or self.exited > 128)
 
 
 class HostsFailed(DeployError):
@@ -102,7 +109,7 @@ class Remote:
         if check and out.exited != 0:
             tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-12:])
             raise HostError(self.name, f"`{command}` exited with {out.exited}" + (f":\n{tail}" if tail else ""),
-                            output=out.stdout + out.stderr)
+                            output=out.stdout + out.stderr, exited=out.exited)
         return out
 
     def _exec(self, command: str, input: str | None, timeout: float | None) -> Output:
