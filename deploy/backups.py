@@ -39,14 +39,15 @@ def _check_id(backup_id: str) -> str:
 
 def backup(project: ProjectConfig, stage_name: str | None, label: str | None = None,
            download: str | None = None) -> dict:
-    """A pg_dump of the stage's database on the migrations host, with its manifest, then pruning
+    """A pg_dump of the stage's database on its backup host, with its manifest, then pruning
     (the stage's retention); optionally copied here."""
     if label is not None and not LABEL.fullmatch(label):
         raise DeployError(f"--label must be 1-40 letters, digits, '-' or '_', got {label[:60]!r}")
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.migrations_host.name]
-    manifest = server_tools.dump(remote, layout, stage, label or "manual")
+    remotes = connect(stage)
+    remote = remotes[stage.backup_host.name]
+    manifest = take(stage, remotes, label or "manual")
     console.ok(f"backup {manifest['id']}: {manifest['size']} bytes in {manifest['duration']}s, revision "
                f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
     say_pruned(manifest)
@@ -55,7 +56,21 @@ def backup(project: ProjectConfig, stage_name: str | None, label: str | None = N
     return manifest
 
 
+def take(stage: StageConfig, remotes: dict[str, Remote], label: str, backup_id: str | None = None,
+         release: str | None = None, prune: bool = True) -> dict:
+    """A backup on the stage's backup host. A host other than the migrations host has no
+    releases of its own: it is told which can still be rolled back to, for retention."""
+    layout = Layout(stage.deploy_to)
+    live = None
+    if prune and stage.backup_host != stage.migrations_host:
+        listed = build.list_releases(remotes[stage.migrations_host.name], layout)
+        live = [r["id"] for r in listed if r.get("status") != "failed"]
+    return server_tools.dump(remotes[stage.backup_host.name], layout, stage, label, backup_id, release, prune, live)
+
+
 def say_pruned(manifest: dict, say=console.say) -> None:
+    if manifest.get("prune_error"):
+        say(f"  warning: retention did not run: {manifest['prune_error']}")
     if manifest.get("pruned"):
         say(f"  retention removed {len(manifest['pruned'])} older backup(s): {', '.join(manifest['pruned'])}")
 
@@ -83,7 +98,7 @@ def fetch(remote: Remote, layout: Layout, manifest: dict, folder: Path) -> Path:
 def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.migrations_host.name]
+    remote = connect(stage)[stage.backup_host.name]
     found = server_tools.manifests(remote, layout)
     if as_json:
         console.say(json.dumps(found, indent=2))
@@ -102,7 +117,7 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
     so it also writes the history and the Prometheus file. Exits 0, 1 or 2."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.migrations_host.name]
+    remote = connect(stage)[stage.backup_host.name]
     forced = [] if restore_test is None else ["--restore-test" if restore_test else "--no-restore-test"]
     report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced, exits=(0, 1, 2))
     if as_json:
@@ -130,12 +145,12 @@ class Restore(StageRemotes):
 
 def _check(r: Restore) -> None:
     r.release = _serving(r.migrator, r.layout)
-    found = r.migrator.run(["cat", f"{r.layout.backups}/{r.backup_id}.json"], check=False)
+    found = r.backup_remote.run(["cat", f"{r.layout.backups}/{r.backup_id}.json"], check=False)
     if found.exited != 0:
         raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",
                           hint=f"fab backups --stage {r.stage.name}")
     r.manifest = json.loads(found.stdout)
-    checked = server_tools.verify(r.migrator, r.layout, r.backup_id)
+    checked = server_tools.verify(r.backup_remote, r.layout, r.backup_id)
     if not checked["ok"]:
         raise DeployError(f"backup {r.backup_id} fails verification (sha256 ok: {checked['sha256_ok']}, "
                           f"full read ok: {checked.get('read_ok')}); refusing to restore it",
@@ -145,7 +160,7 @@ def _check(r: Restore) -> None:
 
 def _safety_backup(r: Restore) -> None:
     # no pruning here: it could remove the very backup being restored
-    r.safety = server_tools.dump(r.migrator, r.layout, r.stage, "before-restore", prune=False)
+    r.safety = take(r.stage, r.remotes, "before-restore", prune=False)
     console.say(f"  safety backup of the current database: {r.safety['id']}")
 
 
@@ -158,7 +173,7 @@ def _start_app(r: Restore) -> None:
 
 
 def _restore(r: Restore) -> None:
-    r.result = server_tools.restore(r.migrator, r.layout, r.stage, r.backup_id)
+    r.result = server_tools.restore(r.backup_remote, r.layout, r.stage, r.backup_id)
     if not r.result["ok"]:
         raise DeployError(f"pg_restore failed: {r.result['error']}")
     if r.result["revision"] != r.manifest.get("revision") or r.result["row_counts"] != r.manifest.get("row_counts"):
@@ -168,7 +183,7 @@ def _restore(r: Restore) -> None:
 
 
 def _put_safety_back(r: Restore) -> None:
-    back = server_tools.restore(r.migrator, r.layout, r.stage, r.safety["id"])
+    back = server_tools.restore(r.backup_remote, r.layout, r.stage, r.safety["id"])
     if not back["ok"]:
         raise DeployError(f"the safety backup {r.safety['id']} could not be put back either: {back['error']}")
 

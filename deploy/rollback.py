@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import backups, console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, dbops, deploylog, lock, server_tools, service
+from .remote import build, dbops, deploylog, lock, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
@@ -67,7 +67,7 @@ def choose(r: Rollback) -> None:
 
 def back_up(r: Rollback) -> None:
     if r.db_now != r.target_revision:
-        r.backup = server_tools.dump(r.migrator, r.layout, r.stage, "prerollback", release=r.source)
+        r.backup = backups.take(r.stage, r.remotes, "prerollback", release=r.source)
         console.say(f"  backup {r.backup['id']} ({r.backup['size']} bytes)")
         backups.say_pruned(r.backup)
 

@@ -43,6 +43,7 @@ class BackupSettings:
     schedule: str               # systemd OnCalendar= of the nightly backup
     check_schedule: str         # and of the check
     textfile: str               # the Prometheus textfile-collector file the check rewrites
+    host: str | None            # where backups are taken and kept (default: the migrations host)
 
     def dump_args(self, label: str) -> list[str]:
         return ["dump", "--label", label, "--format", self.format, "--compress", str(self.compress),
@@ -87,6 +88,11 @@ class StageConfig:
     @property
     def migrations_host(self) -> StageHost:
         return next(h for h in self.hosts if "migrations" in h.roles)
+
+    @property
+    def backup_host(self) -> StageHost:
+        """Where backups are taken, kept and checked: `backups.host`, else the migrations host."""
+        return next((h for h in self.hosts if h.name == self.backups.host), self.migrations_host)
 
     @property
     def env_file(self) -> str:
@@ -138,6 +144,11 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         raise table.fail("hosts", "at least one host with the role \"app\"")
     if sum("migrations" in h.roles for h in hosts) != 1:
         raise table.fail("hosts", "exactly one host with the role \"migrations\" (it migrates and backs up)")
+    backup_host = table.table("backups").data.get("host")
+    if backup_host is not None and not any(h.name == backup_host and {"db", "migrations"} & set(h.roles)
+                                           for h in hosts):
+        raise table.table("backups").fail("host", f"the name of a host with the role \"db\" or \"migrations\", "
+                                                  f"got {backup_host!r}")
     rollback = table.text("rollback", "downgrade-or-restore")
     if rollback not in ROLLBACK_POLICIES:
         raise table.fail("rollback", f"one of {', '.join(ROLLBACK_POLICIES)}, got {rollback!r}")
@@ -190,6 +201,7 @@ def _backups(table: _Table, deploy_to: str) -> BackupSettings:
                                       "a systemd calendar spec like *-*-* 04:30:00"),
         textfile=table.matching("textfile", f"{deploy_to}/metrics/flask_deploy_backup.prom", r"(/[A-Za-z0-9_.-]+)+\.prom",
                                 "an absolute path ending in .prom"),
+        host=table.data.get("host"),
     )
 
 

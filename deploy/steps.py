@@ -150,7 +150,7 @@ def print_plan(d: Deploy) -> None:
     if not d.pending:
         console.say("  migrations: none; no backup")
         return
-    console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.migrator.name}")
+    console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.backup_remote.name}")
     _, chunks = render_revisions(load_project(d.export_dir), d.graph)
     for rev in d.pending:
         atomic = " (NOT atomic: autocommit block)" if rev.non_transactional else ""
@@ -202,10 +202,11 @@ def backup(d: Deploy) -> None:
     if not d.pending:
         console.say("  no migration to run: no backup needed")
         return
-    d.backup = server_tools.dump(d.migrator, d.layout, d.stage, "predeploy", backup_id=f"{d.release_id}-predeploy",
-                                 release=d.release_id)
-    d.say(d.migrator.name, f"backup {d.backup['id']}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
-    backups.say_pruned(d.backup, lambda text: d.say(d.migrator.name, text.strip()))
+    d.backup = backups.take(d.stage, d.remotes, "predeploy", backup_id=f"{d.release_id}-predeploy",
+                            release=d.release_id)
+    host = d.backup_remote.name
+    d.say(host, f"backup {d.backup['id']}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
+    backups.say_pruned(d.backup, lambda text: d.say(host, text.strip()))
 
 
 def migrate(d: Deploy) -> None:
@@ -271,7 +272,7 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
     """The downgrade failed: restore the pre-deploy backup, but only if nothing wrote to the
     app's tables since it was taken (those rows would be lost); otherwise stop and say so."""
     time.sleep(STATS_FLUSH_SECONDS)
-    written = server_tools.writes(d.migrator, d.layout)
+    written = server_tools.writes(d.backup_remote, d.layout)
     if written != d.backup.get("writes"):
         raise DeployError(
             f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and "

@@ -284,3 +284,24 @@ def test_the_database_password_never_appears_in_a_process_command_line_during_a_
     assert any("/bin/pg_dump --format=directory" in line for line in seen), sorted(set(seen))[:5]
     assert not [line for line in seen if password in line]
     assert password not in json.dumps(made)
+
+
+def test_backups_can_live_on_the_database_host_with_their_units_checks_and_retention(deployed):
+    configure_backups(deployed, 'host = "db"\nkeep = 1\nkeep_daily_days = 0')
+    setup = deployed.fab("setup", db=False)
+    assert setup.returncode == 0, output(setup)
+    assert "db: env file kept; installed app-backup.service" in setup.stdout, output(setup)
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = deploy(deployed)
+    assert proc.returncode == 0 and "[db] backup " in proc.stdout, output(proc)
+    release = current(deployed, "app1")
+    made = backup(deployed, "on-db")
+    assert ssh(deployed, "db", f"test -f {BACKUPS}/{made['id']}.json").returncode == 0
+    assert ssh(deployed, "app1", f"ls {BACKUPS}").stdout.split() == [
+        f"{deployed.first_release}-predeploy.dump", f"{deployed.first_release}-predeploy.json"]  # the first deploy's
+    # retention on the db host keeps the live deploy's backup, as the migrations host told it
+    assert sorted(m["id"] for m in listed(deployed)) == sorted([f"{release}-predeploy", made["id"]])
+    proc, report = check(deployed, "--restore-test")
+    assert proc.returncode == 0 and report["backup"] == made["id"], output(proc)
+    nightly = ssh(deployed, "db", "cat /etc/systemd/system/app-backup.service")
+    assert "ExecStart=/usr/bin/python3 /srv/app/tools/backup_tool.py --deploy-to /srv/app dump" in nightly.stdout

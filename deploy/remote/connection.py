@@ -169,6 +169,11 @@ class StageRemotes:
         return self.remotes[self.stage.migrations_host.name]
 
     @property
+    def backup_remote(self) -> Remote:
+        """Where backups are taken and kept (the migrations host unless backups.host names another)."""
+        return self.remotes[self.stage.backup_host.name]
+
+    @property
     def apps(self) -> list[Remote]:
         return [self.remotes[h.name] for h in self.stage.app_hosts]
 

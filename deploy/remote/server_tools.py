@@ -39,9 +39,10 @@ def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600, exit
 
 
 def dump(remote: Remote, layout: Layout, stage: StageConfig, label: str, backup_id: str | None = None,
-         release: str | None = None, prune: bool = True) -> dict:
+         release: str | None = None, prune: bool = True, live_releases: list[str] | None = None) -> dict:
     """A backup with the stage's settings, then (`prune`) retention's pruning; its manifest (with "pruned")."""
     args = stage.backups.dump_args(label) + ([] if prune else ["--keep", "0"])
+    args += ["--live-releases", ",".join(live_releases)] if live_releases is not None else []
     args += ["--id", backup_id] if backup_id else []
     args += ["--release", release] if release else []
     return tool(remote, layout, *args)

@@ -33,8 +33,13 @@ def cmd_dump(a: argparse.Namespace) -> dict:
     backup_id = a.id or f"{dumps.stamp()}-{a.label}"
     manifest = dumps.dump(a.folder, backup_id, a.release or _serving_release(a.deploy_to), a.label,
                           a.format, a.compress, a.jobs)
-    manifest["pruned"] = (retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep, a.keep_daily_days)
-                          if a.keep else [])
+    manifest["pruned"] = []
+    if a.keep:
+        try:
+            manifest["pruned"] = retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
+                                                 a.keep_daily_days, a.live_releases)
+        except Exception as exc:  # the backup is good; a retention problem must not fail it
+            manifest["prune_error"] = f"{type(exc).__name__}: {exc}"
     return manifest
 
 
@@ -61,7 +66,7 @@ COMMANDS = {
     "verify": lambda a: dumps.verify(a.folder, a.id),
     "restore": cmd_restore,
     "prune": lambda a: {"pruned": retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
-                                                  a.keep_daily_days)},
+                                                  a.keep_daily_days, a.live_releases)},
     "writes": lambda a: {"writes": writes()},
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
 }
@@ -80,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     for command in (dump, sub.add_parser("prune")):
         command.add_argument("--keep", type=int, default=0, help="0: do not prune")
         command.add_argument("--keep-daily-days", type=int, default=0)
+        command.add_argument("--live-releases", type=lambda text: [r for r in text.split(",") if r], default=None,
+                             help="releases a rollback can reach, for a host without releases/ (comma-separated)")
     check = sub.add_parser("check")
     check.add_argument("--json", action="store_true")
     check.add_argument("--textfile", help="a Prometheus textfile-collector file to (re)write")

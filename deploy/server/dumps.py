@@ -39,6 +39,8 @@ def manifests(folder: str) -> list[dict]:
             continue
         try:
             manifest = json.load(open(path))
+            if not isinstance(manifest, dict) or "id" not in manifest:
+                continue
             check = path[:-5] + ".verify.json"
             manifest["verified"] = json.load(open(check)) if os.path.exists(check) else None
             found.append(manifest)

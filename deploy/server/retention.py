@@ -39,10 +39,23 @@ def plan(manifests: list[dict], keep: int, daily_days: int, live_releases: set[s
     return reasons, [m["id"] for m in newest_first if m["id"] not in reasons]
 
 
-def live_releases(deploy_to: str) -> set[str]:
-    """Releases on this host that are not marked failed (a rollback can still reach them)."""
+def live_releases(deploy_to: str, folder: str, told: list[str] | None = None) -> set[str]:
+    """Releases a rollback can still reach: as fab `told` (it lists them on the migrations host),
+    else this host's releases not marked failed, else (a database host, from a timer) the list
+    fab last sent, kept in the backups folder."""
+    saved = os.path.join(folder, ".live-releases.json")
+    if told is not None:
+        with open(saved, "w") as f:
+            json.dump(told, f)
+        return set(told)
+    folders = glob.glob(f"{deploy_to}/releases/*/")
+    if not folders:
+        try:
+            return set(json.load(open(saved)))
+        except (OSError, ValueError):
+            return set()
     live = set()
-    for folder in glob.glob(f"{deploy_to}/releases/*/"):
+    for folder in folders:
         release = os.path.basename(folder.rstrip("/"))
         try:
             status = json.load(open(f"{folder}.release.json")).get("status")
@@ -53,9 +66,10 @@ def live_releases(deploy_to: str) -> set[str]:
     return live
 
 
-def prune(folder: str, deploy_to: str, manifests: list[dict], keep: int, daily_days: int) -> list[str]:
+def prune(folder: str, deploy_to: str, manifests: list[dict], keep: int, daily_days: int,
+          told: list[str] | None = None) -> list[str]:
     """Remove what `plan` does not keep; the ids removed."""
-    _, doomed = plan(manifests, keep, daily_days, live_releases(deploy_to), time.time())
+    _, doomed = plan(manifests, keep, daily_days, live_releases(deploy_to, folder, told), time.time())
     for backup_id in doomed:
         remove(dump_path(folder, backup_id))
         for suffix in (".verify.json", ".json"):
