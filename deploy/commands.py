@@ -155,8 +155,14 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
         if r.host == stage.backup_host:
             server_tools.tool(r, layout, "list")  # installs the backup tool the timers run
             units.update(backup_units(stage.service, stage.user, stage.deploy_to, stage.backups))
-        if units:
-            notes.append(_install_units(stage, r.host, units) if stage.admin_user else _unit_state(stage, r))
+        if units and stage.admin_user:
+            notes.append(_install_units(stage, r.host, units))
+        elif units:
+            notes += [_unit_state(stage, r)] if "app" in r.host.roles else []
+            backup_units_ = [name for name in units if name != f"{stage.service}.service"]
+            notes += [f"without admin_user the backup units are not installed: install {', '.join(backup_units_)} "
+                      "(deploy/templates, filled in) as root, or schedule their commands with cron "
+                      "(README, Backups)"] if backup_units_ else []
         return "; ".join(notes)
 
     for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
