@@ -3,6 +3,7 @@ from invoke import Collection
 
 from bench import runner as bench_runner
 from deploy.config import load_project
+from deploy.errors import ConfigError
 from deploy.local import checks, commands, workflow
 from deploy.sandbox import commands as sandbox
 from deploy.sandbox.faults import FAULTS
@@ -99,10 +100,14 @@ def sandbox_fault(c, host, action):
     sandbox.fault(load_project(), host, action)
 
 
-@task(help={"only": "one benchmark (default: all)", "runs": "repetitions of each (default 5)"})
-def bench(c, only=None, runs=5):
+@task(help={"only": "one benchmark (default: all)", "runs": "repetitions of each (default 5)",
+            "size": "the benchmark's size: app hosts for sandbox (2), MB of database for backups (1000)"})
+def bench(c, only=None, runs=5, size=None):
     """Run the benchmarks and rewrite bench/RESULTS.md."""
-    bench_runner.run(load_project(), only, int(runs))
+    for option, value in (("--runs", runs), ("--size", size)):
+        if value is not None and not str(value).isdigit():
+            raise ConfigError(f"{option} must be a whole number, got {value!r}")
+    bench_runner.run(load_project(), only, int(runs), size=int(size) if size else None)
 
 
 ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit, bench)

@@ -8,22 +8,26 @@ from deploy import console
 from deploy.config import ProjectConfig
 from deploy.errors import ConfigError
 
+from .backups import bench_backups
 from .results import RESULTS, write_section
 from .sandbox import bench_sandbox
 
-BENCHMARKS: dict[str, Callable[[ProjectConfig, int], str]] = {
+# Each takes (project, runs) and, when given, size= (its own unit: hosts, MB...).
+BENCHMARKS: dict[str, Callable[..., str]] = {
     "sandbox": bench_sandbox,
+    "backups": bench_backups,
 }
 
 
-def run(project: ProjectConfig, only: str | None = None, runs: int = 5, results: Path = RESULTS) -> list[str]:
+def run(project: ProjectConfig, only: str | None = None, runs: int = 5, results: Path = RESULTS,
+        size: int | None = None) -> list[str]:
     names = [only] if only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"no benchmark {unknown[0]!r}; choose from: {', '.join(BENCHMARKS)}")
     for name in names:
         console.heading(f"bench {name} ({runs} runs)")
-        text = BENCHMARKS[name](project, runs)
+        text = BENCHMARKS[name](project, runs, **({"size": size} if size else {}))
         write_section(name, text, results)
         console.say(text)
     console.ok(f"wrote {results}")

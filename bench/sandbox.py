@@ -16,8 +16,9 @@ from .results import Measure, section, timed
 TITLE = "Sandbox: up and down"
 
 
-def bench_sandbox(project: ProjectConfig, runs: int, hosts: int = 2) -> str:
-    """Time `runs` cycles of up (fresh), up (again, nothing to do), down; return the section."""
+def bench_sandbox(project: ProjectConfig, runs: int, size: int = 2) -> str:
+    """Time `runs` cycles of up (fresh), up (again, nothing to do), down, with `size` app hosts."""
+    hosts = size
     ensure_packages()  # once: the target is for a machine with the packages installed
     state = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
     sandbox = Sandbox.throwaway("fdb", "10.213.7.0/24", state / "sandbox", project.root, hosts)

@@ -305,3 +305,16 @@ def test_backups_can_live_on_the_database_host_with_their_units_checks_and_reten
     assert proc.returncode == 0 and report["backup"] == made["id"], output(proc)
     nightly = ssh(deployed, "db", "cat /etc/systemd/system/app-backup.service")
     assert "ExecStart=/usr/bin/python3 /srv/app/tools/backup_tool.py --deploy-to /srv/app dump" in nightly.stdout
+
+
+def test_backup_benchmark_smoke_run_measures_both_dumps_and_restores_and_cleans_up(sandbox):
+    from bench.backups import bench_backups
+    from deploy.config import load_project
+    from deploy.sandbox import dbhost
+
+    text = bench_backups(load_project(), 1, size=5, sandbox=sandbox)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| 1 |" in line]
+    assert len(rows) == 8, text
+    assert "| speed: plain time / project time |" in text and "| size: project / plain |" in text
+    assert dbhost.psql(sandbox.db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'flask_deploy_bench%'").strip() == "0"
+    assert subprocess.run(["ssh", "-F", str(sandbox.ssh_config), "app1", "test -e /srv/app/bench"]).returncode == 1

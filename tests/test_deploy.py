@@ -172,8 +172,9 @@ def test_deploy_with_a_new_migration_backs_up_then_migrates_once(deployed):
     assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
     assert sql(deployed, "SELECT count(*) FROM boards") == "2"
     assert health(deployed, "app1")["revision"] == "a0d0a0d0beef"
-    backups = ssh(deployed, "app1", "stat -c '%a %n' /srv/app/backups /srv/app/backups/*").stdout.split("\n")
-    assert backups[0].startswith("700 ") and all(line.startswith("600 ") for line in backups[1:] if line)
+    found = ssh(deployed, "app1", "find /srv/app/backups -printf '%m %y %p\\n'").stdout.split()
+    modes = {(mode, kind) for mode, kind, _ in zip(found[::3], found[1::3], found[2::3], strict=True)}
+    assert modes == {("700", "d"), ("600", "f")}, found  # the backups folder, each dump folder; every file
 
 
 def test_a_failing_migration_leaves_the_database_and_the_old_release_as_they_were(deployed):

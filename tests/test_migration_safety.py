@@ -14,6 +14,16 @@ ADVISORY_KEY = 0x616C656D626963
 HEAD = "e2b8f4a6c913"
 
 
+def test_the_deploy_ends_orphaned_migrations_by_the_same_advisory_key_env_py_takes():
+    import re
+    from pathlib import Path
+
+    from deploy.migrations import MIGRATION_LOCK_KEY
+
+    env_py = (Path(__file__).resolve().parent.parent / "migrations" / "env.py").read_text()
+    assert int(re.search(r"^ADVISORY_LOCK_KEY = (0x[0-9A-Fa-f]+)", env_py, re.M).group(1), 16) == MIGRATION_LOCK_KEY
+
+
 def test_every_revision_round_trips(project, database_url):
     from deploy.config import load_project
 
