@@ -318,3 +318,16 @@ def test_backup_benchmark_smoke_run_measures_both_dumps_and_restores_and_cleans_
     assert "| speed: plain time / project time |" in text and "| size: project / plain |" in text
     assert dbhost.psql(sandbox.db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'flask_deploy_bench%'").strip() == "0"
     assert subprocess.run(["ssh", "-F", str(sandbox.ssh_config), "app1", "test -e /srv/app/bench"]).returncode == 1
+
+
+def test_the_manifests_row_counts_are_the_dumps_even_while_the_app_writes(deployed):
+    writer = subprocess.Popen(
+        ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", 'set -a && . /srv/app/shared/env && psql "$DATABASE_URL" '
+         "-Xqc \"DO \\$\\$ BEGIN FOR i IN 1..600 LOOP INSERT INTO boards (name) VALUES ('w' || i); COMMIT; "
+         "PERFORM pg_sleep(0.01); END LOOP; END \\$\\$\""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.5)
+    made = backup(deployed, "busy")
+    assert writer.wait(timeout=60) == 0, writer.stdout.read()
+    assert 3 < made["row_counts"]["public.boards"] < 603  # taken while rows were being added
+    proc, report = check(deployed, "--restore-test")
+    assert proc.returncode == 0 and states(report)["restore"] == "OK", output(proc)

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from digests import checksums
-from pgenv import ToolError, facts, pg_env, writes
+from pgenv import SharedSnapshot, ToolError, facts, pg_env, writes
 
 FORMATS = ("directory", "custom")
 
@@ -79,12 +79,17 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
         raise ToolError(f"a backup {backup_id} already exists")
     options = dump_options(fmt, compress, jobs)
     started = time.time()
+    snapshot = None
     try:
-        version, revision, counts = facts()
         written = writes()
-        run = subprocess.run(["pg_dump", *options, "--file", path], env=pg_env(), capture_output=True, text=True)
-        if run.returncode != 0:
-            raise ToolError(f"pg_dump failed: {run.stderr.strip()[-800:]}")
+        snapshot = SharedSnapshot(f"{folder}/.{backup_id}")
+        dumping = subprocess.Popen(["pg_dump", *options, f"--snapshot={snapshot.id}", "--file", path],
+                                   env=pg_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        snapshot.count()
+        error = dumping.communicate()[1]
+        if dumping.returncode != 0:
+            raise ToolError(f"pg_dump failed: {error.strip()[-800:]}")
+        version, revision, counts = snapshot.finish()
         digest, files = checksums(path)
         tool = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
         manifest = {"id": backup_id, "time": iso(started), "label": label or None, "database": pg_env()["PGDATABASE"],
@@ -103,6 +108,9 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
         if isinstance(exc, OSError):
             raise ToolError(f"the backup failed and was removed: {exc}") from None
         raise
+    finally:
+        if snapshot:
+            snapshot.close()
 
 
 def load_manifest(folder: str, backup_id: str) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from urllib.parse import unquote, urlsplit
 
 
@@ -50,10 +51,9 @@ SELECT format('SELECT %L, %L, count(*) FROM %I.%I', 'count', schemaname || '.' |
 """
 
 
-def facts(database: str | None = None) -> tuple[str, str | None, dict[str, int]]:
-    """Server version, Alembic revision and exact row counts of every table."""
+def parse_facts(rows: list[list[str]]) -> tuple[str, str | None, dict[str, int]]:
     version, revision, counts = "", None, {}
-    for row in psql(FACTS, database):
+    for row in rows:
         if row[0] == "version":
             version = row[1]
         elif row[0] == "revision":
@@ -61,6 +61,65 @@ def facts(database: str | None = None) -> tuple[str, str | None, dict[str, int]]
         elif row[0] == "count":
             counts[row[1]] = int(row[2])
     return version, revision, counts
+
+
+def facts(database: str | None = None) -> tuple[str, str | None, dict[str, int]]:
+    """Server version, Alembic revision and exact row counts of every table."""
+    return parse_facts(psql(FACTS, database))
+
+
+class SharedSnapshot:
+    """A REPEATABLE READ transaction whose snapshot pg_dump uses too (`--snapshot`): the facts
+    counted in it are exactly the dump's, even while the app writes, and they are counted
+    while pg_dump runs rather than before it. Files in `scratch` carry psql's answers."""
+
+    def __init__(self, scratch: str) -> None:
+        self.snapshot_file, self.facts_file = f"{scratch}.snapshot", f"{scratch}.facts"
+        self.proc = subprocess.Popen(["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=pg_env(), text=True)
+        self._send("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+                   f"\\o {self.snapshot_file}\nSELECT pg_export_snapshot();\n\\o /dev/null\n")
+        self.id = self._wait_for(self.snapshot_file)
+
+    def _send(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise ToolError(f"psql: {self.proc.stderr.read().strip()[-800:]}") from None
+
+    def _wait_for(self, path: str) -> str:
+        """psql closes an \\o file when the next \\o opens: then it is complete."""
+        while self.proc.poll() is None:
+            if os.path.exists(path) and os.path.getsize(path):
+                with open(path) as f:
+                    text = f.read()
+                if text.endswith("\n"):
+                    return text.strip()
+            time.sleep(0.01)
+        raise ToolError(f"psql: {self.proc.stderr.read().strip()[-800:]}")
+
+    def count(self) -> None:
+        """Start counting (in the shared snapshot); `finish` collects the answer."""
+        self._send(f"\\o {self.facts_file}\n{FACTS}\n\\o /dev/null\n")
+
+    def finish(self) -> tuple[str, str | None, dict[str, int]]:
+        """End the transaction (after pg_dump is done with the snapshot) and return the facts."""
+        self._send("COMMIT;\n\\q\n")
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            raise ToolError(f"psql: {self.proc.stderr.read().strip()[-800:]}")
+        with open(self.facts_file) as f:
+            return parse_facts([line.split("\t") for line in f.read().splitlines() if line])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for path in (self.snapshot_file, self.facts_file):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def writes() -> int:
