@@ -91,7 +91,7 @@ def fresh_scratch(db) -> None:
 def one_run(sandbox, db, run: int) -> dict[str, float]:
     """Both dumps, the verification and both restores, once; seconds and bytes."""
     backup_id = f"20260101{run:06d}-bench"
-    on_app1(sandbox, ["rm", "-rf", f"{ROOT}/backups", f"{ROOT}/plain.dump"])
+    on_app1(sandbox, ["rm", "-rf", f"{ROOT}/backups", f"{ROOT}/plain.dump", f"{ROOT}/alone.dump"])
     got: dict[str, float] = {}
     manifest: dict = {}
 
@@ -100,6 +100,8 @@ def one_run(sandbox, db, run: int) -> dict[str, float]:
                              "--compress", "4", "--jobs", "2"))
     got["dump"] = timed(ours)
     got["plain"] = timed(lambda: pg(sandbox, "pg_dump", "--format=custom", "--file", f"{ROOT}/plain.dump"))
+    got["alone"] = timed(lambda: pg(sandbox, "pg_dump", "--format=directory", "--compress=4", "--jobs=2",
+                                    "--file", f"{ROOT}/alone.dump"))
     got["size"] = manifest["size"]
     got["plain_size"] = int(on_app1(sandbox, ["stat", "-c", "%s", f"{ROOT}/plain.dump"]))
     got["verify"] = timed(lambda: tool(sandbox, "verify", backup_id))
@@ -136,6 +138,8 @@ def bench_backups(project: ProjectConfig, runs: int, size: int = 1000, sandbox: 
         Measure("project backup: pg_dump -Fd -j2 -Z4 + manifest (row counts, sha256)", column("dump")),
         Measure("plain pg_dump -Fc (default gzip 6)", column("plain")),
         Measure("speed: plain time / project time", ratio("plain", "dump"), ">= 1.8", unit="×"),
+        Measure("the same pg_dump -Fd -j2 -Z4 alone (no row counts, no checksum)", column("alone")),
+        Measure("speed: plain time / that pg_dump alone", ratio("plain", "alone"), unit="×"),
         Measure("size: project / plain", ratio("size", "plain_size"), "<= 1.05", unit="×"),
         Measure("verification (sha256 + full read) / project backup time", ratio("verify", "dump"), "< 1", unit="×"),
         Measure("project restore (pg_restore -j2, then row counts)", column("restore")),
@@ -146,6 +150,11 @@ def bench_backups(project: ProjectConfig, runs: int, size: int = 1000, sandbox: 
              f"sandbox's db host; dumps taken on app1 over the sandbox network, as `fab backup` takes them. "
              f"Project dump size: {statistics.median(column('size')) / 2**20:.1f} MB; plain: "
              f"{statistics.median(column('plain_size')) / 2**20:.1f} MB. Both restores include building the indexes. "
-             "On 2 cores the parallel dump gains on the largest table's share: a database whose data sits in "
-             "one table gains less.")
+             "Why the speed target is missed: compare the project's backup with the same pg_dump alone: the "
+             "manifest (exact row counts in pg_dump's own snapshot, counted while it dumps, and the sha256) costs "
+             "little; the floor is the parallel dump itself. On this machine the database server and pg_dump's two "
+             "workers share the same 2 cores, and the largest table (events, about half the data) is dumped by one "
+             "worker, so two jobs cannot halve the time. A server with more cores, or data spread over more "
+             "tables, gains more; `backups.jobs` sets the number of jobs.")
+
     return section(TITLE, f"about {size_mb} MB, {runs} runs", measures, notes)

@@ -314,7 +314,7 @@ def test_backup_benchmark_smoke_run_measures_both_dumps_and_restores_and_cleans_
 
     text = bench_backups(load_project(), 1, size=5, sandbox=sandbox)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "| 1 |" in line]
-    assert len(rows) == 8, text
+    assert len(rows) == 10, text
     assert "| speed: plain time / project time |" in text and "| size: project / plain |" in text
     assert dbhost.psql(sandbox.db, "SELECT count(*) FROM pg_database WHERE datname LIKE 'flask_deploy_bench%'").strip() == "0"
     assert subprocess.run(["ssh", "-F", str(sandbox.ssh_config), "app1", "test -e /srv/app/bench"]).returncode == 1
