@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 import checks
@@ -106,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    # A lost SSH session (SIGHUP) or a stopped unit (SIGTERM) unwinds like an error: a dump
+    # in progress is stopped and its partial files removed.
+    for number in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(number, lambda received, frame: sys.exit(128 + received))
     args = parser().parse_args(argv)
     args.folder = f"{args.deploy_to}/backups"
     try:

@@ -79,7 +79,7 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
         raise ToolError(f"a backup {backup_id} already exists")
     options = dump_options(fmt, compress, jobs)
     started = time.time()
-    snapshot = None
+    snapshot = dumping = None
     try:
         written = writes()
         snapshot = SharedSnapshot(f"{folder}/.{backup_id}")
@@ -109,6 +109,9 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
             raise ToolError(f"the backup failed and was removed: {exc}") from None
         raise
     finally:
+        if dumping and dumping.poll() is None:
+            dumping.kill()
+            dumping.wait()
         if snapshot:
             snapshot.close()
 
