@@ -106,8 +106,8 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     for m in found:
         checked = m.get("verified")
         verdict = "never verified" if not checked else ("ok" if checked.get("ok") else "FAILED") + " " + checked.get("time", "")
-        console.say(f"{m['id']:<40} {m['time']:<21} {m['size']:>10} B  rev {m.get('revision')}  "
-                    f"release {m.get('release')}  {verdict}")
+        console.say(f"{m['id']:<40} {m['time']:<21} {m['size']:>10} B  {m.get('format', '?'):<9} "
+                    f"rev {m.get('revision')}  release {m.get('release')}  {verdict}")
     return found
 
 
