@@ -1,7 +1,8 @@
-"""`fab backup`, `fab backups`, `fab restore`: logical backups of the stage's database,
-taken on the migrations host with the serving release's environment, and a
-restore that refuses an unverified backup, takes a safety backup first, stops
-the app while it runs and puts the safety backup back if the restore fails."""
+"""`fab backup`, `fab backups`, `fab backups.check`, `fab restore`: logical backups of the
+stage's database, taken and kept on its backup host by the server-side tool
+(deploy/server), and a restore that refuses an unverified backup, takes a safety
+backup first, stops the app while it runs and puts the safety backup back if the
+restore fails."""
 from __future__ import annotations
 
 import json
@@ -23,10 +24,11 @@ from .stages import StageConfig, load_stage
 BACKUP_ID = re.compile(r"\d{14}-[A-Za-z0-9_.-]{1,60}")
 LABEL = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
+
 def _serving(remote: Remote, layout: Layout) -> str:
     release = service.current_release(remote, layout)
     if not release:
-        raise DeployError(f"{remote.name} has no current release: backups run with the app's environment",
+        raise DeployError(f"{remote.name} has no current release: a restore brings the app back and checks it",
                           hint="fab deploy first")
     return release
 
