@@ -25,4 +25,5 @@ and ssh -F .local/sandbox/ssh_config app1 logs you in as the deploy user. Next:
   4. git push .local/sandbox/origin.git HEAD:main && ./dev fab deploy
      # backs up, migrates once, switches both hosts, checks /healthz; undoes all of it on failure
   5. ./dev fab releases; ./dev fab status      # what is where
+  6. ./dev fab backup; ./dev fab backups.check # a backup, then its checks (exit 0/1/2, as the timer runs them)
 NEXT
