@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..stages import BackupSettings
 
 FOLDER = Path(__file__).resolve().parent
 
@@ -32,7 +36,7 @@ def tool_command(deploy_to: str, args: list[str]) -> list[str]:
     return ["/usr/bin/python3", f"{deploy_to}/tools/backup_tool.py", "--deploy-to", deploy_to, *args]
 
 
-def backup_units(service: str, user: str, deploy_to: str, backups) -> dict[str, str]:
+def backup_units(service: str, user: str, deploy_to: str, backups: BackupSettings) -> dict[str, str]:
     """File name -> text of the nightly backup's and the backup check's service and timer units."""
     values = {"service": service, "user": user, "deploy_to": deploy_to}
     return {
