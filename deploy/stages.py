@@ -144,11 +144,6 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         raise table.fail("hosts", "at least one host with the role \"app\"")
     if sum("migrations" in h.roles for h in hosts) != 1:
         raise table.fail("hosts", "exactly one host with the role \"migrations\" (it migrates and backs up)")
-    backup_host = table.table("backups").data.get("host")
-    if backup_host is not None and not any(h.name == backup_host and {"db", "migrations"} & set(h.roles)
-                                           for h in hosts):
-        raise table.table("backups").fail("host", f"the name of a host with the role \"db\" or \"migrations\", "
-                                                  f"got {backup_host!r}")
     rollback = table.text("rollback", "downgrade-or-restore")
     if rollback not in ROLLBACK_POLICIES:
         raise table.fail("rollback", f"one of {', '.join(ROLLBACK_POLICIES)}, got {rollback!r}")
@@ -174,14 +169,17 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
         gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
                                        "a .py path in the release"),
-        backups=_backups(table.table("backups"), table.data.get("deploy_to", "")),
+        backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
     )
 
 
 CALENDAR = r"[A-Za-z0-9*:./, ~-]+"
 
 
-def _backups(table: _Table, deploy_to: str) -> BackupSettings:
+def _backups(table: _Table, deploy_to: str, hosts: tuple[StageHost, ...]) -> BackupSettings:
+    host = table.data.get("host")
+    if host is not None and not any(h.name == host and {"db", "migrations"} & set(h.roles) for h in hosts):
+        raise table.fail("host", f"the name of a host with the role \"db\" or \"migrations\", got {host!r}")
     fmt = table.text("format", "directory")
     if fmt not in ("directory", "custom"):
         raise table.fail("format", f"directory or custom, got {fmt!r}")
@@ -201,7 +199,7 @@ def _backups(table: _Table, deploy_to: str) -> BackupSettings:
                                       "a systemd calendar spec like *-*-* 04:30:00"),
         textfile=table.matching("textfile", f"{deploy_to}/metrics/flask_deploy_backup.prom", r"(/[A-Za-z0-9_.-]+)+\.prom",
                                 "an absolute path ending in .prom"),
-        host=table.data.get("host"),
+        host=host,
     )
 
 

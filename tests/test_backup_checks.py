@@ -7,12 +7,11 @@ import shlex
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest import output
-from test_deploy import (GOOD_MIGRATION, HEAD, add_migration, current, deploy, deploy_and_seed, run_until, sql,
-                         ssh)
+from test_deploy import (GOOD_MIGRATION, HEAD, add_migration, command_lines, current, deploy, deploy_and_seed,
+                         run_until, sql, ssh)
 
 from deploy.sandbox import faults
 
@@ -266,13 +265,8 @@ def test_the_database_password_never_appears_in_a_process_command_line_during_a_
 
     def watch() -> None:
         while not done.is_set():
-            for path in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
-                    line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if "pg_dump" in line or "psql" in line or "backup_tool" in line:
-                    seen.append(line)
+            seen.extend(line for line in command_lines().values()
+                        if "pg_dump" in line or "psql" in line or "backup_tool" in line)
 
     watcher = threading.Thread(target=watch)
     watcher.start()

@@ -335,17 +335,20 @@ SLOW_MIGRATION = GOOD_MIGRATION.replace(
     '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n    op.execute("SELECT pg_sleep(60)")\n')
 
 
-def pids_running(*words: str) -> list[int]:
-    """Processes on the machine (the sandbox hosts share its process table) whose command line has all `words`."""
-    found = []
+def command_lines() -> dict[int, str]:
+    """Every process's command line on the machine (the sandbox hosts share its process table)."""
+    found = {}
     for path in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(path.parent.name)] = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if all(w in line for w in words):
-            found.append(int(path.parent.name))
     return found
+
+
+def pids_running(*words: str) -> list[int]:
+    """Processes whose command line has all `words`."""
+    return [pid for pid, line in command_lines().items() if all(w in line for w in words)]
 
 
 def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_session_ended(deployed):

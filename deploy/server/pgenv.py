@@ -31,9 +31,13 @@ def database_name() -> str:
     return pg_env()["PGDATABASE"]
 
 
+# Unaligned, tuples only, tab-separated, stop at the first error: rows a program can split.
+PSQL = ["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+
+
 def psql(script: str, database: str | None = None) -> list[list[str]]:
     """Run `script` (SQL and psql meta-commands) and return the output rows, split on tabs."""
-    run = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+    run = subprocess.run([*PSQL, "-f", "-"],
                          input=script, env=pg_env(database), capture_output=True, text=True)
     if run.returncode != 0:
         raise ToolError(f"psql: {run.stderr.strip()[-800:]}")
@@ -75,7 +79,7 @@ class SharedSnapshot:
 
     def __init__(self, scratch: str) -> None:
         self.snapshot_file, self.facts_file = f"{scratch}.snapshot", f"{scratch}.facts"
-        self.proc = subprocess.Popen(["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1"],
+        self.proc = subprocess.Popen(PSQL,
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=pg_env(), text=True)
         self._send("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
