@@ -9,6 +9,7 @@ from deploy.config import ProjectConfig
 from deploy.errors import ConfigError
 
 from .backups import bench_backups
+from .deploy_time import bench_deploy_time
 from .results import RESULTS, write_section
 from .sandbox import bench_sandbox
 
@@ -16,6 +17,7 @@ from .sandbox import bench_sandbox
 BENCHMARKS: dict[str, Callable[..., str]] = {
     "sandbox": bench_sandbox,
     "backups": bench_backups,
+    "deploy_time": bench_deploy_time,
 }
 
 

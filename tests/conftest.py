@@ -19,6 +19,7 @@ from deploy.local.database import LocalCluster
 from deploy.local.git import git
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
+from deploy.sandbox.stage import retarget
 
 REPO = Path(__file__).resolve().parent.parent
 # Test clusters live in a folder the `postgres` user can reach (as root, the
@@ -165,13 +166,9 @@ def assert_clean_failure(proc: subprocess.CompletedProcess) -> str:
 
 def point_at_sandbox(project: Project, sandbox: Sandbox) -> None:
     """Make the project copy's [sandbox] and sandbox stage the test fleet's, and push its HEAD there."""
-    settings = sandbox.settings
-    for old, new in (('prefix = "fds"', f'prefix = "{settings.prefix}"'),
-                     ('subnet = "10.213.0.0/24"', f'subnet = "{settings.subnet}"'),
-                     ('state_dir = ".local/sandbox"', f'state_dir = "{settings.state_dir}"'),
-                     ('include = ".local/sandbox/stage.toml"', f'include = "{sandbox.stage_file}"'),
-                     ("health_timeout = 30", "health_timeout = 10")):
-        project.edit("deploy.toml", old, new)
+    path = project.root / "deploy.toml"
+    path.write_text(retarget(path.read_text(), sandbox))
+    project.edit("deploy.toml", "health_timeout = 30", "health_timeout = 10")
     project.commit_all("point at the test sandbox")
     project.push()
 

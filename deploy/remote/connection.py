@@ -21,6 +21,7 @@ from fabric import Config, Connection
 
 from ..errors import DeployError
 from ..stages import StageConfig, StageHost
+from .trace import traced
 
 T = TypeVar("T")
 KEEPALIVE_SECONDS = 2
@@ -105,7 +106,9 @@ class Remote:
         """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`."""
         self.open()
         command = shlex.join(argv)
-        out = self._exec(command, input, timeout)
+        with traced(self.name, command) as record:
+            out = self._exec(command, input, timeout)
+            record["exited"] = out.exited
         if check and out.exited != 0:
             tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-12:])
             raise HostError(self.name, f"`{command}` exited with {out.exited}" + (f":\n{tail}" if tail else ""),
@@ -150,7 +153,8 @@ class Remote:
     def put(self, local: str, remote: str) -> None:
         self.open()
         try:
-            self.conn.put(local, remote)
+            with traced(self.name, f"(upload) {remote}"):
+                self.conn.put(local, remote)
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"upload to {remote} failed: {exc}") from None
 

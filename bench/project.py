@@ -1,0 +1,188 @@
+"""What the deploy benchmarks deploy: a scratch copy of the project with its own git
+history, pointed at a sandbox of the benchmarks' own, changed, committed, pushed
+and deployed with `fab` in a subprocess, as a user does."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.local.git import git
+from deploy.migrations import MigrationGraph
+from deploy.remote import trace
+from deploy.sandbox import fleet
+from deploy.sandbox.spec import Sandbox
+from deploy.sandbox.stage import retarget
+
+FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
+PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
+MIGRATION = '''"""bench: add column {column}"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{revision}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("boards", sa.Column("{column}", sa.Text(), nullable=True))
+
+
+def downgrade():
+    op.drop_column("boards", "{column}")
+'''
+
+
+class BenchError(RuntimeError):
+    """A benchmark's own set-up or a deploy it expected to succeed failed."""
+
+
+@dataclass
+class Deployed:
+    """One `fab` run: its wall time, exit status, output and the remote commands it ran."""
+
+    seconds: float
+    exited: int
+    output: str
+    commands: list[dict] = field(default_factory=list)
+
+    def per_host(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.commands:
+            counts[record["host"]] = counts.get(record["host"], 0) + 1
+        return counts
+
+
+class BenchProject:
+    """The scratch project and the sandbox it deploys to."""
+
+    def __init__(self, repo: Path, hosts: int) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-deploys-"))
+        self.workdir.chmod(0o755)
+        self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", repo, hosts)
+        self.repo, self.root = repo, self.workdir / "project"
+        self.head = MigrationGraph(repo / "migrations").single_head()
+        self.changes = 0
+
+    def __enter__(self) -> "BenchProject":
+        fleet.down(self.sandbox)
+        try:
+            self.resize(self.sandbox.app_hosts)
+            self._copy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fleet.down(self.sandbox)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def resize(self, hosts: int) -> None:
+        """The fleet with `hosts` app hosts (grown or shrunk in place)."""
+        self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", self.repo, hosts)
+        fleet.up(self.sandbox, self.repo)
+
+    def _copy(self) -> None:
+        self.root.mkdir()
+        for name in FILES:
+            source = self.repo / name
+            if source.is_dir():
+                shutil.copytree(source, self.root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, self.root / name)
+        (self.root / ".gitignore").write_text("__pycache__/\n.local/\n")
+        toml = self.root / "deploy.toml"
+        toml.write_text(retarget(toml.read_text(), self.sandbox).replace("health_timeout = 30", "health_timeout = 10"))
+        git(self.root, "init", "-q", "-b", "main")
+        git(self.root, "config", "user.email", "bench@example.test")
+        git(self.root, "config", "user.name", "Bench")
+        self.commit("seed")
+
+    # changes a user makes -------------------------------------------------------
+
+    def commit(self, message: str) -> None:
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-qm", message, "--allow-empty")
+        git(self.root, "push", "--quiet", "--force", str(self.sandbox.origin), "HEAD:refs/heads/main")
+
+    def change_code(self) -> None:
+        """A code change: a module the app imports gets a new value."""
+        self.changes += 1
+        (self.root / "app" / "bench_change.py").write_text(f"CHANGE = {self.changes}\n")
+        self.commit(f"code change {self.changes}")
+
+    def change_dependencies(self) -> None:
+        """A new lock file hash (a comment suffices): a new environment on every host."""
+        self.changes += 1
+        with open(self.root / "requirements" / "app.lock", "a") as lock:
+            lock.write(f"# bench dependency change {self.changes}\n")
+        self.commit(f"dependency change {self.changes}")
+
+    def add_migration(self, failing: bool = False) -> None:
+        """A migration adding a column (or one that adds it, then fails)."""
+        self.changes += 1
+        revision = f"bench{self.changes:04d}{'f' if failing else 'a'}0000"
+        text = MIGRATION.format(column=f"bench_{self.changes}", revision=revision, down=self.head)
+        if failing:
+            text = text.replace('nullable=True))\n', 'nullable=True))\n    op.execute("SELECT 1 / 0")\n', 1)
+        (self.root / "migrations" / "versions" / f"{revision}_bench.py").write_text(text)
+        self.commit(f"migration {revision}")
+        if not failing:
+            self.head = revision
+
+    def drop_failing_migration(self) -> None:
+        """What a user does after a failed deploy: take the bad migration out."""
+        for path in (self.root / "migrations" / "versions").glob("*f0000_bench.py"):
+            path.unlink()
+        self.commit("drop the failing migration")
+
+    def break_boot(self) -> None:
+        """A release whose workers cannot load the app (gunicorn names a factory that does not exist)."""
+        self._edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
+        self.commit("break the app")
+
+    def mend_boot(self) -> None:
+        self._edit("app/gunicorn.conf.py", 'wsgi_app = "app:no_such_factory()"', 'wsgi_app = "app:create_app()"')
+        self.commit("mend the app")
+
+    def _edit(self, relative: str, old: str, new: str) -> None:
+        path = self.root / relative
+        path.write_text(path.read_text().replace(old, new))
+
+    # running the tools ------------------------------------------------------------
+
+    def fab(self, *args: str, expect_ok: bool = True) -> Deployed:
+        """`fab ARGS` in the project (as a user runs it), timed, its remote commands traced."""
+        return self.run([sys.executable, "-m", "fabric", *args], expect_ok)
+
+    def run(self, argv: list[str], expect_ok: bool = True) -> Deployed:
+        trace_file = self.workdir / "trace.jsonl"
+        trace_file.unlink(missing_ok=True)
+        env = dict(os.environ, NO_COLOR="1", **{trace.VARIABLE: str(trace_file)})
+        env.pop("DATABASE_URL", None)
+        started = time.perf_counter()
+        proc = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=600)
+        run = Deployed(time.perf_counter() - started, proc.returncode, proc.stdout + proc.stderr,
+                       trace.read(str(trace_file)) if trace_file.exists() else [])
+        if expect_ok and run.exited != 0:
+            raise BenchError(f"{' '.join(argv[2:])} exited {run.exited}:\n{run.output[-2000:]}")
+        return run
+
+    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ssh", "-F", str(self.sandbox.ssh_config), host, command],
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise BenchError(f"{host}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
