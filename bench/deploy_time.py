@@ -115,7 +115,7 @@ def _section(got: dict[int, dict[str, list]], runs: int) -> str:
 
 
 def _ratios(a: list[float], b: list[float]) -> list[float]:
-    return [round(x / y, 2) for x, y in zip(a, b)]
+    return [round(x / y, 2) for x, y in zip(a, b, strict=True)]
 
 
 def _notes(got: dict[int, dict[str, list]]) -> str:

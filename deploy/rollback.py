@@ -61,7 +61,7 @@ def choose(r: Rollback) -> None:
     if missing:
         raise DeployError(f"{to} is not on {', '.join(missing)} (removed by cleanup?)", hint="deploy its commit instead")
     r.target, r.target_revision = to, known[to].get("revision")
-    r.db_now = dbops.current_revision(r.migrator, r.layout, r.source, r.app)
+    r.db_now = dbops.current_revision(r.migrator, r.layout)
     console.say(f"  {r.source} -> {r.target}; database {r.db_now} -> {r.target_revision}")
 
 

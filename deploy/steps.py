@@ -74,17 +74,14 @@ class Deploy(StageRemotes):
 def preflight(d: Deploy) -> None:
     """Everything checked before anything changes: hosts, disk, ref, migrations, lint, database."""
     def host_check(r: Remote) -> str:
-        layout = d.layout
-        missing = r.run(["sh", "-c", 'for p; do [ -e "$p" ] || echo "$p"; done', "check",
-                         layout.root, layout.env_file], check=True).stdout.split()
-        if missing:
-            raise DeployError(f"{r.name}: missing {', '.join(missing)}", hint=f"fab setup --stage {d.stage.name}")
-        free = build.free_mb(r, layout.root)
-        if free < d.stage.min_free_mb:
-            raise DeployError(f"{r.name}: only {free} MB free under {layout.root} (min_free_mb is {d.stage.min_free_mb})",
-                              hint="free some space (old releases, backups) and deploy again")
-        d.previous[r.name] = service.current_release(r, layout)
-        return f"reachable, {free} MB free, current release {d.previous[r.name] or '(none)'}"
+        facts = build.host_facts(r, d.layout)
+        if facts["missing"]:
+            raise DeployError(f"{r.name}: missing {', '.join(facts['missing'])}", hint=f"fab setup --stage {d.stage.name}")
+        if facts["free"] < d.stage.min_free_mb:
+            raise DeployError(f"{r.name}: only {facts['free']} MB free under {d.layout.root} (min_free_mb is "
+                              f"{d.stage.min_free_mb})", hint="free some space (old releases, backups) and deploy again")
+        d.previous[r.name] = facts["current"]
+        return f"reachable, {facts['free']} MB free, current release {d.previous[r.name] or '(none)'}"
 
     for name, text in on_hosts("preflight", d.build_remotes, host_check).items():
         d.say(name, text)
@@ -102,10 +99,8 @@ def preflight(d: Deploy) -> None:
     d.digest = source.lock_hash(d.export_dir)
     d.release_id = new_release_id(d.commit, set(d.previous.values()))
     console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
-    current = d.previous.get(d.migrator.name)
-    if current:
-        d.db_before = dbops.current_revision(d.migrator, d.layout, current, d.app)
-        _check_database(d, target)
+    d.db_before = dbops.current_revision(d.migrator, d.layout)
+    _check_database(d, target)
 
 
 def new_release_id(commit: str, taken: set[str | None]) -> str:
@@ -135,11 +130,6 @@ def _check_database(d: Deploy, target: ProjectConfig) -> None:
 def print_plan(d: Deploy) -> None:
     """--dry-run: preflight (which changes nothing), then what the deploy would do."""
     preflight(d)
-    known = d.previous.get(d.migrator.name) is not None
-    if not known:
-        d.pending = d.graph.pending(())
-        console.say("  (no release yet: the database revision is read once the first release is built;"
-                    " shown as if the database were empty)")
     console.heading(f"plan: release {d.release_id} = {d.ref} ({d.commit[:12]})")
     for r in d.build_remotes:
         env = "reuse" if build.environment_ready(r, d.layout, d.digest) else f"install {d.digest} from uploaded wheels"
@@ -181,9 +171,6 @@ def build_release(d: Deploy) -> None:
 
     for name, text in on_hosts("build", d.build_remotes, on_host).items():
         d.say(name, f"built {d.release_id}: {text}")
-    if not d.previous.get(d.migrator.name):
-        d.db_before = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
-        _check_database(d, load_project(d.export_dir))
 
 
 def undo_build(d: Deploy) -> None:
@@ -227,7 +214,7 @@ def migrate(d: Deploy) -> None:
                                  hint="find out what killed it (the OOM killer? an operator?), then deploy again") from None
         raise MigrationError(f"the migration failed on {d.migrator.name}:\n{indent(error_summary(exc.output))}",
                              hint="fix the migration, commit, push, deploy again") from None
-    after = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+    after = dbops.current_revision(d.migrator, d.layout)
     d.say(d.migrator.name, f"database {d.db_before or '(empty)'} -> {after}")
 
 
@@ -239,7 +226,7 @@ def undo_migrate(d: Deploy) -> None:
     if ended:  # its client died (killed, or the connection lost): its transaction would hold its locks
         d.notes.append(f"ended the migration's orphaned database session(s) {', '.join(map(str, ended))}; "
                        "their open transaction rolled back")
-    now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+    now = dbops.current_revision(d.migrator, d.layout)
     if now == d.db_before:
         risky = [r.label() for r in d.pending if r.non_transactional]
         if risky:  # an autocommit block commits as it goes: the revision can be old while its work stays
@@ -252,7 +239,7 @@ def undo_migrate(d: Deploy) -> None:
     if d.stage.rollback != "stop":
         down = dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "downgrade", d.db_before or "base",
                               check=False, timeout=3600)
-        now = dbops.current_revision(d.migrator, d.layout, d.release_id, d.app)
+        now = dbops.current_revision(d.migrator, d.layout)
         if down.exited == 0 and now == d.db_before:
             d.notes.append(f"database downgraded to {d.db_before or '(empty)'}")
             return

@@ -478,7 +478,7 @@ def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since
     assert sql(deployed, "SELECT count(*) FROM boards WHERE note IS NOT NULL") == "2"  # nothing thrown away
 
 
-def test_cleanup_keeps_k_good_releases_plus_the_rollback_target_and_removes_failed_ones(deployed):
+def test_cleanup_keeps_k_good_releases_plus_the_rollback_target_and_removes_failed_ones_and_reloads_go_on(deployed):
     deployed.edit("deploy.toml", "keep_releases = 5", "keep_releases = 1")
     deployed.commit_all("keep one release")
     add_migration(deployed, FAILING_MIGRATION, "f00dfa11beef_fail.py")
@@ -491,6 +491,12 @@ def test_cleanup_keeps_k_good_releases_plus_the_rollback_target_and_removes_fail
     releases = json.loads(deployed.fab("releases", "--json", db=False).stdout)
     assert [r["status"] for r in releases] == ["good", "good"]
     assert deployed.first_release not in [r["id"] for r in releases]
+    # The service started in the first release, now removed: a reload must still work
+    # (gunicorn re-checks its default working directory on every reload).
+    again = deploy(deployed)
+    assert again.returncode == 0, output(again)
+    assert output(again).count("reloaded; healthy on") == 2
+    releases = json.loads(deployed.fab("releases", "--json", db=False).stdout)
     for host in ("app1", "app2"):
         assert ssh(deployed, host, "ls /srv/app/releases | wc -l").stdout.strip() == "2"
         assert health(deployed, host)["release"] == releases[-1]["id"]

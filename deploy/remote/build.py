@@ -21,9 +21,26 @@ def server_python(remote: Remote) -> tuple[str, str]:
     return version, machine
 
 
-def free_mb(remote: Remote, path: str) -> int:
-    out = remote.run(["df", "--output=avail", "-m", path])
-    return int(out.stdout.split()[-1])
+HOST_FACTS = """root=$1 env=$2
+for p in "$root" "$env"; do [ -e "$p" ] || echo "missing $p"; done
+[ -d "$root" ] || exit 0
+echo "free $(df --output=avail -m "$root" | tail -n 1)"
+echo "current $(readlink "$root/current")"
+"""
+
+
+def host_facts(remote: Remote, layout: Layout) -> dict:
+    """In one command: the deploy folder's missing paths, its free MB and the current release."""
+    facts: dict = {"missing": [], "free": None, "current": None}
+    for line in remote.run(["sh", "-c", HOST_FACTS, "facts", layout.root, layout.env_file]).stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "missing":
+            facts["missing"].append(value)
+        elif key == "free":
+            facts["free"] = int(value)
+        elif key == "current" and value:
+            facts["current"] = value.rsplit("/", 1)[-1]
+    return facts
 
 
 def fetch_and_export(remote: Remote, layout: Layout, repo_url: str, commit: str, release_id: str) -> None:

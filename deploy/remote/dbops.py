@@ -1,10 +1,10 @@
-"""The database, from the migrations host, through a release's own code: its revision,
-upgrade and downgrade. The DATABASE_URL comes from the server's env file inside the
+"""The database, from the migrations host: its revision, and upgrade and downgrade
+through a release's own code. The DATABASE_URL comes from the server's env file inside the
 remote shell, never from a command line."""
 from __future__ import annotations
 
-import re
-
+from ..errors import DeployError
+from . import server_tools
 from .connection import Remote
 from .layout import Layout
 
@@ -25,8 +25,11 @@ def flask_db(remote: Remote, layout: Layout, release_id: str, app: str, *args: s
                       env=env, check=check, timeout=timeout)
 
 
-def current_revision(remote: Remote, layout: Layout, release_id: str, app: str) -> str | None:
-    """The database's revision as `flask db current` reports it; None for a new database."""
-    out = flask_db(remote, layout, release_id, app, "current")
-    found = re.findall(r"^([0-9a-f]{6,})\b", out.stdout, re.M)
-    return found[-1] if found else None
+def current_revision(remote: Remote, layout: Layout) -> str | None:
+    """The database's revision (its alembic_version row, read by the server tool without
+    loading the app); None for a new database."""
+    found = server_tools.revisions(remote, layout)
+    if len(found) > 1:
+        raise DeployError(f"the database has several revisions ({', '.join(found)}); this toolkit deploys one head",
+                          hint="merge the heads (flask db merge) and deploy that")
+    return found[0] if found else None

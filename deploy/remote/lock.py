@@ -30,8 +30,12 @@ def describe(info: dict) -> str:
 
 def acquire(remote: Remote, layout: Layout, info: dict, stage: str) -> None:
     """Take the lock or raise LockHeld naming its holder."""
-    if remote.run(["mkdir", layout.lock], check=False).exited == 0:  # atomic: one mkdir wins
-        remote.run(["sh", "-c", 'cat > "$1/holder.json"', "holder", layout.lock], input=json.dumps(info))
+    script = 'mkdir "$1" 2>/dev/null || exit 3; cat > "$1/holder.json"'  # atomic: one mkdir wins
+    taken = remote.run(["sh", "-c", script, "lock", layout.lock], input=json.dumps(info), check=False)
+    if taken.exited != 3:
+        if taken.exited != 0:
+            raise HostError(remote.name, f"could not write {layout.lock}/holder.json: {taken.stderr.strip()}",
+                            exited=taken.exited)
         return
     current = read(remote, layout)
     raise LockHeld(f"stage {stage} is locked by {describe(current) if current else 'an unknown holder'}",

@@ -60,6 +60,10 @@ def restore(remote: Remote, layout: Layout, stage: StageConfig, backup_id: str) 
     return tool(remote, layout, "restore", backup_id, "--jobs", str(stage.backups.jobs))
 
 
+def revisions(remote: Remote, layout: Layout) -> list[str]:
+    return tool(remote, layout, "revision")["revisions"]
+
+
 def writes(remote: Remote, layout: Layout) -> int:
     return tool(remote, layout, "writes")["writes"]
 

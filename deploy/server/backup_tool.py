@@ -3,7 +3,7 @@ python3, by `fab` over SSH and by the systemd timers alike:
 
     backup_tool.py --deploy-to D dump [--label L] [--format F] [--compress N] [--jobs N] [--keep N] ...
     backup_tool.py --deploy-to D check [--json] [--textfile PATH] [--restore-test | --no-restore-test] ...
-    backup_tool.py --deploy-to D list | verify ID | restore ID | prune | writes | end-migrations KEY
+    backup_tool.py --deploy-to D list | verify ID | restore ID | prune | revision | writes | end-migrations KEY
 
 DATABASE_URL comes from the environment (the unit's EnvironmentFile, or the env file
 sourced by fab); the password reaches PostgreSQL's programs only as PGPASSWORD.
@@ -22,7 +22,7 @@ import checks
 import dumps
 import reports
 import retention
-from pgenv import ToolError, database_name, end_sessions_holding, psql, writes
+from pgenv import ToolError, database_name, end_sessions_holding, psql, revisions, writes
 
 
 def _serving_release(deploy_to: str) -> str | None:
@@ -69,6 +69,7 @@ COMMANDS = {
     "prune": lambda a: {"pruned": retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
                                                   a.keep_daily_days, a.live_releases)},
     "writes": lambda a: {"writes": writes()},
+    "revision": lambda a: {"revisions": revisions()},
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
 }
 
@@ -102,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--jobs", type=int, default=2)
     sub.add_parser("list")
     sub.add_parser("writes")
+    sub.add_parser("revision")
     sub.add_parser("end-migrations").add_argument("key", type=int)
     return p
 

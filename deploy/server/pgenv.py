@@ -126,6 +126,17 @@ class SharedSnapshot:
                 os.unlink(path)
 
 
+REVISIONS = r"""
+SELECT 'SELECT version_num FROM alembic_version ORDER BY 1' WHERE to_regclass('alembic_version') IS NOT NULL
+\gexec
+"""
+
+
+def revisions() -> list[str]:
+    """The Alembic revision(s) in alembic_version; none for a database without that table."""
+    return [row[0] for row in psql(REVISIONS)]
+
+
 def writes() -> int:
     """Rows inserted, updated or deleted in the app's tables so far (the statistics' counters;
     alembic_version is left out: a migration writes it, the app does not)."""
