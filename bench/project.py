@@ -103,7 +103,7 @@ class BenchProject:
                 shutil.copy2(source, self.root / name)
         (self.root / ".gitignore").write_text("__pycache__/\n.local/\n")
         toml = self.root / "deploy.toml"
-        toml.write_text(retarget(toml.read_text(), self.sandbox).replace("health_timeout = 30", "health_timeout = 10"))
+        toml.write_text(retarget(toml.read_text(), self.sandbox).replace("health_timeout = 30", "health_timeout = 5"))
         git(self.root, "init", "-q", "-b", "main")
         git(self.root, "config", "user.email", "bench@example.test")
         git(self.root, "config", "user.name", "Bench")
@@ -141,24 +141,24 @@ class BenchProject:
         if not failing:
             self.head = revision
 
-    def drop_failing_migration(self) -> None:
-        """What a user does after a failed deploy: take the bad migration out."""
-        for path in (self.root / "migrations" / "versions").glob("*f0000_bench.py"):
-            path.unlink()
-        self.commit("drop the failing migration")
+    def break_health(self) -> None:
+        """A release that boots but fails its health check (500 without its release id)."""
+        self._edit("app/health.py", "    heads = expected_heads()\n",
+                   '    return jsonify(status="broken by the benchmark"), 500\n    heads = expected_heads()\n')
+        self.commit("break the health check")
 
-    def break_boot(self) -> None:
-        """A release whose workers cannot load the app (gunicorn names a factory that does not exist)."""
-        self._edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
-        self.commit("break the app")
-
-    def mend_boot(self) -> None:
-        self._edit("app/gunicorn.conf.py", 'wsgi_app = "app:no_such_factory()"', 'wsgi_app = "app:create_app()"')
-        self.commit("mend the app")
+    def undo_commits(self, count: int) -> None:
+        """What a user does after a failed deploy: take the bad commits out (and push)."""
+        git(self.root, "reset", "--quiet", "--hard", f"HEAD~{count}")
+        git(self.root, "push", "--quiet", "--force", str(self.sandbox.origin), "HEAD:refs/heads/main")
+        self.head = MigrationGraph(self.root / "migrations").single_head()
 
     def _edit(self, relative: str, old: str, new: str) -> None:
         path = self.root / relative
-        path.write_text(path.read_text().replace(old, new))
+        text = path.read_text()
+        if old not in text:
+            raise BenchError(f"{old!r} is not in {relative}")
+        path.write_text(text.replace(old, new, 1))
 
     # running the tools ------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from deploy.errors import ConfigError
 
 from .backups import bench_backups
 from .deploy_time import bench_deploy_time
+from .rollback import bench_rollback
 from .results import RESULTS, write_section
 from .sandbox import bench_sandbox
 
@@ -18,6 +19,7 @@ BENCHMARKS: dict[str, Callable[..., str]] = {
     "sandbox": bench_sandbox,
     "backups": bench_backups,
     "deploy_time": bench_deploy_time,
+    "rollback": bench_rollback,
 }
 
 

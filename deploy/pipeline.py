@@ -28,6 +28,7 @@ class Outcome:
     undone: list[str] = field(default_factory=list)
     undo_failures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    failed_at: float | None = None  # time.monotonic() when a step failed and the undo began
 
 
 class DeployFailed(DeployError):
@@ -56,7 +57,8 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
             on_event("start", step.name)
             step.do(ctx)
         except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
-            outcome.timings[step.name] = time.monotonic() - started
+            outcome.failed_at = time.monotonic()
+            outcome.timings[step.name] = outcome.failed_at - started
             _observe(on_event, "failed", step.name)
             undo_steps([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
             raise DeployFailed(step.name, exc, outcome) from exc

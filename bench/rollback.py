@@ -1,0 +1,80 @@
+"""Rollback time (issue: from the moment a failure is detected to the old release healthy
+on all hosts, for 1 and 4 hosts, with and without a database downgrade; target: a code
+rollback under 2 s plus worker boot time). The failure is a release that boots but
+fails its health check; the deploy's own clock (the deploy log's "rollback" timing)
+runs from the failed step to the old release answering healthy at the old revision
+on every app host."""
+from __future__ import annotations
+
+import json
+import shlex
+
+from deploy.config import ProjectConfig
+
+from .project import BenchError, BenchProject
+from .results import Measure, section
+
+TITLE = "Rollback time: from a failed health check to the old release healthy everywhere"
+SIZES = (1, 4)
+BOOT = ("import time; t = time.perf_counter(); from app import create_app; create_app(); "
+        "print(time.perf_counter() - t)")
+
+
+def bench_rollback(project: ProjectConfig, runs: int, size: int = 4) -> str:
+    """`runs` failed deploys of each kind at each fleet size up to `size`."""
+    sizes = [n for n in SIZES if n <= size] or [1]
+    got: dict[int, dict[str, list[float]]] = {}
+    boot: list[float] = []
+    with BenchProject(project.root, sizes[0]) as bench:
+        for hosts in sizes:
+            bench.resize(hosts)
+            bench.fab("deploy")
+            got[hosts] = {"code": [], "database": []}
+            for _ in range(runs):
+                bench.break_health()
+                got[hosts]["code"].append(_failed_deploy(bench, downgrade=False))
+                bench.undo_commits(1)
+                bench.add_migration()
+                bench.break_health()
+                got[hosts]["database"].append(_failed_deploy(bench, downgrade=True))
+                bench.undo_commits(2)
+                boot.append(_worker_boot(bench))
+    return _section(got, boot, runs)
+
+
+def _failed_deploy(bench: BenchProject, downgrade: bool) -> float:
+    run = bench.fab("deploy", expect_ok=False)
+    text = run.output
+    if run.exited != 1 or "step 'switch' failed" not in text or "rolled back in" not in text:
+        raise BenchError(f"expected a failed switch and a rollback:\n{text[-2000:]}")
+    if downgrade != ("database downgraded to" in text):
+        raise BenchError(f"expected {'a' if downgrade else 'no'} downgrade:\n{text[-2000:]}")
+    entry = json.loads(bench.ssh("app1", "tail -1 /srv/app/deploy.log").stdout)
+    return entry["timings"]["rollback"]
+
+
+def _worker_boot(bench: BenchProject) -> float:
+    """A new worker's own work: import the app and call its factory, in the serving release."""
+    script = 'set -a && . /srv/app/shared/env && set +a && cd /srv/app/current && exec .venv/bin/python -c "$1"'
+    out = bench.ssh("app1", shlex.join(["sh", "-c", script, "boot", BOOT])).stdout
+    return float(out.split()[-1])
+
+
+def _section(got: dict[int, dict[str, list[float]]], boot: list[float], runs: int) -> str:
+    measures = [Measure("worker boot: import the app and create it (app1)", boot)]
+    for hosts, g in got.items():
+        measures += [
+            Measure(f"{hosts} host(s): code rollback (switch back, reload, healthy)", g["code"],
+                    "< 2 s + worker boot"),
+            Measure(f"{hosts} host(s): code and database rollback (+ flask db downgrade)", g["database"]),
+        ]
+    notes = (
+        "Measured by the deploy itself: from the moment the health check gave up on the new release "
+        "(not counting the health timeout spent waiting, 5 s here) to the old release answering healthy, at "
+        "the old revision, on every app host; it is the `rollback` timing in the deploy log. A code rollback "
+        "is: `current` switched back and a graceful reload on every host at once, then the new workers' boot "
+        "and the health checks. With a database downgrade, `flask db downgrade` (which loads the app and "
+        "Alembic) runs after the code is back, and the old code answers 503 until it has. On this sandbox the "
+        "stand-in systemctl sleeps 0.5 s after each reload, which systemd does not."
+    )
+    return section(TITLE, f"app hosts {', '.join(map(str, got))}, {runs} runs each", measures, notes)
