@@ -11,6 +11,7 @@ from deploy.errors import ConfigError
 from .backups import bench_backups
 from .deploy_time import bench_deploy_time
 from .rollback import bench_rollback
+from .zero_downtime import bench_zero_downtime
 from .results import RESULTS, write_section
 from .sandbox import bench_sandbox
 
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, Callable[..., str]] = {
     "backups": bench_backups,
     "deploy_time": bench_deploy_time,
     "rollback": bench_rollback,
+    "zero_downtime": bench_zero_downtime,
 }
 
 

@@ -70,8 +70,8 @@ def install_environment(remote: Remote, layout: Layout, digest: str, wheels_tar:
     script = """set -euo pipefail
 venv=$1 wheels=$2 lock=$3
 rm -rf "$venv"
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --require-hashes -r "$lock"
+nice -n 10 python3 -m venv "$venv"
+nice -n 10 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --require-hashes -r "$lock"
 touch "$venv/.complete"
 """
     remote.run([*BASH, script, "venv", layout.venv(digest), wheels, lock_file], timeout=600)
