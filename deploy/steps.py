@@ -167,7 +167,8 @@ def build_release(d: Deploy) -> None:
                                       f"{d.layout.release(d.release_id)}/{source.APP_LOCK}")
             installed = f"environment {d.digest} installed from uploaded wheels"
         build.finish_release(r, d.layout, d.release_id, d.digest, meta)
-        return installed
+        build.check_boot(r, d.layout, d.release_id, d.stage.gunicorn_config)
+        return installed + "; the app loads"
 
     for name, text in on_hosts("build", d.build_remotes, on_host).items():
         d.say(name, f"built {d.release_id}: {text}")

@@ -164,6 +164,33 @@ def test_deploy_with_nothing_changed_installs_nothing_runs_no_migration_and_drop
     assert [(r["status"], r["current"]) for r in releases] == [("good", False), ("good", True)]
 
 
+def test_a_reload_keeps_the_old_workers_serving_until_the_new_ones_have_loaded_the_app(deployed):
+    proc = deploy(deployed)
+    assert proc.returncode == 0, output(proc)
+    assert output(proc).count("reloaded; healthy on") == 2
+    for _ in range(50):  # the old workers stop once the new ones are ready: wait for their exit lines
+        log = ssh(deployed, "app1", "journalctl -u app.service").stdout.splitlines()
+        log = log[max(i for i, line in enumerate(log) if "Handling signal: hup" in line):]
+        text = "\n".join(log)
+        new = set(re.findall(r"Booting worker with pid: (\d+)", text))
+        old = [pid for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", text) if pid not in new]
+        if len(old) == 2:
+            break
+        time.sleep(0.2)
+    assert len(new) == 2 and len(old) == 2, text
+
+    def line_of(event: str, pid: str) -> int:
+        return next(i for i, line in enumerate(log) if f"{event} (pid: {pid})" in line)
+    last_ready = max(line_of("Worker ready", pid) for pid in new)
+    assert all(line_of("Worker exiting", pid) > last_ready for pid in old), text
+    # A stop with no newer worker to wait for (shutdown, restart) is not delayed.
+    started = time.monotonic()
+    restart = ssh(deployed, "app1", "sudo -n systemctl restart app.service")
+    assert restart.returncode == 0, restart.stderr
+    assert time.monotonic() - started < 10
+    assert health(deployed, "app1")["release"] == current(deployed, "app1")
+
+
 def test_deploy_with_a_new_migration_backs_up_then_migrates_once(deployed):
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = deploy(deployed)
@@ -197,18 +224,35 @@ def test_a_failing_migration_leaves_the_database_and_the_old_release_as_they_wer
     assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
 
 
-def test_a_release_that_fails_to_boot_is_rolled_back_everywhere_with_the_database(deployed):
+def test_a_release_that_cannot_boot_is_refused_before_the_migration_and_no_request_fails(deployed):
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     deployed.edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
     deployed.commit_all("break the app")
     deployed.push()
+    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load.start()
+    proc = deploy(deployed)
+    load.stop()
+    text = assert_clean_failure(proc)
+    assert "step 'build' failed" in text and "cannot boot (gunicorn --check-config" in text
+    assert "no_such_factory" in text
+    assert load.failures == [] and load.ok > 5, (load.ok, load.failures[:3])
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD  # never migrated
+    assert_serving(deployed, deployed.first_release, HEAD)
+
+
+def test_a_release_that_fails_its_health_check_is_rolled_back_everywhere_with_the_database(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
     proc = deploy(deployed)
     text = assert_clean_failure(proc)
     assert "step 'switch' failed" in text
-    assert "database downgraded to " + HEAD in text
+    assert "database downgraded to " + HEAD in text and "rolled back in " in text
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(deployed, "SELECT count(*) FROM boards") == "2"
     assert_serving(deployed, deployed.first_release, HEAD)
+    entry = json.loads(ssh(deployed, "app1", "tail -1 /srv/app/deploy.log").stdout)
+    assert 0 < entry["timings"]["rollback"] < 30
 
 
 def test_a_host_failing_its_health_check_in_the_second_batch_reverts_the_first(deployed):
@@ -451,7 +495,9 @@ IRREVERSIBLE = GOOD_MIGRATION.replace('''def downgrade():
 
 
 def break_the_app(project) -> None:
-    project.edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
+    """A release that boots but whose health check fails (500, without its release id)."""
+    project.edit("app/health.py", "    heads = expected_heads()\n",
+                 '    return jsonify(status="broken"), 500\n    heads = expected_heads()\n')
     project.commit_all("break the app")
     project.push()
 

@@ -2,12 +2,15 @@
 mirror, export the commit, link the shared files, and give it a Python
 environment from uploaded wheels (the servers never reach a package index).
 An environment is keyed by the lock file's hash, so a deploy that changes no
-dependency installs nothing."""
+dependency installs nothing. Last, the release's app must load, as its workers will
+load it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..errors import DeployError
+from . import dbops
 from .connection import Remote
 from .layout import Layout
 
@@ -87,6 +90,19 @@ printf '%s\\n' "$id" > "$dest/RELEASE"
 printf '%s\\n' "$meta" > "$dest/.release.json"
 """
     remote.run([*BASH, script, "finish", layout.release(release_id), digest, release_id, json.dumps(meta)])
+
+
+def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config: str) -> None:
+    """The release's app loads, as its workers will load it (`gunicorn --check-config` imports
+    it with the release's config and environment): a release that cannot boot is refused
+    before any host switches to it, instead of stopping the service on the reload."""
+    out = dbops.in_release(remote, layout, release_id, [".venv/bin/python", "-m", "gunicorn", "--check-config",
+                                                  "--config", gunicorn_config], check=False, timeout=120)
+    if out.exited != 0:
+        tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-6:])
+        raise DeployError(f"{remote.name}: release {release_id} cannot boot (gunicorn --check-config "
+                          f"exited {out.exited}):\n{tail}",
+                          hint="run the app locally (flask --app ... run) to see the error; fix, commit, push, deploy again")
 
 
 def set_status(remote: Remote, layout: Layout, release_id: str, status: str) -> None:

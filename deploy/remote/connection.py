@@ -147,7 +147,7 @@ class Remote:
             if deadline and time.monotonic() > deadline:
                 channel.close()
                 raise HostError(self.name, f"`{command}` did not finish within {timeout:.0f}s")
-            # The exit status does not wake select(): poll soon for short commands, then back off.
+            # Poll soon at first (most commands take milliseconds), then back off.
             select.select([channel], [], [], wait)
             wait = min(wait * 2, 0.05)
         exited = channel.recv_exit_status()
