@@ -66,9 +66,9 @@ class BenchProject:
     def __init__(self, repo: Path, hosts: int) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-deploys-"))
         self.workdir.chmod(0o755)
-        self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", repo, hosts)
-        self.repo, self.root = repo, self.workdir / "project"
-        self.head = MigrationGraph(repo / "migrations").single_head()
+        self.repo, self.root = repo.resolve(), self.workdir / "project"
+        self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", self.repo, hosts)
+        self.head = MigrationGraph(self.repo / "migrations").single_head()
         self.changes = 0
 
     def __enter__(self) -> "BenchProject":
