@@ -5,6 +5,7 @@ side by side with a naive fabfile that deploys one host after another."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
 from pathlib import Path
@@ -50,10 +51,11 @@ def bench_deploy_time(project: ProjectConfig, runs: int, size: int = 8) -> str:
 
 
 def _at_size(bench: BenchProject, runs: int) -> dict[str, list]:
-    got: dict[str, list] = {"same": [], "code": [], "naive": [], "commands": [], "steps": []}
+    got: dict[str, list] = {"same": [], "code": [], "naive": [], "commands": [], "steps": [], "cpu": []}
     for _ in range(runs):
         same = bench.fab("deploy")
         got["same"].append(same.seconds)
+        got["cpu"].append(round(same.cpu_seconds, 2))
         got["commands"].append(_commands(bench, same))
         got["steps"].append(_step_timings(bench))
         bench.change_code()
@@ -98,6 +100,7 @@ def _section(got: dict[int, dict[str, list]], runs: int) -> str:
             Measure(f"{hosts} host(s): no-change deploy", g["same"], "< 3 s" if hosts == 1 else ""),
             Measure(f"{hosts} host(s): code-change deploy", g["code"]),
             Measure(f"{hosts} host(s): naive fabfile, code change", g["naive"]),
+            Measure(f"{hosts} host(s): CPU time used by a no-change deploy (whole machine)", g["cpu"], unit="CPU s"),
             Measure(f"{hosts} host(s): SSH commands on app1 (migrations host), no-change",
                     [c[0] for c in g["commands"]], unit="cmds"),
         ]
@@ -119,13 +122,23 @@ def _ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def _notes(got: dict[int, dict[str, list]]) -> str:
-    first = min(got)
+    first, last = min(got), max(got)
     same = statistics.median(got[first]["same"])
+    cores = os.cpu_count() or 1
+    cpu_first, cpu_last = statistics.median(got[first]["cpu"]), statistics.median(got[last]["cpu"])
     return (
         f"Wall time of `fab deploy` as a user runs it (Python start-up included), on a sandbox of its own. "
         f"The naive fabfile (bench/naive/fabfile.py) runs 4 SSH commands per host, one host after another: "
         f"git pull, pip install (all satisfied, from the wheels already on the host), flask db upgrade, "
         f"systemctl restart; it has no release folders, health check, lock or rollback, and drops requests "
         f"while each host restarts (see the zero-downtime table). The project's deploy takes {same:.1f} s "
-        f"to one host with nothing changed; where it goes is in the step rows."
+        f"to one host with nothing changed; where it goes is in the step rows: the build includes loading the "
+        f"new release's app once (`gunicorn --check-config`, about 0.5 s), the switch a graceful reload "
+        f"(of which the sandbox's stand-in systemctl sleeps 0.5 s) and the new workers' boot; `fab` itself "
+        f"starts in about 0.6 s (Python, Fabric, Alembic). Why more hosts cost more here: every host is on this "
+        f"machine's {cores} CPUs. A no-change deploy used {cpu_first:.1f} CPU-seconds with {first} host(s) and "
+        f"{cpu_last:.1f} with {last} (each host loads the app for the boot check and boots its new workers), "
+        f"so {last} hosts cannot take less than {cpu_last / cores:.1f} s of wall time on {cores} CPUs; on "
+        f"servers with CPUs of their own that work runs side by side, and the controller's part (one SSH "
+        f"connection and about 20 commands per host, all hosts at once) grows little."
     )

@@ -52,6 +52,7 @@ class Deployed:
     exited: int
     output: str
     commands: list[dict] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # used on this whole machine meanwhile: controller, hosts, database
 
     def per_host(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -171,10 +172,10 @@ class BenchProject:
         trace_file.unlink(missing_ok=True)
         env = dict(os.environ, NO_COLOR="1", **{trace.VARIABLE: str(trace_file)})
         env.pop("DATABASE_URL", None)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), busy_cpu_seconds()
         proc = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=600)
         run = Deployed(time.perf_counter() - started, proc.returncode, proc.stdout + proc.stderr,
-                       trace.read(str(trace_file)) if trace_file.exists() else [])
+                       trace.read(str(trace_file)) if trace_file.exists() else [], busy_cpu_seconds() - cpu)
         if expect_ok and run.exited != 0:
             raise BenchError(f"{' '.join(argv[2:])} exited {run.exited}:\n{run.output[-2000:]}")
         return run
@@ -186,3 +187,9 @@ class BenchProject:
             raise BenchError(f"{host}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
+
+def busy_cpu_seconds() -> float:
+    """CPU time this machine has spent busy since boot, all CPUs (/proc/stat: not idle, not iowait)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

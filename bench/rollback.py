@@ -7,6 +7,7 @@ on every app host."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 from deploy.config import ProjectConfig
@@ -75,6 +76,9 @@ def _section(got: dict[int, dict[str, list[float]]], boot: list[float], runs: in
         "is: `current` switched back and a graceful reload on every host at once, then the new workers' boot "
         "and the health checks. With a database downgrade, `flask db downgrade` (which loads the app and "
         "Alembic) runs after the code is back, and the old code answers 503 until it has. On this sandbox the "
-        "stand-in systemctl sleeps 0.5 s after each reload, which systemd does not."
+        "stand-in systemctl sleeps 0.5 s after each reload, which systemd does not. Every host is on this "
+        f"machine's {os.cpu_count()} CPUs: with more hosts, all their new workers (2 per host) import the app at "
+        "the same time on those CPUs, so the rollback grows with the hosts here; with CPUs of their own per "
+        "server it would stay near the one-host figure."
     )
     return section(TITLE, f"app hosts {', '.join(map(str, got))}, {runs} runs each", measures, notes)

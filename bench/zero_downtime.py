@@ -6,6 +6,7 @@ during plain `systemctl restart`s, one host after another, as a typical fabfile 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
@@ -134,9 +135,11 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
         f"due. Deploys, in turn: "
         f"{', '.join(KINDS)}. Failures in the last round's plain restarts: {kinds}. A plain restart stops the "
         "old master before the new one listens, so connections are refused meanwhile; the deploy's graceful "
-        "reload (HUP) keeps the listening socket, so no request fails. What the reload still costs is the wait: "
-        "gunicorn stops the old workers as soon as it has forked the new ones, so requests that arrive while the "
-        "new workers import the app wait in the socket's backlog for one worker boot (see the rollback table), "
-        "which is what the p99 during deploys shows."
+        "reload (HUP) keeps the listening socket, and an old worker keeps serving until the new ones have loaded "
+        "the app (the hooks in app/gunicorn.conf.py), so no request fails and none waits for a worker to boot. "
+        f"What raises the p99 here is CPU: every host, the database, the controller and this client share this "
+        f"machine's {os.cpu_count()} CPUs, and at the switch both hosts boot 2 new workers at once (each "
+        "imports the app: about 0.4 CPU-s) beside the serving ones. The deploys that fail at the migration "
+        "(after the build and its boot check, before any switch) keep the p99 near the baseline."
     )
     return section(TITLE, f"2 app hosts, {RATE} req/s to each, {deploys} deploys, {runs} runs", measures, notes)

@@ -57,11 +57,11 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
         d.notes += steps.verify_serving(d) if d.switched else []
     except DeployError as exc:
         failure.outcome.undo_failures.append(f"old release not healthy: {exc}")
-    if not failure.outcome.undo_failures:  # from the failure to the old release healthy again everywhere
+    if (d.switched or d.migrated) and not failure.outcome.undo_failures:  # failure to old release healthy again
         failure.outcome.timings["rollback"] = time.monotonic() - failure.outcome.failed_at
         d.notes.append(f"rolled back in {failure.outcome.timings['rollback']:.1f}s")
     try:
-        steps.append_log(d, steps.log_entry(d, "failed", failure.outcome.timings, str(failure.cause)))
+        steps.append_log(d, steps.log_entry(d, "failed", failure.outcome.timings, failure.reason))
     except HostError as exc:
         console.warn(f"could not write the deploy log: {exc}")
     try:

@@ -46,9 +46,9 @@ def clear(remote: Remote, layout: Layout) -> None:
 def journaling(d: steps.Deploy):
     """A pipeline event hook that records each step before it runs (and each undo)."""
     def on_event(event: str, step: str) -> None:
-        if event == "start":
-            console.say(f"-> {step}")
+        if event == "start":  # journaled first: a step that was announced is one recover knows of
             save(d, step, "running")
+            console.say(f"-> {step}")
         elif event == "undo":
             console.warn(f"undoing {step}")
             save(d, step, "undoing")

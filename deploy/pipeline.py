@@ -44,7 +44,7 @@ class DeployFailed(DeployError):
             lines.append("undone: " + ", ".join(outcome.undone))
         lines += [f"NOT undone: {f}" for f in outcome.undo_failures]
         super().__init__("\n".join(lines), hint=hint or (cause.hint if isinstance(cause, DeployError) else None))
-        self.step, self.cause, self.outcome = step, cause, outcome
+        self.step, self.cause, self.outcome, self.reason = step, cause, outcome, reason
         self.exit_code = 130 if isinstance(cause, KeyboardInterrupt) else 1
 
 

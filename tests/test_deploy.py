@@ -382,9 +382,11 @@ SLOW_MIGRATION = GOOD_MIGRATION.replace(
 def command_lines() -> dict[int, str]:
     """Every process's command line on the machine (the sandbox hosts share its process table)."""
     found = {}
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found[int(path.parent.name)] = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:  # a process may end while we look
+            found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
     return found

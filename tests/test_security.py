@@ -1,0 +1,134 @@
+"""No secret leaks, secrets stay private, and no user-supplied value runs as a command:
+checked on the sandbox fleet after real deploys, failures and backups."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean_failure, output
+from test_deploy import (FAILING_MIGRATION, GOOD_MIGRATION, add_migration, command_lines, deploy, deploy_and_seed,
+                         pids_running, ssh)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def deployed(staged):
+    """The seed commit deployed and healthy on the test fleet, with two boards."""
+    return deploy_and_seed(staged, "kept", "also kept")
+
+
+def env_secret(project) -> tuple[str, str]:
+    """The server env file's text and the database password in it."""
+    text = ssh(project, "app1", "cat /srv/app/shared/env").stdout
+    password = text.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert len(password) >= 16, "the sandbox's password is long enough to grep for"
+    return text, password
+
+
+class CommandLines(threading.Thread):
+    """Every process command line seen on the machine while running (the hosts share its process table)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.seen.update(command_lines().values())
+
+    def stop(self) -> set[str]:
+        self.done.set()
+        self.join(timeout=30)
+        return self.seen
+
+
+def test_no_secret_in_command_lines_output_logs_journal_plans_errors_traces_or_manifests(deployed, tmp_path):
+    env_text, password = env_secret(deployed)
+    trace = tmp_path / "trace.jsonl"
+    traced = {"FLASK_DEPLOY_TRACE": str(trace)}
+    watcher = CommandLines()
+    watcher.start()
+    try:
+        add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+        runs = [deployed.fab("deploy", "--dry-run", db=False, env=traced), deploy(deployed),
+                deployed.fab("backup", "--label", "sweep", "--download", str(tmp_path / "dl"), db=False, env=traced),
+                deployed.fab("backups", "--json", db=False), deployed.fab("status", "--json", db=False)]
+        add_migration(deployed, FAILING_MIGRATION.replace('down_revision = "e2b8f4a6c913"',
+                                                          'down_revision = "a0d0a0d0beef"'), "f00dfa11beef_fail.py")
+        failed = deployed.fab("deploy", db=False, env=traced)
+        assert failed.returncode == 1, output(failed)
+        runs += [failed, deployed.fab("rollback", db=False, env=traced)]
+    finally:
+        lines = watcher.stop()
+    assert any("pg_dump" in line for line in lines) and any("flask" in line for line in lines)
+    texts = {"command lines": "\n".join(lines), "fab output": "\n".join(output(r) for r in runs),
+             "trace": trace.read_text()}
+    for host in ("app1", "app2"):
+        texts[f"{host} files"] = ssh(deployed, host, "cat /srv/app/deploy.log /srv/app/releases/*/.release.json "
+                                                     "/srv/app/backups/*.json /srv/app/backups/*/*.json "
+                                                     "2>/dev/null; journalctl -u app.service").stdout
+    texts["downloaded manifest"] = "\n".join(p.read_text() for p in (tmp_path / "dl").glob("*.json"))
+    assert texts["downloaded manifest"] and "a0d0a0d0beef" in texts["app1 files"]
+    for name, text in texts.items():
+        assert password not in text, f"the database password is in the {name}"
+        for line in env_text.splitlines():
+            assert line not in text, f"the env file's line is in the {name}"
+
+
+def test_secrets_are_0600_backups_0600_in_0700_folders_and_the_app_runs_unprivileged(deployed):
+    assert deployed.fab("backup", db=False).returncode == 0
+    for host in ("app1", "app2"):
+        modes = ssh(deployed, host, "stat -c '%a %U %n' /srv/app/shared /srv/app/shared/env").stdout.split("\n")
+        assert modes[:2] == ["700 deploy /srv/app/shared", "600 deploy /srv/app/shared/env"], modes
+    found = ssh(deployed, "app1", "find /srv/app/backups -printf '%m %u %y\\n' | sort -u").stdout.split("\n")
+    assert sorted(filter(None, found)) == ["600 deploy f", "700 deploy d"], found
+    served = pids_running("gunicorn", "--config")  # masters and workers alike
+    assert served, "no gunicorn running"
+    uids = set()
+    for pid in served:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        uids.add(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    assert uids and "0" not in uids, uids
+
+
+MARKER = "/tmp/pwned-{}"
+
+
+def injected(field: str) -> list[str]:
+    """Values for `field` that would create a marker file if any shell ran them."""
+    marker = MARKER.format(field)
+    return [f"$(touch {marker})", f"`touch {marker}`", f"x; touch {marker}", f"x | touch {marker}",
+            f"x\ntouch {marker}", f"--x=$(touch {marker})"]
+
+
+def test_metacharacters_in_every_user_supplied_field_run_nothing_anywhere(deployed, tmp_path):
+    release = deployed.first_release
+    calls = []
+    for value in injected("ref"):
+        calls.append(("deploy", "--ref", value))
+    for value in injected("stage"):
+        calls.append(("status", "--stage", value))
+    for value in injected("to"):
+        calls.append(("rollback", "--to", value))
+    for value in injected("label"):
+        calls.append(("backup", "--label", value))
+    for value in injected("backup"):
+        calls.append(("restore", value))
+    for value in injected("download"):
+        calls.append(("backup", "--download", str(tmp_path / value)))
+    for argv in calls:
+        proc = deployed.fab(*argv, db=False)
+        if argv[:2] != ("backup", "--download"):
+            assert_clean_failure(proc)
+    for host in ("app1", "app2", "db"):
+        assert ssh(deployed, host, "ls /tmp/pwned-* 2>/dev/null; true").stdout == "", host
+    assert not list(Path("/tmp").glob("pwned-*"))
+    assert ssh(deployed, "app1", "basename $(readlink /srv/app/current)").stdout.strip() == release
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
