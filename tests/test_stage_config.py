@@ -43,3 +43,19 @@ def test_a_missing_ssh_key_is_named(project):
             extra='hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]'))
     text = assert_clean_failure(project.fab("deploy", "--stage", "bad", db=False))
     assert "key: expected an existing file" in text and "no/such/key" in text
+
+
+def test_a_host_that_does_not_resolve_is_named_before_anything_runs(project):
+    with open(project.root / "deploy.toml", "a") as config:
+        config.write(STAGE.replace('known_hosts = "deploy.toml"', 'known_hosts = "known_hosts"').format(
+            extra='hosts = [{name = "ghost", address = "no-such-host.invalid", roles = ["app", "migrations"]}]'))
+    (project.root / "known_hosts").write_text("")
+    text = assert_clean_failure(project.fab("deploy", "--stage", "bad", db=False))
+    assert "ghost: its address no-such-host.invalid does not resolve" in text, text
+
+
+def test_a_known_hosts_file_that_is_not_one_is_a_clear_error(project):
+    with open(project.root / "deploy.toml", "a") as config:
+        config.write(STAGE.format(extra=ONE_HOST))
+    text = assert_clean_failure(project.fab("deploy", "--stage", "bad", db=False))
+    assert "deploy.toml is not a readable known_hosts file" in text, text

@@ -18,6 +18,7 @@ from typing import Callable, TypeVar
 
 import paramiko
 from fabric import Config, Connection
+from paramiko.hostkeys import InvalidHostKey
 
 from ..errors import DeployError
 from ..stages import StageConfig, StageHost
@@ -74,7 +75,12 @@ class Remote:
             connect_kwargs={"key_filename": str(stage.key), "look_for_keys": False, "allow_agent": False},
         )
         client = paramiko.SSHClient()
-        client.load_host_keys(str(stage.known_hosts))
+        try:
+            client.load_host_keys(str(stage.known_hosts))
+        except (InvalidHostKey, UnicodeDecodeError, OSError) as exc:
+            raise DeployError(f"{stage.known_hosts} is not a readable known_hosts file: {exc}",
+                              hint="point the stage's known_hosts at the verified keys (ssh-keyscan, checked out "
+                                   "of band)") from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         self.conn.client = client
 
@@ -97,6 +103,9 @@ class Remote:
                 raise HostError(self.name, f"its host key is not in {self.stage.known_hosts}: refusing to connect",
                                 hint="add the verified key to known_hosts (ssh-keyscan, checked out of band)") from None
             raise HostError(self.name, f"SSH failed: {exc}", hint="check the user, key and sshd") from None
+        except socket.gaierror as exc:
+            raise HostError(self.name, f"its address {self.host.address} does not resolve ({exc.strerror})",
+                            hint="check the host's address in the stage (and DNS)") from None
         except OSError as exc:
             raise HostError(self.name, f"unreachable at {self.host.address}:{self.host.port} ({exc})",
                             hint="check the network and that sshd runs") from None
