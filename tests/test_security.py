@@ -132,3 +132,18 @@ def test_metacharacters_in_every_user_supplied_field_run_nothing_anywhere(deploy
     assert not list(Path("/tmp").glob("pwned-*"))
     assert ssh(deployed, "app1", "basename $(readlink /srv/app/current)").stdout.strip() == release
     assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def test_no_code_path_accepts_unknown_host_keys_outside_the_sandbox_set_up():
+    """Only RejectPolicy with the stage's known_hosts: no auto-accepting policy, no
+    StrictHostKeyChecking=no, no ssh-keyscan, anywhere but the sandbox's own set-up
+    (which writes the known_hosts of the servers it made itself)."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for p in [*root.glob("deploy/**/*.py"), root / "fabfile.py", root / "tasks.py", *root.glob("bench/**/*.py")]
+               if "sandbox" not in p.relative_to(root).parts]
+    assert len(sources) > 30
+    for path in sources:
+        code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        for accepting in ("AutoAddPolicy()", "WarningPolicy()", "StrictHostKeyChecking", "accept-new", "ssh-keyscan "):
+            assert accepting not in code, f"{path.relative_to(root)} uses {accepting}"
+    assert "RejectPolicy()" in (root / "deploy" / "remote" / "connection.py").read_text()
