@@ -96,8 +96,8 @@ def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config:
     """The release's app loads, as its workers will load it (`gunicorn --check-config` imports
     it with the release's config and environment): a release that cannot boot is refused
     before any host switches to it, instead of stopping the service on the reload."""
-    out = dbops.in_release(remote, layout, release_id, [".venv/bin/python", "-m", "gunicorn", "--check-config",
-                                                  "--config", gunicorn_config], check=False, timeout=120)
+    argv = [".venv/bin/python", "-m", "gunicorn", "--check-config", "--config", gunicorn_config]
+    out = dbops.in_release(remote, layout, release_id, argv, check=False, timeout=120)
     if out.exited != 0:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-6:])
         raise DeployError(f"{remote.name}: release {release_id} cannot boot (gunicorn --check-config "
