@@ -13,7 +13,7 @@ from pathlib import Path
 from deploy.config import ProjectConfig
 
 from .project import BenchProject, Deployed
-from .results import Measure, section
+from .results import Measure, section, verdict
 
 TITLE = "Deploy time across hosts, against a naive sequential fabfile"
 SIZES = (1, 2, 4, 8)
@@ -126,7 +126,12 @@ def _notes(got: dict[int, dict[str, list]]) -> str:
     same = statistics.median(got[first]["same"])
     cores = os.cpu_count() or 1
     cpu_first, cpu_last = statistics.median(got[first]["cpu"]), statistics.median(got[last]["cpu"])
-    return (
+    targets = [verdict(f"{first} host, no-change", same, 3, "s")]
+    if last > first:
+        for kind, label in (("same", "no-change"), ("code", "code-change")):
+            ratio = statistics.median(_ratios(got[last][kind], got[first][kind]))
+            targets.append(verdict(f"{last} hosts / {first} host, {label}", ratio, 1.5, "×"))
+    return "Targets: " + "; ".join(targets) + ".\n\n" + (
         f"Wall time of `fab deploy` as a user runs it (Python start-up included), on a sandbox of its own. "
         f"The naive fabfile (bench/naive/fabfile.py) runs 4 SSH commands per host, one host after another: "
         f"git pull, pip install (all satisfied, from the wheels already on the host), flask db upgrade, "

@@ -46,6 +46,13 @@ def machine() -> str:
     return f"{platform.system()} {platform.release()}, {cpus} CPUs, {memory:.0f} GiB RAM, Python {platform.python_version()}"
 
 
+def verdict(what: str, value: float, target: float, unit: str, at_most: bool = True) -> str:
+    """A target and the measured median against it: met, or missed by how much."""
+    met = value <= target if at_most else value >= target
+    outcome = "met" if met else f"missed by {abs(value - target):.2f} {unit}"
+    return f"{what}: {value:.2f} {unit} against {'at most' if at_most else 'at least'} {target:g} {unit} ({outcome})"
+
+
 def section(title: str, settings: str, measures: list[Measure], notes: str = "") -> str:
     lines = [f"## {title}", "", f"Machine: {machine()}. Date: {date.today().isoformat()}. Settings: {settings}.", "",
              "| measure | median | min | max | runs | target |", "|---|---|---|---|---|---|"]

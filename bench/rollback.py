@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import statistics
 
 from deploy.config import ProjectConfig
 
 from .project import BenchError, BenchProject
-from .results import Measure, section
+from .results import Measure, section, verdict
 
 TITLE = "Rollback time: from a failed health check to the old release healthy everywhere"
 SIZES = (1, 4)
@@ -62,6 +63,9 @@ def _worker_boot(bench: BenchProject) -> float:
 
 
 def _section(got: dict[int, dict[str, list[float]]], boot: list[float], runs: int) -> str:
+    target = 2 + statistics.median(boot)
+    targets = [verdict(f"{hosts} host(s), code rollback", statistics.median(g["code"]), round(target, 2), "s")
+               for hosts, g in got.items()]
     measures = [Measure("worker boot: import the app and create it (app1)", boot)]
     for hosts, g in got.items():
         measures += [
@@ -69,7 +73,7 @@ def _section(got: dict[int, dict[str, list[float]]], boot: list[float], runs: in
                     "< 2 s + worker boot"),
             Measure(f"{hosts} host(s): code and database rollback (+ flask db downgrade)", g["database"]),
         ]
-    notes = (
+    notes = "Targets (2 s plus the worker boot): " + "; ".join(targets) + ".\n\n" + (
         "Measured by the deploy itself: from the moment the health check gave up on the new release "
         "(not counting the health timeout spent waiting, 5 s here) to the old release answering healthy, at "
         "the old revision, on every app host; it is the `rollback` timing in the deploy log. A code rollback "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 import urllib.request
 
@@ -14,7 +15,7 @@ from deploy.config import ProjectConfig
 
 from .load import Load, Summary, summarize
 from .project import BenchError, BenchProject
-from .results import Measure, section
+from .results import Measure, section, verdict
 
 TITLE = "Zero downtime: requests during deploys, against plain restarts"
 RATE = 50            # requests a second to each app host
@@ -129,7 +130,10 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
         Measure(f"during {deploys} plain restarts: p99", each("restarts", "p99", 1000), unit="ms"),
     ]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(rounds[-1]["restarts"].kinds.items())) or "none"
-    notes = (
+    failed = statistics.median(r["deploys"].failed for r in rounds)
+    ratio = statistics.median(r["deploys"].p99 / r["baseline"].p99 for r in rounds)
+    notes = "Targets: " + "; ".join([verdict("failed requests during deploys", failed, 0, "req"),
+                                      verdict("p99 during deploys / baseline p99", ratio, 2, "×")]) + ".\n\n" + (
         f"Load: an open-loop client on this machine (bench/load.py), {RATE} GET /boards ({SEED_BOARDS} boards) a "
         f"second to each of the 2 app hosts, each on a new connection, latency counted from when the request was "
         f"due. Deploys, in turn: "
