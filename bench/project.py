@@ -64,13 +64,13 @@ class Deployed:
 class BenchProject:
     """The scratch project and the sandbox it deploys to."""
 
-    def __init__(self, repo: Path, hosts: int) -> None:
+    def __init__(self, repo: Path, hosts: int, health_timeout: int = 30) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-deploys-"))
         self.workdir.chmod(0o755)
         self.repo, self.root = repo.resolve(), self.workdir / "project"
         self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", self.repo, hosts)
         self.head = MigrationGraph(self.repo / "migrations").single_head()
-        self.changes = 0
+        self.changes, self.health_timeout = 0, health_timeout
 
     def __enter__(self) -> "BenchProject":
         fleet.down(self.sandbox)
@@ -104,7 +104,8 @@ class BenchProject:
                 shutil.copy2(source, self.root / name)
         (self.root / ".gitignore").write_text("__pycache__/\n.local/\n")
         toml = self.root / "deploy.toml"
-        toml.write_text(retarget(toml.read_text(), self.sandbox).replace("health_timeout = 30", "health_timeout = 5"))
+        toml.write_text(retarget(toml.read_text(), self.sandbox).replace(
+            "health_timeout = 30", f"health_timeout = {self.health_timeout}"))
         git(self.root, "init", "-q", "-b", "main")
         git(self.root, "config", "user.email", "bench@example.test")
         git(self.root, "config", "user.name", "Bench")

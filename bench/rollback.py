@@ -18,6 +18,7 @@ from .results import Measure, section, verdict
 
 TITLE = "Rollback time: from a failed health check to the old release healthy everywhere"
 SIZES = (1, 4)
+HEALTH_TIMEOUT = 5  # how long each failing release is given before the rollback starts
 BOOT = ("import time; t = time.perf_counter(); from app import create_app; create_app(); "
         "print(time.perf_counter() - t)")
 
@@ -27,7 +28,7 @@ def bench_rollback(project: ProjectConfig, runs: int, size: int = 4) -> str:
     sizes = [n for n in SIZES if n <= size] or [1]
     got: dict[int, dict[str, list[float]]] = {}
     boot: list[float] = []
-    with BenchProject(project.root, sizes[0]) as bench:
+    with BenchProject(project.root, sizes[0], health_timeout=HEALTH_TIMEOUT) as bench:
         for hosts in sizes:
             bench.resize(hosts)
             bench.fab("deploy")
@@ -75,7 +76,7 @@ def _section(got: dict[int, dict[str, list[float]]], boot: list[float], runs: in
         ]
     notes = "Targets (2 s plus the worker boot): " + "; ".join(targets) + ".\n\n" + (
         "Measured by the deploy itself: from the moment the health check gave up on the new release "
-        "(not counting the health timeout spent waiting, 5 s here) to the old release answering healthy, at "
+        f"(not counting the health timeout spent waiting, {HEALTH_TIMEOUT} s here) to the old release answering healthy, at "
         "the old revision, on every app host; it is the `rollback` timing in the deploy log. A code rollback "
         "is: `current` switched back and a graceful reload on every host at once, then the new workers' boot "
         "and the health checks. With a database downgrade, `flask db downgrade` (which loads the app and "
