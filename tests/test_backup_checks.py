@@ -205,15 +205,15 @@ def test_retention_keeps_the_newest_the_newest_verified_and_live_deploy_backups(
 
 
 class Holding:
-    """A transaction on the stage's database holding an ACCESS EXCLUSIVE lock on a table,
-    so that a backup waits (its row counts) at a known point until `release`."""
+    """A transaction on the stage's database holding a lock on a table (ACCESS EXCLUSIVE:
+    a backup waits at a known point; ACCESS SHARE: a long reader) until `release`."""
 
-    def __init__(self, project, table: str) -> None:
+    def __init__(self, project, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
         self.proc = subprocess.Popen(
             ["ssh", "-F", str(project.sandbox.ssh_config), "app1",
              'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'is locked';\n")
+        self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT 'is locked';\n")
         self.proc.stdin.flush()
         seen = [self.proc.stdout.readline()]
         while "is locked" not in seen[-1]:

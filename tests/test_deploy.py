@@ -127,20 +127,24 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
 
 
 class Load(threading.Thread):
-    """Requests to every app host, back to back, until stopped; every failure is kept."""
+    """Requests to every app host, back to back, until stopped; every failure is kept,
+    and the slowest request's seconds."""
 
     def __init__(self, urls: list[str]) -> None:
         super().__init__(daemon=True)
-        self.urls, self.done, self.ok, self.failures = urls, threading.Event(), 0, []
+        self.urls, self.done, self.ok, self.failures, self.slowest = urls, threading.Event(), 0, [], 0.0
 
     def run(self) -> None:
         while not self.done.is_set():
             for url in self.urls:
+                started = time.monotonic()
                 try:
                     with urllib.request.urlopen(url, timeout=10) as answer:
+                        answer.read()
                         self.ok += answer.status == 200
                 except Exception as exc:  # a dropped request, whatever its kind
                     self.failures.append(repr(exc))
+                self.slowest = max(self.slowest, time.monotonic() - started)
 
     def stop(self) -> None:
         self.done.set()

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 
 import pytest
 from conftest import assert_clean_failure, output
-from test_deploy import (GOOD_MIGRATION, HEAD, SLOW_MIGRATION, add_migration, assert_serving, current, deploy,
+from test_backup_checks import Holding, wait_for_lock_waiter
+from test_deploy import (GOOD_MIGRATION, HEAD, SLOW_MIGRATION, Load, add_migration, assert_serving, current, deploy,
                          deploy_and_seed, run_until, sql, ssh)
 
 from deploy.sandbox import faults
@@ -97,37 +96,44 @@ def change_dependencies(project) -> None:
     project.push()
 
 
-def test_a_host_cut_off_during_the_build_fails_the_deploy_before_anything_switched(deployed):
-    change_dependencies(deployed)
-    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    proc = run_until(deployed, "-> build", ["deploy"])
-    faults.apply(deployed.sandbox, "app2", "cut-network")
+def deploy_hit_by(project, step: str, host: str, fault: str, undo: str, before_fault=lambda: None) -> str:
+    """`fab deploy` with `fault` applied on `host` once `step` began (and `before_fault` ran),
+    undone when the deploy has ended; its output, after checking it failed cleanly."""
+    proc = run_until(project, f"-> {step}", ["deploy"])
+    before_fault()
+    faults.apply(project.sandbox, host, fault)
     try:
         rest = proc.communicate(timeout=180)[0]
     finally:
-        faults.apply(deployed.sandbox, "app2", "restore-network")
+        faults.apply(project.sandbox, host, undo)
     text = "".join(proc.seen) + rest
     assert proc.returncode == 1 and "Traceback" not in text, text
-    assert "step 'build' failed" in text and "app2" in text, text
-    if "NOT undone" in text:  # app2's release could not be marked failed while it was cut off
-        assert "fab recover --stage sandbox" in text
-        recovered = deployed.fab("recover", db=False)
+    assert f"step '{step}' failed" in text, text
+    return text
+
+
+def recover_if_not_undone(project, text: str) -> None:
+    """An undo that could not finish while the fault lasted names `fab recover`, which finishes it."""
+    if "NOT undone" in text:
+        assert "fab recover --stage sandbox" in text, text
+        recovered = project.fab("recover", db=False)
         assert recovered.returncode == 0, output(recovered)
+
+
+def test_a_host_cut_off_during_the_build_fails_the_deploy_before_anything_switched(deployed):
+    change_dependencies(deployed)
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    text = deploy_hit_by(deployed, "build", "app2", "cut-network", "restore-network")
+    assert "app2" in text, text
+    recover_if_not_undone(deployed, text)  # app2's release could not be marked failed while it was cut off
     assert_as_before(deployed)
 
 
 def test_the_migrations_host_cut_off_during_the_migration_is_recovered_once_it_is_back(deployed):
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    proc = run_until(deployed, "-> migrate", ["deploy"])
-    time.sleep(1.0)  # inside the migration's transaction
-    faults.apply(deployed.sandbox, "app1", "cut-network")
-    try:
-        rest = proc.communicate(timeout=180)[0]
-    finally:
-        faults.apply(deployed.sandbox, "app1", "restore-network")
-    text = "".join(proc.seen) + rest
-    assert proc.returncode == 1 and "Traceback" not in text, text
-    assert "step 'migrate' failed" in text and "app1" in text and "fab recover --stage sandbox" in text, text
+    text = deploy_hit_by(deployed, "migrate", "app1", "cut-network", "restore-network",
+                         lambda: time.sleep(1.0))  # inside the migration's transaction
+    assert "app1" in text and "fab recover --stage sandbox" in text, text
     recovered = deployed.fab("recover", db=False)
     assert recovered.returncode == 0, output(recovered)
     assert_as_before(deployed)
@@ -135,58 +141,29 @@ def test_the_migrations_host_cut_off_during_the_migration_is_recovered_once_it_i
 
 def test_the_database_stopped_during_the_migration_leaves_it_as_it_was_once_started(deployed):
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    proc = run_until(deployed, "-> migrate", ["deploy"])
-    time.sleep(1.0)
-    faults.apply(deployed.sandbox, "db", "stop-db")
-    try:
-        rest = proc.communicate(timeout=180)[0]
-    finally:
-        faults.apply(deployed.sandbox, "db", "start-db")
-    text = "".join(proc.seen) + rest
-    assert proc.returncode == 1 and "Traceback" not in text, text
-    assert "step 'migrate' failed" in text, text
-    if "NOT undone" in text:  # the database was down while the undo ran: recover finishes it
-        assert "fab recover --stage sandbox" in text
-        recovered = deployed.fab("recover", db=False)
-        assert recovered.returncode == 0, output(recovered)
+    text = deploy_hit_by(deployed, "migrate", "db", "stop-db", "start-db", lambda: time.sleep(1.0))
+    recover_if_not_undone(deployed, text)  # the database was down while the undo ran
     assert_as_before(deployed)
 
 
 def test_the_database_stopped_during_the_backup_stops_the_deploy_before_migrating(deployed):
-    from test_backup_checks import Holding, wait_for_lock_waiter
-
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     backups = ssh(deployed, "app1", "ls -A /srv/app/backups").stdout
     holding = Holding(deployed, "boards")  # the dump waits on this lock: the database stops meanwhile
-    proc = run_until(deployed, "-> backup", ["deploy"])
-    wait_for_lock_waiter(deployed)
-    faults.apply(deployed.sandbox, "db", "stop-db")
     try:
-        rest = proc.communicate(timeout=180)[0]
+        text = deploy_hit_by(deployed, "backup", "db", "stop-db", "start-db", lambda: wait_for_lock_waiter(deployed))
     finally:
-        faults.apply(deployed.sandbox, "db", "start-db")
         holding.proc.kill()  # its session ended with the server
-    text = "".join(proc.seen) + rest
-    assert proc.returncode == 1 and "Traceback" not in text, text
-    assert "step 'backup' failed" in text and "-> migrate" not in text, text
+    assert "-> migrate" not in text, text
     assert ssh(deployed, "app1", "ls -A /srv/app/backups").stdout == backups  # nothing partial left
     assert_as_before(deployed)
 
 
 def test_a_full_disk_during_the_build_fails_the_deploy_and_leaves_the_old_release(deployed):
     change_dependencies(deployed)  # the build uploads wheels and installs an environment: seconds of writes
-    proc = run_until(deployed, "-> build", ["deploy"])
-    faults.apply(deployed.sandbox, "app2", "fill-disk")
-    try:
-        rest = proc.communicate(timeout=180)[0]
-    finally:
-        faults.apply(deployed.sandbox, "app2", "free-disk")
-    text = "".join(proc.seen) + rest
-    assert proc.returncode == 1 and "Traceback" not in text, text
-    assert "step 'build' failed" in text and "No space left on device" in text, text
-    if "NOT undone" in text:  # app2's release could not be marked failed on a full disk
-        recovered = deployed.fab("recover", db=False)
-        assert recovered.returncode == 0, output(recovered)
+    text = deploy_hit_by(deployed, "build", "app2", "fill-disk", "free-disk")
+    assert "No space left on device" in text, text
+    recover_if_not_undone(deployed, text)  # app2's release could not be marked failed on a full disk
     assert_as_before(deployed)
 
 
@@ -204,36 +181,15 @@ def test_a_migration_waiting_on_a_lock_times_out_rolls_back_and_reads_never_stal
     deployed.edit("deploy.toml", 'lock_timeout = "5s"', 'lock_timeout = "1s"')
     deployed.commit_all("a short lock timeout")
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")  # ALTER TABLE boards: ACCESS EXCLUSIVE
-    reader = subprocess.Popen(  # a long transaction that has read boards (ACCESS SHARE, idle in transaction)
-        ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1",
-         'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    reader.stdin.write("BEGIN; SELECT count(*) FROM boards; SELECT 'reading';\n")
-    reader.stdin.flush()
-    while "reading" not in reader.stdout.readline():
-        pass
-    slowest, failures, stop = [0.0], [], [False]
-
-    def read_boards() -> None:
-        while not stop[0]:
-            started = time.monotonic()
-            try:
-                urllib.request.urlopen(f"http://{deployed.sandbox.apps[0].address}:8000/boards", timeout=30).read()
-            except Exception as exc:  # a failed request, whatever its kind
-                failures.append(repr(exc))
-            slowest[0] = max(slowest[0], time.monotonic() - started)
-
-    load = threading.Thread(target=read_boards)
+    reader = Holding(deployed, "boards", "ACCESS SHARE")  # a long transaction that has read boards
+    load = Load([f"http://{deployed.sandbox.apps[0].address}:8000/boards"])
     load.start()
     try:
         proc = deploy(deployed)
     finally:
-        stop[0] = True
-        load.join(timeout=60)
-        reader.stdin.write("COMMIT;\n\\q\n")
-        reader.stdin.close()
-        reader.wait(timeout=30)
+        load.stop()
+        reader.release()
     text = assert_clean_failure(proc)
     assert "step 'migrate' failed" in text and "lock timeout" in text, text
-    assert failures == [] and slowest[0] < 3, (failures[:3], slowest[0])  # held up at most ~lock_timeout
+    assert load.failures == [] and load.slowest < 3, (load.failures[:3], load.slowest)  # held up at most ~lock_timeout
     assert_as_before(deployed)
