@@ -17,9 +17,8 @@ from deploy.migrations import MigrationGraph
 from deploy.remote import trace
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.stage import retarget
+from deploy.sandbox.scratch import copy_project, retarget
 
-FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
 PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
 MIGRATION = '''"""bench: add column {column}"""
 from alembic import op
@@ -95,20 +94,10 @@ class BenchProject:
         fleet.up(self.sandbox, self.repo)
 
     def _copy(self) -> None:
-        self.root.mkdir()
-        for name in FILES:
-            source = self.repo / name
-            if source.is_dir():
-                shutil.copytree(source, self.root / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, self.root / name)
-        (self.root / ".gitignore").write_text("__pycache__/\n.local/\n")
+        copy_project(self.repo, self.root, "Bench")
         toml = self.root / "deploy.toml"
         toml.write_text(retarget(toml.read_text(), self.sandbox).replace(
             "health_timeout = 30", f"health_timeout = {self.health_timeout}"))
-        git(self.root, "init", "-q", "-b", "main")
-        git(self.root, "config", "user.email", "bench@example.test")
-        git(self.root, "config", "user.name", "Bench")
         self.commit("seed")
 
     # changes a user makes -------------------------------------------------------

@@ -19,14 +19,13 @@ from deploy.local.database import LocalCluster
 from deploy.local.git import git
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.stage import retarget
+from deploy.sandbox.scratch import copy_project, retarget
 
 REPO = Path(__file__).resolve().parent.parent
 # Test clusters live in a folder the `postgres` user can reach (as root, the
 # cluster runs as that user), whatever the permissions above the checkout.
 SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
 SCRATCH.chmod(0o755)
-PROJECT_FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -136,17 +135,7 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path, database_url: str) -> Project:
     root = tmp_path / "project"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    (root / ".gitignore").write_text("__pycache__/\n.local/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "dev@example.test")
-    git(root, "config", "user.name", "Dev")
+    copy_project(REPO, root, "Dev")
     proj = Project(root, database_url)
     proj.commit_all("seed")
     return proj

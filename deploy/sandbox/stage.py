@@ -54,16 +54,3 @@ def recorded_app_hosts(sandbox: Sandbox) -> int | None:
     except (OSError, ValueError, KeyError):
         return None
 
-
-def retarget(deploy_toml: str, sandbox: Sandbox) -> str:
-    """deploy.toml's text with its [sandbox] and sandbox stage pointed at `sandbox`: a copy
-    of the project that deploys to a throwaway sandbox (the tests', the benchmarks')."""
-    s = sandbox.settings
-    for old, new in (('prefix = "fds"', f'prefix = "{s.prefix}"'),
-                     ('subnet = "10.213.0.0/24"', f'subnet = "{s.subnet}"'),
-                     ('state_dir = ".local/sandbox"', f'state_dir = "{s.state_dir}"'),
-                     ('include = ".local/sandbox/stage.toml"', f'include = "{sandbox.stage_file}"')):
-        if old not in deploy_toml:
-            raise ValueError(f"deploy.toml has no {old!r} to point at the sandbox {s.prefix}")
-        deploy_toml = deploy_toml.replace(old, new)
-    return deploy_toml

@@ -1,0 +1,40 @@
+"""A scratch copy of the project, with its own git repository, that deploys to a
+throwaway sandbox: what the tests and the benchmarks change, commit and deploy."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..local.git import git
+from .spec import Sandbox
+
+PROJECT_FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
+
+
+def copy_project(repo: Path, root: Path, author: str) -> None:
+    """The project's files copied into `root` (made here), as a new git repository (nothing committed)."""
+    root.mkdir()
+    for name in PROJECT_FILES:
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    (root / ".gitignore").write_text("__pycache__/\n.local/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", f"{author.lower()}@example.test")
+    git(root, "config", "user.name", author)
+
+
+def retarget(deploy_toml: str, sandbox: Sandbox) -> str:
+    """deploy.toml's text with its [sandbox] and sandbox stage pointed at `sandbox`: a copy
+    of the project that deploys to a throwaway sandbox (the tests', the benchmarks')."""
+    s = sandbox.settings
+    for old, new in (('prefix = "fds"', f'prefix = "{s.prefix}"'),
+                     ('subnet = "10.213.0.0/24"', f'subnet = "{s.subnet}"'),
+                     ('state_dir = ".local/sandbox"', f'state_dir = "{s.state_dir}"'),
+                     ('include = ".local/sandbox/stage.toml"', f'include = "{sandbox.stage_file}"')):
+        if old not in deploy_toml:
+            raise ValueError(f"deploy.toml has no {old!r} to point at the sandbox {s.prefix}")
+        deploy_toml = deploy_toml.replace(old, new)
+    return deploy_toml
