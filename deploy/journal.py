@@ -19,7 +19,7 @@ from .remote.connection import Remote, connect
 from .remote.layout import Layout
 from .stages import load_stage
 
-FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated", "backup")
+FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated", "backup", "reached")
 
 
 def save(d: steps.Deploy, step: str, state: str) -> None:
@@ -47,6 +47,7 @@ def journaling(d: steps.Deploy):
     """A pipeline event hook that records each step before it runs (and each undo)."""
     def on_event(event: str, step: str) -> None:
         if event == "start":  # journaled first: a step that was announced is one recover knows of
+            d.reached = step
             save(d, step, "running")
             console.say(f"-> {step}")
         elif event == "undo":
@@ -68,8 +69,11 @@ def holder_alive(record: dict) -> bool:
 
 
 def describe(record: dict) -> str:
-    return (f"release {record.get('release_id')} ({record.get('ref')}) stopped at step '{record.get('step')}' "
-            f"({record.get('state')}), by {lock.describe(record.get('holder', {}))}")
+    where = f"at step '{record.get('step')}' ({record.get('state')})"
+    if record.get("state") == "undoing" and record.get("reached"):
+        where = f"while undoing '{record.get('step')}', having reached '{record.get('reached')}'"
+    return (f"release {record.get('release_id')} ({record.get('ref')}) stopped {where}, "
+            f"by {lock.describe(record.get('holder', {}))}")
 
 
 def interrupted(remote: Remote, layout: Layout) -> dict | None:
@@ -101,7 +105,8 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
     d.built = [r.name for r in d.build_remotes]
     d.switched = [r.name for r in d.apps if service.current_release(r, layout) == d.release_id]
     names = [s.name for s in steps.STEPS]
-    reached = names.index(record.get("step", "preflight")) if record.get("step") in names else len(names) - 1
+    furthest = record.get("reached") or record.get("step")  # an undo in progress went back from `reached`
+    reached = names.index(furthest) if furthest in names else len(names) - 1
     d.migrated = reached >= names.index("migrate")  # undo_migrate then reads where the database really is
     cause = DeployError(f"the controller stopped during '{record.get('step')}'")
     outcome = pipeline.Outcome()

@@ -51,6 +51,7 @@ class Deploy(StageRemotes):
     built: list[str] = field(default_factory=list)
     switched: list[str] = field(default_factory=list)
     migrated: bool = False
+    reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -316,6 +317,10 @@ def verify_serving(d: Deploy) -> list[str]:
         previous = d.previous.get(r.name)
         if previous is None:
             return "nothing deployed before: the service is stopped"
+        linked = service.current_release(r, d.layout)
+        if linked != previous:  # the old code may answer, but a restart would start `linked`
+            raise DeployError(f"`current` points at {linked}, not at the previous release {previous}",
+                              hint=f"fab rollback --stage {d.stage.name} --to {previous}")
         body = service.wait_healthy(r, d.stage.health_url, previous, d.db_before, d.stage.health_timeout)
         return f"serving {previous}, healthy at {body.get('revision')}"
     return [f"{name}: {text}" for name, text in on_hosts("checking the old release", d.apps, check).items()]

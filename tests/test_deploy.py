@@ -427,20 +427,29 @@ def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_sessi
     assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
 
 
-def test_a_host_cut_off_mid_deploy_is_reported_the_others_reverted_and_recover_finishes(deployed):
+def test_a_host_cut_off_after_its_switch_is_reported_and_recover_switches_it_back(deployed):
+    """app2 switched, then lost: the deploy's own undo cannot reach it and goes on to undo
+    the migration and the build; recover must still switch app2 back (the journal's last
+    step is then 'build', but the deploy had reached 'switch')."""
     from deploy.sandbox import faults
+    from deploy.sandbox.system import in_host
 
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = run_until(deployed, "-> switch", ["deploy"])
-    faults.apply(deployed.sandbox, "app2", "cut-network")
+    release = re.search(r"; release (\S+);", "".join(proc.seen)).group(1)
+    wait_switched = f'until [ "$(readlink /srv/app/current)" = releases/{release} ]; do sleep 0.01; done'
+    in_host(deployed.sandbox.find("app2"), ["timeout", "60", "sh", "-c", wait_switched])
+    faults.apply(deployed.sandbox, "app2", "cut-network")  # during its reload and health check
     rest = proc.communicate(timeout=180)[0]
     assert proc.returncode == 1, "".join(proc.seen) + rest
-    assert "app2" in rest and "NOT undone" in rest and "fab recover --stage sandbox" in rest
+    assert "app2" in rest and "NOT undone: switch" in rest and "fab recover --stage sandbox" in rest
     assert current(deployed, "app1") == deployed.first_release
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     faults.apply(deployed.sandbox, "app2", "restore-network")
+    assert current(deployed, "app2") == release
     recovered = deployed.fab("recover", db=False)
     assert recovered.returncode == 0, output(recovered)
+    assert "having reached 'switch'" in recovered.stdout and "switched back on app2" in recovered.stdout
     for host in ("app1", "app2"):
         assert current(deployed, host) == deployed.first_release
         assert health(deployed, host)["release"] == deployed.first_release
