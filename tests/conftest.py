@@ -168,3 +168,11 @@ def staged(project: Project, sandbox: Sandbox) -> Project:
     project.sandbox = sandbox
     point_at_sandbox(project, sandbox)
     return project
+
+
+@pytest.fixture
+def deployed(staged: Project) -> Project:
+    """The seed commit deployed and healthy on the test fleet, with two boards."""
+    from fleet_helpers import deploy_and_seed
+
+    return deploy_and_seed(staged, "kept", "also kept")

@@ -10,14 +10,16 @@ import time
 
 import pytest
 from conftest import output
-from test_deploy import (GOOD_MIGRATION, HEAD, add_migration, command_lines, current, deploy, deploy_and_seed,
-                         run_until, sql, ssh)
+from fleet_helpers import (GOOD_MIGRATION, HEAD, add_migration, command_lines, current, deploy, deploy_and_seed,
+                           Holding, run_until, sql, ssh, wait_for_lock_waiter)
 
 from deploy.sandbox import faults
 
 pytestmark = pytest.mark.timeout(300)
 
 BACKUPS = "/srv/app/backups"
+
+
 PROM = "/srv/app/metrics/flask_deploy_backup.prom"
 
 
@@ -202,37 +204,6 @@ def test_retention_keeps_the_newest_the_newest_verified_and_live_deploy_backups(
     deploys = sorted(f"{r.split('-', 1)[1]}-predeploy" for r in (deployed.first_release, release))
     assert kept == sorted(["m1", "m3", "m4", *deploys])
     assert on_server(deployed, f"ls {BACKUPS} | grep -c m2 || true").strip() == "0"
-
-
-class Holding:
-    """A transaction on the stage's database holding a lock on a table (ACCESS EXCLUSIVE:
-    a backup waits at a known point; ACCESS SHARE: a long reader) until `release`."""
-
-    def __init__(self, project, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
-        self.proc = subprocess.Popen(
-            ["ssh", "-F", str(project.sandbox.ssh_config), "app1",
-             'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT 'is locked';\n")
-        self.proc.stdin.flush()
-        seen = [self.proc.stdout.readline()]
-        while "is locked" not in seen[-1]:
-            seen.append(self.proc.stdout.readline())
-            assert seen[-1], "".join(seen)
-
-    def release(self) -> None:
-        self.proc.stdin.write("COMMIT;\n\\q\n")
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-def wait_for_lock_waiter(project, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if sql(project, "SELECT count(*) FROM pg_locks WHERE NOT granted") != "0":
-            return
-        time.sleep(0.2)
-    raise AssertionError("nothing waited for the lock")
 
 
 def test_a_disk_that_fills_during_the_backup_removes_the_partial_dump_and_stops_the_deploy_before_migrating(deployed):

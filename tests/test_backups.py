@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import assert_clean_failure, output
-from test_deploy import GOOD_MIGRATION, HEAD, add_migration, deploy, deploy_and_seed, health, sql, ssh
+from fleet_helpers import GOOD_MIGRATION, HEAD, add_migration, deploy, deploy_and_seed, health, sql, ssh
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,18 +15,14 @@ import time
 
 import pytest
 from conftest import assert_clean_failure, output
-from test_backup_checks import Holding, wait_for_lock_waiter
-from test_deploy import (GOOD_MIGRATION, HEAD, SLOW_MIGRATION, Load, add_migration, assert_serving, current, deploy,
-                         deploy_and_seed, run_until, sql, ssh)
+from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, add_migration, assert_serving,
+                           break_the_app, current, deploy, health, Holding, Load, pids_running,
+                           run_until, sql, ssh, wait_for_lock_waiter)
 
 from deploy.sandbox import faults
+from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(300)
-@pytest.fixture
-def deployed(staged):
-    """The seed commit deployed and healthy on the test fleet, with two boards."""
-    return deploy_and_seed(staged, "kept", "also kept")
-
 
 STEPS = ["preflight", "build", "backup", "migrate", "switch", "finish"]
 BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
@@ -39,6 +36,17 @@ def assert_as_before(project) -> None:
     assert_serving(project, project.first_release, HEAD)
     status = json.loads(project.fab("status", "--json", db=False).stdout)
     assert status["lock"] is None and status["interrupted"] is None, status
+
+
+def release_of(proc) -> str:
+    """The release id a running `fab deploy` announced in its preflight."""
+    return re.search(r"; release (\S+);", "".join(proc.seen)).group(1)
+
+
+def wait_until_switched(project, host: str, release: str) -> None:
+    """Until the host's `current` link points at `release` (watched on the host itself, every 10 ms)."""
+    watch = f'until [ "$(readlink /srv/app/current)" = releases/{release} ]; do sleep 0.01; done'
+    in_host(project.sandbox.find(host), ["timeout", "60", "sh", "-c", watch])
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -193,3 +201,95 @@ def test_a_migration_waiting_on_a_lock_times_out_rolls_back_and_reads_never_stal
     assert "step 'migrate' failed" in text and "lock timeout" in text, text
     assert load.failures == [] and load.slowest < 3, (load.failures[:3], load.slowest)  # held up at most ~lock_timeout
     assert_as_before(deployed)
+
+
+def test_a_controller_killed_after_a_host_switched_is_recovered_with_the_code_and_the_database(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> switch", ["deploy"])
+    wait_until_switched(deployed, "app1", release_of(proc))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"  # migrated, then killed
+
+    status = deployed.fab("status", db=False)
+    assert "INTERRUPTED" in status.stdout and "stopped at step 'switch'" in status.stdout
+    refused = assert_clean_failure(deploy(deployed))
+    assert "an earlier deploy was interrupted" in refused and "fab recover" in refused
+
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    assert "switched back on app1" in recovered.stdout, output(recovered)
+    assert_as_before(deployed)
+    assert deploy(deployed).returncode == 0
+
+
+def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_session_ended(deployed):
+    before = sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> migrate", ["deploy"])
+    deadline = time.monotonic() + 60
+    while not (pids := pids_running(".venv/bin/python -m flask", " db upgrade")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the upgrade is inside its transaction, holding boards' lock, sleeping
+    assert pids, "the migration never started"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    rest = proc.communicate(timeout=120)[0]
+    text = "".join(proc.seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "step 'migrate' failed" in text and "the migration process on app1 was killed" in text
+    assert "orphaned database session" in text
+    assert "database untouched at " + HEAD in text
+    # the killed client's transaction is gone: boards is not locked, the column is not there
+    locked = sql(deployed, "SET lock_timeout = '2s'; SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    assert locked.splitlines()[-1] == before
+    assert sql(deployed, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == "0"
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert_serving(deployed, deployed.first_release, HEAD)
+    assert json.loads(deployed.fab("status", "--json", db=False).stdout)["lock"] is None
+
+
+def test_a_host_cut_off_after_its_switch_is_reported_and_recover_switches_it_back(deployed):
+    """app2 switched, then lost: the deploy's own undo cannot reach it and goes on to undo
+    the migration and the build; recover must still switch app2 back (the journal's last
+    step is then 'build', but the deploy had reached 'switch')."""
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    proc = run_until(deployed, "-> switch", ["deploy"])
+    release = release_of(proc)
+    wait_until_switched(deployed, "app2", release)
+    faults.apply(deployed.sandbox, "app2", "cut-network")  # during its reload and health check
+    rest = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 1, "".join(proc.seen) + rest
+    assert "app2" in rest and "NOT undone: switch" in rest and "fab recover --stage sandbox" in rest
+    assert current(deployed, "app1") == deployed.first_release
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    faults.apply(deployed.sandbox, "app2", "restore-network")
+    assert current(deployed, "app2") == release
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    assert "having reached 'switch'" in recovered.stdout and "switched back on app2" in recovered.stdout
+    for host in ("app1", "app2"):
+        assert current(deployed, host) == deployed.first_release
+        assert health(deployed, host)["release"] == deployed.first_release
+
+
+def test_a_failed_downgrade_restores_the_predeploy_backup_when_nothing_was_written_since(deployed):
+    add_migration(deployed, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
+    text = assert_clean_failure(deploy(deployed))
+    assert "step 'switch' failed" in text and "restored from the pre-deploy backup" in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == "kept,also kept"
+    assert_serving(deployed, deployed.first_release, HEAD)
+
+
+def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since_the_backup(deployed):
+    writes = IRREVERSIBLE.replace('''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))''', '''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
+    op.execute("UPDATE boards SET note = 'written after the backup'")''')
+    add_migration(deployed, writes, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
+    text = assert_clean_failure(deploy(deployed))
+    assert "the downgrade failed" in text and "row(s) were written since the pre-deploy backup" in text
+    assert "fab restore --stage sandbox" in text
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
+    assert sql(deployed, "SELECT count(*) FROM boards WHERE note IS NOT NULL") == "2"  # nothing thrown away

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_failure, output
-from test_deploy import (FAILING_MIGRATION, GOOD_MIGRATION, add_migration, command_lines, deploy, deploy_and_seed,
-                         pids_running, ssh)
+from fleet_helpers import FAILING_MIGRATION, GOOD_MIGRATION, add_migration, command_lines, deploy, pids_running, ssh
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def deployed(staged):
-    """The seed commit deployed and healthy on the test fleet, with two boards."""
-    return deploy_and_seed(staged, "kept", "also kept")
 
 
 def env_secret(project) -> tuple[str, str]:
@@ -147,3 +140,18 @@ def test_no_code_path_accepts_unknown_host_keys_outside_the_sandbox_set_up():
         for accepting in ("AutoAddPolicy()", "WarningPolicy()", "StrictHostKeyChecking", "accept-new", "ssh-keyscan "):
             assert accepting not in code, f"{path.relative_to(root)} uses {accepting}"
     assert "RejectPolicy()" in (root / "deploy" / "remote" / "connection.py").read_text()
+
+
+def test_fab_refuses_a_host_whose_key_is_wrong_or_unknown_and_never_adds_one(staged):
+    lines = staged.sandbox.known_hosts.read_text().splitlines()
+    app1, app2 = lines[0].split(), lines[1].split()
+    for name, text, message in (("wrong_known_hosts", " ".join([app1[0], *app2[1:]]) + "\n" + "\n".join(lines[1:]) + "\n",
+                                 "host key does not match"),
+                                ("empty_known_hosts", "\n".join(lines[1:]) + "\n", "host key is not in")):
+        path = staged.root / name
+        path.write_text(text)
+        staged.edit("deploy.toml", "[stages.sandbox]\n", f'[stages.sandbox]\nknown_hosts = "{name}"\n')
+        refused = assert_clean_failure(staged.fab("status", db=False))
+        assert "app1" in refused and message in refused and "refusing to connect" in refused
+        assert path.read_text() == text  # nothing was accepted or added
+        staged.edit("deploy.toml", f'[stages.sandbox]\nknown_hosts = "{name}"\n', "[stages.sandbox]\n")

@@ -1,0 +1,197 @@
+"""What the sandbox-fleet tests share: the seed project's revision and test migrations,
+reading a host (its `current` release, health, database), running `fab deploy`, and
+background load and lock holders to deploy under."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import output
+
+
+HEAD = "e2b8f4a6c913"
+
+
+FAILING_MIGRATION = '''"""add a note, then fail"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "f00dfa11beef"
+down_revision = "e2b8f4a6c913"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
+    op.execute("SELECT 1 / 0")
+
+
+def downgrade():
+    op.drop_column("boards", "note")
+'''
+
+
+GOOD_MIGRATION = FAILING_MIGRATION.replace('    op.execute("SELECT 1 / 0")\n', "").replace(
+    "add a note, then fail", "add a note").replace("f00dfa11beef", "a0d0a0d0beef")
+
+
+SLOW_MIGRATION = GOOD_MIGRATION.replace(
+    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n',
+    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n    op.execute("SELECT pg_sleep(60)")\n')
+
+
+IRREVERSIBLE = GOOD_MIGRATION.replace('''def downgrade():
+    op.drop_column("boards", "note")''', '''def downgrade():
+    raise RuntimeError("this migration cannot be undone")''')
+
+
+def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(project.sandbox.ssh_config), host, command],
+                          capture_output=True, text=True, timeout=60)
+
+
+def sql(project, query: str) -> str:
+    """A query on the stage's database, from app1 with the server's own env file."""
+    proc = ssh(project, "app1", f"set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -Atc {json.dumps(query)}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def health(project, host: str) -> dict:
+    proc = ssh(project, host, "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/healthz\").read().decode())'")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def assert_serving(project, release: str, revision: str) -> None:
+    """Every app host's `current` is `release`, and it answers healthy at `revision`."""
+    for host in ("app1", "app2"):
+        assert current(project, host) == release, host
+        assert health(project, host) == {"release": release, "revision": revision,
+                                         "expected_revision": revision, "status": "ok"}, host
+
+
+def deploy(project, *args: str) -> subprocess.CompletedProcess:
+    return project.fab("deploy", *args, db=False)
+
+
+def current(project, host: str) -> str:
+    return ssh(project, host, "basename $(readlink /srv/app/current)").stdout.strip()
+
+
+def add_migration(project, text: str, name: str) -> None:
+    (project.root / "migrations" / "versions" / name).write_text(text)
+    project.commit_all(name)
+    project.push()
+
+
+def deploy_and_seed(project, *names: str):
+    """The project's commit deployed and healthy on the test fleet, with these boards in its database."""
+    proc = deploy(project)
+    assert proc.returncode == 0, output(proc)
+    project.first_release = current(project, "app1")
+    sql(project, "INSERT INTO boards (name) VALUES " + ", ".join(f"('{n}')" for n in names))
+    return project
+
+
+def run_until(project, line_start: str, argv: list[str]) -> subprocess.Popen:
+    """Start `fab ...` and return once it prints a line starting with `line_start`."""
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", *argv], cwd=project.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.seen = []
+    for line in proc.stdout:
+        proc.seen.append(line)
+        if line.startswith(line_start):
+            return proc
+    raise AssertionError("never saw " + line_start + ":\n" + "".join(proc.seen))
+
+
+def command_lines() -> dict[int, str]:
+    """Every process's command line on the machine (the sandbox hosts share its process table)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:  # a process may end while we look
+            found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return found
+
+
+def pids_running(*words: str) -> list[int]:
+    """Processes whose command line has all `words`."""
+    return [pid for pid, line in command_lines().items() if all(w in line for w in words)]
+
+
+class Load(threading.Thread):
+    """Requests to every app host, back to back, until stopped; every failure is kept,
+    and the slowest request's seconds."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.done, self.ok, self.failures, self.slowest = urls, threading.Event(), 0, [], 0.0
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for url in self.urls:
+                started = time.monotonic()
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as answer:
+                        answer.read()
+                        self.ok += answer.status == 200
+                except Exception as exc:  # a dropped request, whatever its kind
+                    self.failures.append(repr(exc))
+                self.slowest = max(self.slowest, time.monotonic() - started)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+
+
+def break_the_app(project) -> None:
+    """A release that boots but whose health check fails (500, without its release id)."""
+    project.edit("app/health.py", "    heads = expected_heads()\n",
+                 '    return jsonify(status="broken"), 500\n    heads = expected_heads()\n')
+    project.commit_all("break the app")
+    project.push()
+
+
+class Holding:
+    """A transaction on the stage's database holding a lock on a table (ACCESS EXCLUSIVE:
+    a backup waits at a known point; ACCESS SHARE: a long reader) until `release`."""
+
+    def __init__(self, project, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
+        self.proc = subprocess.Popen(
+            ["ssh", "-F", str(project.sandbox.ssh_config), "app1",
+             'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT 'is locked';\n")
+        self.proc.stdin.flush()
+        seen = [self.proc.stdout.readline()]
+        while "is locked" not in seen[-1]:
+            seen.append(self.proc.stdout.readline())
+            assert seen[-1], "".join(seen)
+
+    def release(self) -> None:
+        self.proc.stdin.write("COMMIT;\n\\q\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def wait_for_lock_waiter(project, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sql(project, "SELECT count(*) FROM pg_locks WHERE NOT granted") != "0":
+            return
+        time.sleep(0.2)
+    raise AssertionError("nothing waited for the lock")
