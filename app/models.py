@@ -19,12 +19,13 @@ class Board(db.Model):
         back_populates="board", cascade="all, delete-orphan", order_by="Card.id"
     )
 
-    def to_dict(self) -> dict:
+    def to_dict(self, cards: int | None = None) -> dict:
+        """`cards`: the count when the caller already has it (else the cards are loaded)."""
         return {
             "id": self.id,
             "name": self.name,
             "created_at": self.created_at.isoformat(),
-            "cards": len(self.cards),
+            "cards": len(self.cards) if cards is None else cards,
         }
 
 

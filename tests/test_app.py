@@ -45,6 +45,26 @@ def test_boards_and_cards_are_written_and_read_back(migrated):
     assert client.get("/boards").get_json()[0]["cards"] == 1
 
 
+def test_listing_boards_counts_their_cards_in_one_query_however_many_boards(migrated):
+    from sqlalchemy import event
+
+    app = make_app(migrated.database_url)
+    client = app.test_client()
+    for name, cards in (("empty", 0), ("one", 1), ("three", 3)):
+        board_id = client.post("/boards", json={"name": name}).get_json()["id"]
+        for n in range(cards):
+            client.post(f"/boards/{board_id}/cards", json={"title": f"card {n}"})
+    statements = []
+    with app.app_context():
+        from app.extensions import db
+
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    listed = client.get("/boards").get_json()
+    assert [(b["name"], b["cards"]) for b in listed] == [("empty", 0), ("one", 1), ("three", 3)]
+    assert len(statements) == 1, statements
+
+
 def test_bad_requests_get_json_errors(migrated):
     client = make_app(migrated.database_url).test_client()
     assert client.post("/boards", json={"name": ""}).status_code == 400
