@@ -1,6 +1,7 @@
 """Faults injected for real during `fab deploy` on the sandbox fleet: the controller
-killed or interrupted at each step, a host's network cut, the database stopped, a
-full disk, two deploys at once. Each must end with the old release serving, the
+killed or interrupted at each step, a host's network cut, the migration process killed
+on its host, the database stopped, a full disk, a downgrade that fails, two deploys at
+once. Each must end with the old release serving, the
 database as it was (revision and rows), the lock released or recoverable, and a
 message that says what happened and what to run."""
 from __future__ import annotations
