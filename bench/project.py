@@ -17,26 +17,9 @@ from deploy.migrations import MigrationGraph
 from deploy.remote import trace
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.scratch import copy_project, retarget
+from deploy.sandbox.scratch import add_column_migration, copy_project, retarget
 
 PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
-MIGRATION = '''"""bench: add column {column}"""
-from alembic import op
-import sqlalchemy as sa
-
-revision = "{revision}"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.add_column("boards", sa.Column("{column}", sa.Text(), nullable=True))
-
-
-def downgrade():
-    op.drop_column("boards", "{column}")
-'''
 
 
 class BenchError(RuntimeError):
@@ -124,9 +107,9 @@ class BenchProject:
         """A migration adding a column (or one that adds it, then fails)."""
         self.changes += 1
         revision = f"bench{self.changes:04d}{'f' if failing else 'a'}0000"
-        text = MIGRATION.format(column=f"bench_{self.changes}", revision=revision, down=self.head)
-        if failing:
-            text = text.replace('nullable=True))\n', 'nullable=True))\n    op.execute("SELECT 1 / 0")\n', 1)
+        column = f"bench_{self.changes}"
+        text = add_column_migration(revision, self.head, column, f"bench: add column {column}",
+                                    then='op.execute("SELECT 1 / 0")' if failing else "")
         (self.root / "migrations" / "versions" / f"{revision}_bench.py").write_text(text)
         self.commit(f"migration {revision}")
         if not failing:

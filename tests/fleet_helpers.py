@@ -14,42 +14,18 @@ from pathlib import Path
 
 from conftest import output
 
+from deploy.sandbox.scratch import add_column_migration
+
 
 HEAD = "e2b8f4a6c913"
 
 
-FAILING_MIGRATION = '''"""add a note, then fail"""
-from alembic import op
-import sqlalchemy as sa
-
-revision = "f00dfa11beef"
-down_revision = "e2b8f4a6c913"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
-    op.execute("SELECT 1 / 0")
-
-
-def downgrade():
-    op.drop_column("boards", "note")
-'''
-
-
-GOOD_MIGRATION = FAILING_MIGRATION.replace('    op.execute("SELECT 1 / 0")\n', "").replace(
-    "add a note, then fail", "add a note").replace("f00dfa11beef", "a0d0a0d0beef")
-
-
-SLOW_MIGRATION = GOOD_MIGRATION.replace(
-    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n',
-    '    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))\n    op.execute("SELECT pg_sleep(60)")\n')
-
-
-IRREVERSIBLE = GOOD_MIGRATION.replace('''def downgrade():
-    op.drop_column("boards", "note")''', '''def downgrade():
-    raise RuntimeError("this migration cannot be undone")''')
+FAILING_MIGRATION = add_column_migration("f00dfa11beef", HEAD, "note", "add a note, then fail",
+                                         then='op.execute("SELECT 1 / 0")')
+GOOD_MIGRATION = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note")
+SLOW_MIGRATION = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note", then='op.execute("SELECT pg_sleep(60)")')
+IRREVERSIBLE = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note",
+                                    downgrade='raise RuntimeError("this migration cannot be undone")')
 
 
 def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:

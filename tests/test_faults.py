@@ -21,6 +21,7 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, a
                            run_until, sql, ssh, wait_for_lock_waiter)
 
 from deploy.sandbox import faults
+from deploy.sandbox.scratch import add_column_migration
 from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(300)
@@ -285,8 +286,9 @@ def test_a_failed_downgrade_restores_the_predeploy_backup_when_nothing_was_writt
 
 
 def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since_the_backup(deployed):
-    writes = IRREVERSIBLE.replace('''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))''', '''    op.add_column("boards", sa.Column("note", sa.Text(), nullable=True))
-    op.execute("UPDATE boards SET note = 'written after the backup'")''')
+    writes = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note",
+                                  then="op.execute(\"UPDATE boards SET note = 'written after the backup'\")",
+                                  downgrade='raise RuntimeError("this migration cannot be undone")')
     add_migration(deployed, writes, "a0d0a0d0beef_add_a_note.py")
     break_the_app(deployed)
     text = assert_clean_failure(deploy(deployed))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import FAILING_MIGRATION, GOOD_MIGRATION, add_migration, command_lines, deploy, pids_running, ssh
+from fleet_helpers import GOOD_MIGRATION, add_migration, command_lines, deploy, pids_running, ssh
+
+from deploy.sandbox.scratch import add_column_migration
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,8 +52,9 @@ def test_no_secret_in_command_lines_output_logs_journal_plans_errors_traces_or_m
         runs = [deployed.fab("deploy", "--dry-run", db=False, env=traced), deploy(deployed),
                 deployed.fab("backup", "--label", "sweep", "--download", str(tmp_path / "dl"), db=False, env=traced),
                 deployed.fab("backups", "--json", db=False), deployed.fab("status", "--json", db=False)]
-        add_migration(deployed, FAILING_MIGRATION.replace('down_revision = "e2b8f4a6c913"',
-                                                          'down_revision = "a0d0a0d0beef"'), "f00dfa11beef_fail.py")
+        failing = add_column_migration("f00dfa11beef", "a0d0a0d0beef", "note", "add a note, then fail",
+                                       then='op.execute("SELECT 1 / 0")')
+        add_migration(deployed, failing, "f00dfa11beef_fail.py")
         failed = deployed.fab("deploy", db=False, env=traced)
         assert failed.returncode == 1, output(failed)
         runs += [failed, deployed.fab("rollback", db=False, env=traced)]

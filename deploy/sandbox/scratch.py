@@ -38,3 +38,28 @@ def retarget(deploy_toml: str, sandbox: Sandbox) -> str:
             raise ValueError(f"deploy.toml has no {old!r} to point at the sandbox {s.prefix}")
         deploy_toml = deploy_toml.replace(old, new)
     return deploy_toml
+
+
+def add_column_migration(revision: str, down_revision: str, column: str, message: str, *,
+                         then: str = "", downgrade: str = "") -> str:
+    """An Alembic migration file adding a nullable text column to boards, then running the
+    statement `then` (a failure, a sleep, a write); its downgrade drops the column, or runs
+    `downgrade` instead."""
+    then = f"\n    {then}" if then else ""
+    return f'''"""{message}"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{revision}"
+down_revision = "{down_revision}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("boards", sa.Column("{column}", sa.Text(), nullable=True)){then}
+
+
+def downgrade():
+    {downgrade or f'op.drop_column("boards", "{column}")'}
+'''
