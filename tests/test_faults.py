@@ -77,6 +77,7 @@ def test_ctrl_c_at_each_step_undoes_everything_and_exits_130(deployed, step):
     text = "".join(proc.seen) + rest
     assert proc.returncode == 130, text
     assert f"step '{step}' failed: interrupted (Ctrl-C)" in text and "Traceback" not in text, text
+    assert "NOT undone" not in text and "could not" not in text, text  # all undone at once: no recover needed
     assert_as_before(deployed)
     entry = json.loads(ssh(deployed, "app1", "tail -1 /srv/app/deploy.log").stdout)
     assert entry["outcome"] == "failed" and entry["error"] == "interrupted (Ctrl-C)", entry
