@@ -14,7 +14,7 @@ from pathlib import Path
 from . import console, pipeline
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
-from .remote import build, lock, server_tools, service
+from .remote import build, guard, lock, server_tools, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .server import reports
@@ -211,11 +211,8 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> d
     stage = load_stage(project, stage_name)
     r = Restore(stage, connect(stage), Layout(stage.deploy_to), _check_id(backup_id))
     console.heading(f"restore {backup_id} on {stage.name}")
-    lock.acquire(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name)
-    try:
+    with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name):
         pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
-    finally:
-        lock.release(r.migrator, r.layout)
     _report_health(r)
     return r.result or {}
 

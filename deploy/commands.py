@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, journal, pipeline, steps
+from . import console, interrupts, journal, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, lock, server_tools, service
+from .remote import build, guard, lock, server_tools, service
 from .remote.connection import HostError, Remote, connect, on_hosts
 from .remote.layout import Layout
 from .stages import load_stage
@@ -29,26 +29,37 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
         return {"release": d.release_id, "commit": d.commit, "dry_run": True}
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
-    stale = journal.interrupted(d.migrator, d.layout)
-    if stale:
-        raise DeployError(f"an earlier deploy was interrupted: {journal.describe(stale)}",
-                          hint=f"fab recover --stage {stage.name} (puts the old release and database back)")
-    lock.acquire(d.migrator, d.layout, lock.holder("deploy", ref), stage.name)
     try:
-        outcome = pipeline.run(steps.STEPS, d, journal.journaling(d))
-    except pipeline.DeployFailed as failure:
-        _after_failure(d, failure)
-        raise
-    else:
-        steps.append_log(d, steps.log_entry(d, "ok", outcome.timings))
-        journal.clear(d.migrator, d.layout)
+        with guard.guarded(d.migrator, d.layout, lock.holder("deploy", ref), stage.name) as d.holder:
+            try:
+                outcome = pipeline.run(steps.STEPS, d, journal.journaling(d), commit=journal.commit)
+            except pipeline.DeployFailed as failure:
+                _after_failure(d, failure)
+                raise
+            with interrupts.deferred(_after_commit_notice, reraise=False) as late:
+                _after_success(d, outcome)
+        if outcome.interrupted or late.interrupted:
+            console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
         console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
-        _release_lock(d)
         d.remove_scratch()
         for remote in remotes.values():
             remote.close()
+
+
+def _after_commit_notice() -> None:
+    console.warn("Ctrl-C: the deploy has succeeded; finishing its log and cleanup first")
+
+
+def _after_success(d: steps.Deploy, outcome: pipeline.Outcome) -> None:
+    """The bookkeeping after the commit: its failures are reported, never undone."""
+    for what, work in (("write the deploy log", lambda: steps.append_log(d, steps.log_entry(d, "ok", outcome.timings))),
+                       ("remove old releases", lambda: steps.clean_up(d))):
+        try:
+            work()
+        except DeployError as exc:
+            console.warn(f"deployed, but could not {what}: {exc}")
 
 
 def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
@@ -66,7 +77,7 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
         console.warn(f"could not write the deploy log: {exc}")
     try:
         if not failure.outcome.undo_failures:
-            journal.clear(d.migrator, d.layout)
+            guard.clear(d.migrator, d.layout)
     except HostError as exc:
         console.warn(f"could not remove the journal (`fab status` will report this deploy as interrupted): {exc}")
     for note in d.notes:
@@ -74,13 +85,7 @@ def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:
     if failure.outcome.undo_failures:
         failure.hint = (f"once the hosts named above are reachable: fab recover --stage {d.stage.name} "
                         "(it finishes the undo from the journal)")
-
-
-def _release_lock(d: steps.Deploy) -> None:
-    try:
-        lock.release(d.migrator, d.layout)
-    except DeployError as exc:
-        console.warn(str(exc))
+    failure.refresh()
 
 
 def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> dict:
@@ -99,7 +104,7 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
 
     hosts = on_hosts("status", list(remotes.values()), host_state)
     holder = lock.read(remotes[stage.migrations_host.name], layout)
-    stale = journal.interrupted(remotes[stage.migrations_host.name], layout)
+    stale = guard.interrupted(remotes[stage.migrations_host.name], layout)
     result = {"stage": stage.name, "hosts": hosts, "lock": holder, "interrupted": stale}
     if as_json:
         console.say(json.dumps(result, indent=2))
@@ -112,9 +117,10 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
             detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
             line += f"  service {state['service']}  health {state['health']['code']} {detail}"
         console.say(line)
-    console.say("lock     " + (lock.describe(holder) if holder is not None else "free"))
+    console.say("lock     " + ("free" if holder is None else lock.describe(holder)
+                               + ("" if lock.alive(holder) else " (no longer running: fab recover releases it)")))
     if stale:
-        console.banner([f"INTERRUPTED: {journal.describe(stale)}",
+        console.banner([f"INTERRUPTED: {guard.describe(stale)}",
                         f"run: fab recover --stage {stage.name}"])
     return result
 
@@ -214,25 +220,33 @@ def _unit_state(stage, r) -> str:
 def lock_stage(project: ProjectConfig, stage_name: str | None) -> None:
     stage = load_stage(project, stage_name)
     remote = connect(stage)[stage.migrations_host.name]
-    lock.acquire(remote, Layout(stage.deploy_to), lock.holder("manual lock", None), stage.name)
+    lock.acquire(remote, Layout(stage.deploy_to), lock.holder(lock.MANUAL, None), stage.name)
     console.ok(f"locked {stage.name}; `fab unlock --stage {stage.name}` releases it")
 
 
 def unlock_stage(project: ProjectConfig, stage_name: str | None, force: bool = False) -> None:
+    """Release a manual lock; with --force, a dead operation's lock (and its journal, undoing nothing)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remote = connect(stage)[stage.migrations_host.name]
     holder = lock.read(remote, layout)
-    stale = journal.load(remote, layout)
+    stale = guard.load(remote, layout)
+    stale = stale if guard.unfinished(stale) else None
     if holder is None and not (stale and force):
         console.ok(f"{stage.name} was not locked")
         return
-    if holder is not None and holder.get("action") != "manual lock" and not force:
-        raise DeployError(f"{stage.name} is locked by a deploy: {lock.describe(holder)}",
-                          hint=f"if that deploy is dead: fab recover --stage {stage.name} (undoes it), "
-                               f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
+    if holder is not None and holder.get("action") != lock.MANUAL:
+        if not force:
+            raise DeployError(f"{stage.name} is locked by an operation: {lock.describe(holder)}",
+                              hint=f"if it is dead: fab recover --stage {stage.name} (undoes it), "
+                                   f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
+        if lock.alive(holder):
+            raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}, which is still running "
+                              "(its process, or a heartbeat seconds old): --force never removes a live lock",
+                              hint="wait for it to finish")
     if force and stale:
-        journal.clear(remote, layout)  # the operator takes over what that deploy left
-        console.warn(f"dropped the journal of {journal.describe(stale)}; nothing was undone")
-    lock.release(remote, layout)
+        guard.clear(remote, layout)  # the operator takes over what that deploy left
+        console.warn(f"dropped the journal of {guard.describe(stale)}; nothing was undone")
+    if holder is not None:
+        lock.release(remote, layout, holder)
     console.ok(f"unlocked {stage.name}" + (f" (was: {lock.describe(holder)})" if holder else ""))

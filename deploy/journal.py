@@ -7,14 +7,10 @@ the database is are read from the hosts, not from the journal.
 """
 from __future__ import annotations
 
-import json
-import os
-import socket
-
 from . import console, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import lock, service
+from .remote import guard, lock, service
 from .remote.connection import Remote, connect
 from .remote.layout import Layout
 from .stages import load_stage
@@ -23,24 +19,16 @@ FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "
 
 
 def save(d: steps.Deploy, step: str, state: str) -> None:
+    """Journal the deploy as at `step` in `state` (running, undoing, succeeded)."""
     record = {name: getattr(d, name) for name in FIELDS}
-    record.update(step=step, state=state, holder=lock.holder("deploy", d.ref))
-    script = 'cat > "$1.tmp" && mv "$1.tmp" "$1"'
-    d.migrator.run(["sh", "-c", script, "journal", d.layout.journal], input=json.dumps(record))
+    record.update(action="deploy", step=step, state=state, holder=d.holder)
+    guard.write(d.migrator, d.layout, record)
 
 
-def load(remote: Remote, layout: Layout) -> dict | None:
-    out = remote.run(["cat", layout.journal], check=False)
-    if out.exited != 0:
-        return None
-    try:
-        return json.loads(out.stdout)
-    except ValueError:
-        return {"step": "?", "state": "unreadable"}
-
-
-def clear(remote: Remote, layout: Layout) -> None:
-    remote.run(["rm", "-f", layout.journal])
+def commit(d: steps.Deploy) -> None:
+    """The deploy succeeded: from this record on, no command undoes it."""
+    save(d, "finish", guard.SUCCEEDED)
+    console.say(f"  recorded as succeeded: {d.release_id} (nothing undoes it from here)")
 
 
 def journaling(d: steps.Deploy):
@@ -56,54 +44,44 @@ def journaling(d: steps.Deploy):
     return on_event
 
 
-def holder_alive(record: dict) -> bool:
-    """Whether the controller process that wrote the journal still runs (known only on its own machine)."""
-    holder = record.get("holder", {})
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot tell from here: assume it runs
-    try:
-        os.kill(int(holder.get("pid", 0)), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def describe(record: dict) -> str:
-    where = f"at step '{record.get('step')}' ({record.get('state')})"
-    if record.get("state") == "undoing" and record.get("reached"):
-        where = f"while undoing '{record.get('step')}', having reached '{record.get('reached')}'"
-    return (f"release {record.get('release_id')} ({record.get('ref')}) stopped {where}, "
-            f"by {lock.describe(record.get('holder', {}))}")
-
-
-def interrupted(remote: Remote, layout: Layout) -> dict | None:
-    """The journal of a deploy whose controller is gone, if any."""
-    record = load(remote, layout)
-    if record is None or holder_alive(record):
-        return None
-    return record
-
-
 def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
-    """Finish the undo of an interrupted deploy: old release back, database back, lock released."""
+    """Finish the undo of an interrupted deploy: old release back, database back, lock released.
+    Takes the lock itself; a lock of a live operation is never touched."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remotes = connect(stage)
     migrator = remotes[stage.migrations_host.name]
-    record = load(migrator, layout)
-    if record is None:
-        console.ok(f"nothing to recover on {stage.name}: no interrupted deploy")
-        return []
-    if holder_alive(record):
-        raise DeployError(f"the deploy is still running: {describe(record)}",
-                          hint="wait for it; if its controller is gone, run recover from that machine")
-    console.heading(f"recovering {describe(record)}")
+    record = guard.load(migrator, layout)
+    holder = lock.read(migrator, layout)
+    if guard.unfinished(record) and not guard.needs_recovery(record, holder):
+        raise DeployError(f"the operation is still running: {guard.describe(record)}",
+                          hint="wait for it; `fab status` shows when it stops")
+    mine = lock.holder("recover", None)
+    if holder is not None and lock.alive(holder):
+        raise lock.held_error(holder, stage.name)
+    if holder is not None:
+        lock.take_over(migrator, layout, holder, mine, stage.name)
+        console.warn(f"took over the lock of {lock.describe(holder)}, which is no longer running")
+    else:
+        lock.acquire(migrator, layout, mine, stage.name)
+    with lock.kept(migrator, layout, mine):
+        if not guard.unfinished(record):
+            console.ok(f"nothing to recover on {stage.name}: no unfinished operation"
+                       + (f" (the last deploy, {record.get('release_id')}, succeeded)" if record else ""))
+            return []
+        return _undo_deploy(project, stage, remotes, record)
+
+
+def _undo_deploy(project: ProjectConfig, stage, remotes: dict[str, Remote], record: dict) -> list[str]:
+    """Undo from the furthest step the deploy reached; each undo reads the hosts and the database."""
+    console.heading(f"recovering {guard.describe(record)}")
     d = steps.Deploy(project, stage, remotes, record.get("ref") or "?", 0)
     for name in FIELDS:
         setattr(d, name, record.get(name))
     d.previous = record.get("previous") or {}
+    d.holder = record.get("holder") or {}
     d.built = [r.name for r in d.build_remotes]
-    d.switched = [r.name for r in d.apps if service.current_release(r, layout) == d.release_id]
+    d.switched = [r.name for r in d.apps if service.current_release(r, d.layout) == d.release_id]
     names = [s.name for s in steps.STEPS]
     furthest = record.get("reached") or record.get("step")  # an undo in progress went back from `reached`
     reached = names.index(furthest) if furthest in names else len(names) - 1
@@ -116,8 +94,7 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
     if outcome.undo_failures:
         raise DeployError("recovery could not undo: " + "; ".join(outcome.undo_failures),
                           hint=f"fix the cause and run fab recover --stage {stage.name} again")
-    clear(migrator, layout)
-    lock.release(migrator, layout)
+    guard.clear(d.migrator, d.layout)
     for note in notes:
         console.say(f"  {note}")
     console.ok(f"recovered {stage.name}: undone {', '.join(outcome.undone) or 'nothing'}; lock released")

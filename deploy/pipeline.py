@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import console
+from . import console, interrupts
 from .errors import DeployError
 
 
@@ -29,6 +29,7 @@ class Outcome:
     undo_failures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed_at: float | None = None  # time.monotonic() when a step failed and the undo began
+    interrupted: bool = False  # Ctrl-C after the commit: nothing was undone
 
 
 class DeployFailed(DeployError):
@@ -39,51 +40,86 @@ class DeployFailed(DeployError):
             reason = "interrupted (Ctrl-C)"
         else:
             reason = cause.message if isinstance(cause, DeployError) else f"{type(cause).__name__}: {cause}"
-        lines = [f"step '{step}' failed: {reason}"]
-        if outcome.undone:
-            lines.append("undone: " + ", ".join(outcome.undone))
-        lines += [f"NOT undone: {f}" for f in outcome.undo_failures]
-        super().__init__("\n".join(lines), hint=hint or (cause.hint if isinstance(cause, DeployError) else None))
         self.step, self.cause, self.outcome, self.reason = step, cause, outcome, reason
+        super().__init__("", hint=hint or (cause.hint if isinstance(cause, DeployError) else None))
+        self.refresh()
         self.exit_code = 130 if isinstance(cause, KeyboardInterrupt) else 1
 
+    def refresh(self) -> None:
+        """Rebuild the message from the outcome (a check after the undo may add a failure)."""
+        lines = [f"step '{self.step}' failed: {self.reason}"]
+        if self.outcome.undone:
+            lines.append("undone: " + ", ".join(self.outcome.undone))
+        lines += [f"NOT undone: {f}" for f in self.outcome.undo_failures]
+        self.message = "\n".join(lines)
+        self.args = (self.message,)
 
-def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lambda event, step: None) -> Outcome:
-    """Run `steps` on `ctx`; on failure undo in reverse and raise DeployFailed."""
+
+def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lambda event, step: None,
+        commit: Callable[[Any], None] | None = None) -> Outcome:
+    """Run `steps` on `ctx`; on failure undo in reverse and raise DeployFailed.
+
+    `commit`, when given, records success once every step is done (the deploy's journal).
+    It runs with Ctrl-C held back; from the moment it returns nothing is undone, and an
+    interrupt that arrived meanwhile is only reported (`outcome.interrupted`).
+    """
     outcome = Outcome()
-    for step in steps:
-        started = time.monotonic()
-        try:
+    committed = False
+    step = steps[0]
+    started = time.monotonic()
+    try:
+        for step in steps:
+            started = time.monotonic()
             on_event("start", step.name)
             step.do(ctx)
-        except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
+            outcome.timings[step.name] = time.monotonic() - started
+            outcome.done.append(step.name)
+            on_event("done", step.name)
+        if commit is not None:
+            with interrupts.deferred(reraise=False) as seen:
+                commit(ctx)
+                committed = True
+            outcome.interrupted = seen.interrupted
+    except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
+        if committed:  # an interrupt in the instant after the commit: too late to undo, too late to matter
+            outcome.interrupted = True
+            return outcome
+        with interrupts.deferred(_undo_notice, reraise=False):
             outcome.failed_at = time.monotonic()
-            outcome.timings[step.name] = outcome.failed_at - started
+            outcome.timings.setdefault(step.name, outcome.failed_at - started)
             _observe(on_event, "failed", step.name)
-            undo_steps([*(s for s in steps if s.name in outcome.done), step], ctx, outcome, on_event)
-            raise DeployFailed(step.name, exc, outcome) from exc
-        outcome.timings[step.name] = time.monotonic() - started
-        outcome.done.append(step.name)
-        on_event("done", step.name)
+            undo_steps([*(s for s in steps if s.name in outcome.done and s is not step), step], ctx, outcome,
+                       on_event)
+        raise DeployFailed(step.name, exc, outcome) from exc
     return outcome
 
 
 def undo_steps(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable[[str, str], None]) -> None:
-    """Undo `steps` in reverse; an undo that fails is recorded and the rest still run."""
-    for step in reversed(steps):
-        if step.undo is None:
-            continue
-        _observe(on_event, "undo", step.name)
-        for _attempt in range(2):  # a second Ctrl-C during the undo does not stop it
+    """Undo `steps` in reverse; each ends undone or reported failed, and the rest still run.
+
+    Ctrl-C is held back meanwhile (said once): an undo cut in half would leave the stage
+    in a state nobody chose. kill -9 still stops it; the journal then leads `fab recover`.
+    """
+    with interrupts.deferred(_undo_notice, reraise=False):
+        for step in reversed(steps):
+            if step.undo is None:
+                continue
+            _observe(on_event, "undo", step.name)
             try:
                 step.undo(ctx)
                 outcome.undone.append(step.name)
-                break
-            except KeyboardInterrupt:
-                continue
-            except Exception as exc:  # keep undoing the rest; report this one
-                outcome.undo_failures.append(f"{step.name}: {exc}")
-                break
+            except BaseException as exc:  # noqa: B902 - keep undoing the rest; report this one
+                outcome.undo_failures.append(f"{step.name}: {_reason(exc)}")
+
+
+def _undo_notice() -> None:
+    console.warn("Ctrl-C: the undo goes on until it is done (kill -9 leaves it to fab recover)")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return str(exc) or type(exc).__name__
 
 
 def _observe(on_event: Callable[[str, str], None], event: str, step: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import backups, console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, dbops, deploylog, lock, service
+from .remote import build, dbops, deploylog, guard, lock, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
@@ -127,14 +127,11 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
     stage = load_stage(project, stage_name)
     r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to)
     console.heading(f"rollback on {stage.name}")
-    lock.acquire(r.migrator, r.layout, lock.holder("rollback", to), stage.name)
-    try:
+    with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name):
         pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
         entry = {"time": deploylog.now(), "action": "rollback",
                  "from": r.source, "release": r.target, "revision_before": r.db_now,
                  "revision_after": r.target_revision, "backup": r.backup["id"] if r.backup else None, "outcome": "ok"}
         deploylog.append(r.migrator, r.layout, entry)
-        console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
-        return r.target
-    finally:
-        lock.release(r.migrator, r.layout)
+    console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
+    return r.target

@@ -53,6 +53,7 @@ class Deploy(StageRemotes):
     migrated: bool = False
     reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
+    holder: dict = field(default_factory=dict)  # the stage lock's holder: this deploy's identity
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
@@ -329,6 +330,10 @@ def verify_serving(d: Deploy) -> list[str]:
 def finish(d: Deploy) -> None:
     on_hosts("marking the release good", d.build_remotes,
              lambda r: build.set_status(r, d.layout, d.release_id, "good"))
+
+
+def clean_up(d: Deploy) -> None:
+    """After the commit: the stage's keep_releases (a failure here is reported, never undone)."""
     for name, removed in on_hosts("cleanup", d.build_remotes,
                                   lambda r: cleanup.keep_releases(r, d.layout, d.stage.keep_releases)).items():
         if removed:

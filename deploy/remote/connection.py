@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import shlex
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +21,21 @@ import paramiko
 from fabric import Config, Connection
 from paramiko.hostkeys import InvalidHostKey
 
+from .. import interrupts
 from ..errors import DeployError
 from ..stages import StageConfig, StageHost
 from .trace import traced
 
 T = TypeVar("T")
+# Every command first reports its process group on stderr (sshd makes each session's
+# command a group leader), so that a command the controller gives up on can be stopped.
+GROUP_MARK = "flask-deploy-process-group:"
+REPORT_GROUP = 'read -r _ _ _ _ g _ </proc/$$/stat; printf "%s%s\\n" "$0" "$g" >&2; exec "$@"'
+STOP_SECONDS = 10
+STOP_GROUP = ('[ "$1" -gt 1 ] || exit 0; kill -s TERM -- "-$1" 2>/dev/null || exit 0; i=0; '
+              'while kill -s 0 -- "-$1" 2>/dev/null; do i=$((i + 1)); '
+              f'if [ $i -ge {STOP_SECONDS * 10} ]; then kill -s KILL -- "-$1"; sleep 0.2; exit 0; fi; sleep 0.1; done')
+_worker = threading.local()  # on_hosts' workers: `cancel`, set when the main thread gives up
 KEEPALIVE_SECONDS = 2
 DEAD_LINK_MS = 10_000   # unacknowledged data for this long: the connection is dead
 
@@ -113,7 +124,12 @@ class Remote:
 
     def run(self, argv: list[str], *, input: str | None = None, check: bool = True,
             timeout: float | None = None) -> Output:
-        """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`."""
+        """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`.
+
+        When the controller gives up on it (Ctrl-C, the timeout, a parallel run cancelled),
+        the command's whole process group on the host is stopped before this returns:
+        nothing keeps running there beside what the controller does next.
+        """
         self.open()
         command = shlex.join(argv)
         with traced(self.name, command) as record:
@@ -130,7 +146,7 @@ class Remote:
         transport = self.conn.transport
         try:
             channel = transport.open_session(timeout=10)
-            channel.exec_command(command)
+            channel.exec_command(shlex.join(["sh", "-c", REPORT_GROUP, GROUP_MARK]) + " " + command)
             if input is not None:
                 try:
                     channel.sendall(input.encode())
@@ -141,7 +157,20 @@ class Remote:
             raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
                             hint="check the host's network") from None
         stdout, stderr = bytearray(), bytearray()
+        try:
+            self._wait(channel, command, stdout, stderr, timeout)
+        except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
+            with interrupts.deferred():
+                self._stop_group(channel, stderr)
+            raise
+        exited = channel.recv_exit_status()
+        channel.close()
+        return Output(stdout.decode(errors="replace"), _without_group(stderr).decode(errors="replace"), exited)
+
+    def _wait(self, channel, command: str, stdout: bytearray, stderr: bytearray, timeout: float | None) -> None:
+        transport = self.conn.transport
         deadline = time.monotonic() + timeout if timeout else None
+        cancel = getattr(_worker, "cancel", None)
         wait = 0.001
         while True:
             while channel.recv_ready():
@@ -149,19 +178,41 @@ class Remote:
             while channel.recv_stderr_ready():
                 stderr += channel.recv_stderr(1 << 16)
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
+                return
             if not transport.is_active():
                 raise HostError(self.name, f"the connection was lost while running `{command}`",
                                 hint="check the host's network; the command may or may not have finished")
             if deadline and time.monotonic() > deadline:
-                channel.close()
-                raise HostError(self.name, f"`{command}` did not finish within {timeout:.0f}s")
+                raise HostError(self.name, f"`{command}` did not finish within {timeout:.0f}s; it was stopped")
+            if cancel is not None and cancel.is_set():
+                raise HostError(self.name, f"`{command}` was stopped: the run on the other hosts was interrupted")
             # Poll soon at first (most commands take milliseconds), then back off.
             select.select([channel], [], [], wait)
             wait = min(wait * 2, 0.05)
-        exited = channel.recv_exit_status()
+
+    def _stop_group(self, channel, stderr: bytearray) -> None:
+        """Stop the command's process group on the host (TERM, then KILL), and wait until it is gone."""
+        deadline = time.monotonic() + 5
+        while GROUP_MARK.encode() not in stderr and time.monotonic() < deadline and not channel.exit_status_ready():
+            if channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(1 << 16)
+            elif not self.conn.transport.is_active():
+                break
+            else:
+                time.sleep(0.01)
+        group = _group_of(stderr)
+        if group is None or channel.exit_status_ready() or not self.conn.transport.is_active():
+            channel.close()
+            return
+        try:
+            stopper = self.conn.transport.open_session(timeout=10)
+            stopper.exec_command(shlex.join(["sh", "-c", STOP_GROUP, "stop", str(group)]))
+            stopper.settimeout(STOP_SECONDS + 10)
+            stopper.recv_exit_status()
+            stopper.close()
+        except (paramiko.SSHException, OSError, EOFError, TimeoutError):
+            pass  # the host went away meanwhile: recover's checks take it from there
         channel.close()
-        return Output(stdout.decode(errors="replace"), stderr.decode(errors="replace"), exited)
 
     def put(self, local: str, remote: str) -> None:
         self.open()
@@ -195,6 +246,22 @@ class StageRemotes:
         return [self.remotes[h.name] for h in self.stage.app_hosts]
 
 
+def _group_of(stderr: bytearray) -> int | None:
+    mark = GROUP_MARK.encode()
+    at = stderr.find(mark)
+    if at < 0:
+        return None
+    digits = stderr[at + len(mark):].split(b"\n", 1)[0].strip()
+    return int(digits) if digits.isdigit() else None
+
+
+def _without_group(stderr: bytearray) -> bytearray:
+    """stderr without the group report (its first line)."""
+    if stderr.startswith(GROUP_MARK.encode()):
+        return stderr.split(b"\n", 1)[1] if b"\n" in stderr else bytearray()
+    return stderr
+
+
 def connect(stage: StageConfig, hosts: tuple[StageHost, ...] | None = None) -> dict[str, Remote]:
     return {h.name: Remote(stage, h) for h in (hosts if hosts is not None else stage.hosts)}
 
@@ -204,13 +271,26 @@ def on_hosts(what: str, remotes: list[Remote], work: Callable[[Remote], T]) -> d
     if not remotes:
         return {}
     results: dict[str, object] = {}
+    cancel = threading.Event()
+
+    def on_worker(r: Remote) -> T:
+        _worker.cancel = cancel
+        try:
+            return work(r)
+        finally:
+            _worker.cancel = None
+
     with ThreadPoolExecutor(max_workers=min(16, len(remotes))) as pool:
-        futures = {r.name: pool.submit(work, r) for r in remotes}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except Exception as exc:  # each host's failure is reported, not just the first
-                results[name] = exc
+        try:
+            futures = {r.name: pool.submit(on_worker, r) for r in remotes}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except Exception as exc:  # each host's failure is reported, not just the first
+                    results[name] = exc
+        except BaseException:  # Ctrl-C: the workers stop their commands on the hosts, then we go on
+            cancel.set()
+            raise
     if any(isinstance(r, BaseException) for r in results.values()):
         raise HostsFailed(what, results)
     return results  # type: ignore[return-value]

@@ -1,21 +1,25 @@
 """The database, from the migrations host: its revision, and upgrade and downgrade
-through a release's own code. The DATABASE_URL comes from the server's env file inside the
-remote shell, never from a command line."""
+through a release's own code. The DATABASE_URL comes from the server's env file, read on
+the server as systemd reads it (deploy/server/envfile.py), never from a command line and
+never through a shell."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import DeployError
+from ..server import envfile
 from . import server_tools
 from .connection import Remote
 from .layout import Layout
 
-WITH_ENV = 'set -a && . "$1" && set +a && cd "$2" && shift 2 && exec "$@"'
+LAUNCHER = Path(envfile.__file__).read_text()  # run as `python3 -c`: the same parser as the backup tool's
 
 
 def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str], env: dict[str, str] | None = None,
                check: bool = True, timeout: float | None = None, input: str | None = None):
     """`argv` in the release's folder with the server's env file loaded (secrets stay on the server)."""
     extra = [f"{k}={v}" for k, v in (env or {}).items()]
-    return remote.run(["sh", "-c", WITH_ENV, "with-env", layout.env_file, layout.release(release_id),
+    return remote.run(["python3", "-c", LAUNCHER, layout.env_file, layout.release(release_id),
                        "env", *extra, *argv], check=check, timeout=timeout, input=input)
 
 

@@ -1,6 +1,7 @@
 """The backup tool (deploy/server/) on a host, over SSH: each call refreshes its copy in
-deploy_to/tools/ and runs it with the server's env file loaded, in one command. The
-database password stays in that file; it is never on a command line."""
+deploy_to/tools/ and runs it, in one command; the tool reads the server's env file itself
+(as systemd does, never through a shell). The database password stays in that file; it is
+never on a command line."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,10 @@ from ..stages import StageConfig
 from .connection import HostError, Remote
 from .layout import Layout
 
-WITH_ENV = 'set -a && . "$1" && set +a && shift && exec "$@"'
-
-
 def run_tool(remote: Remote, layout: Layout, *args: str, check: bool = True, timeout: float = 3600):
     """The tool's command `args` on `remote`; its finished process (stdout is JSON or the check's table)."""
-    return remote.run(["sh", "-c", WITH_ENV, "with-env", layout.env_file, "python3", "-c", BOOT, layout.tools,
-                       ENTRY, "--deploy-to", layout.root, *args], input=sources(), check=check, timeout=timeout)
+    return remote.run(["python3", "-c", BOOT, layout.tools, ENTRY, "--deploy-to", layout.root,
+                       "--env-file", layout.env_file, *args], input=sources(), check=check, timeout=timeout)
 
 
 def tool(remote: Remote, layout: Layout, *args: str, timeout: float = 3600, exits: tuple[int, ...] = (0,)) -> dict | list:

@@ -5,8 +5,9 @@ python3, by `fab` over SSH and by the systemd timers alike:
     backup_tool.py --deploy-to D check [--json] [--textfile PATH] [--restore-test | --no-restore-test] ...
     backup_tool.py --deploy-to D list | verify ID | restore ID | prune | revision | writes | end-migrations KEY
 
-DATABASE_URL comes from the environment (the unit's EnvironmentFile, or the env file
-sourced by fab); the password reaches PostgreSQL's programs only as PGPASSWORD.
+DATABASE_URL comes from the environment (the unit's EnvironmentFile) or from
+`--env-file` (fab), read with systemd's rules by envfile.py; the password reaches
+PostgreSQL's programs only as PGPASSWORD.
 Commands print one JSON document, except `check` without --json, which prints a
 table; `check` exits 0, 1 or 2 (OK, WARNING, CRITICAL).
 """
@@ -20,6 +21,7 @@ import sys
 
 import checks
 import dumps
+import envfile
 import reports
 import retention
 from pgenv import ToolError, database_name, end_sessions_holding, psql, revisions, writes
@@ -60,6 +62,13 @@ def cmd_restore(a: argparse.Namespace) -> dict:
     return dumps.restore(a.folder, a.id, a.jobs)
 
 
+def _env_file(path: str) -> dict[str, str]:
+    try:
+        return envfile.load(path)
+    except OSError as exc:
+        raise ToolError(f"cannot read the env file {path}: {exc.strerror} (fab setup writes a template)") from None
+
+
 COMMANDS = {
     "dump": cmd_dump,
     "check": cmd_check,
@@ -77,6 +86,7 @@ COMMANDS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backup_tool.py", description=__doc__.splitlines()[0])
     p.add_argument("--deploy-to", required=True)
+    p.add_argument("--env-file", help="read the variables from this file (systemd's EnvironmentFile= rules)")
     sub = p.add_subparsers(dest="command", required=True)
     dump = sub.add_parser("dump")
     dump.add_argument("--id")
@@ -116,6 +126,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     args.folder = f"{args.deploy_to}/backups"
     try:
+        if args.env_file:
+            os.environ.update(_env_file(args.env_file))
         answer = COMMANDS[args.command](args)
     except ToolError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))

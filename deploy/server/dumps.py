@@ -92,7 +92,7 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
         version, revision, counts = snapshot.finish()
         digest, files = checksums(path)
         tool = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
-        manifest = {"id": backup_id, "time": iso(started), "label": label or None, "database": pg_env()["PGDATABASE"],
+        manifest = {"id": backup_id, "time": iso(started), "label": label or None, "database": pg_env().get("PGDATABASE", ""),
                     "server_version": version, "pg_dump_version": tool, "revision": revision,
                     "release": release or None, "format": fmt, "options": options, "size": size_of(path),
                     "sha256": digest, "duration": round(time.time() - started, 3), "row_counts": counts,
@@ -178,7 +178,7 @@ def restore(folder: str, backup_id: str, jobs: int, database: str | None = None)
     path = dump_path(folder, backup_id)
     started = time.time()
     run = subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error",
-                          f"--jobs={jobs}", "--dbname", pg_env(database)["PGDATABASE"], path],
+                          f"--jobs={jobs}", "--dbname", pg_env(database).get("PGDATABASE", ""), path],
                          env=pg_env(database), capture_output=True, text=True)
     if run.returncode != 0:
         return {"ok": False, "error": run.stderr.strip()[-1500:]}

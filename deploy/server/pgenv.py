@@ -7,11 +7,41 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 class ToolError(Exception):
     """An expected failure, reported as {"ok": false, "error": ...}."""
+
+
+# DATABASE_URL's query parameters, as libpq's environment variables (libpq reads no URL from
+# the environment, and a URL on a command line would show its password).
+LIBPQ_VARIABLES = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
+    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "service": "PGSERVICE", "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME", "connect_timeout": "PGCONNECT_TIMEOUT", "sslmode": "PGSSLMODE",
+    "requiressl": "PGREQUIRESSL", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL", "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI", "sslcompression": "PGSSLCOMPRESSION",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION", "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE", "krbsrvname": "PGKRBSRVNAME", "channel_binding": "PGCHANNELBINDING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+
+
+def url_variables(raw: str) -> dict[str, str]:
+    """libpq's variables for a postgresql:// URL (SQLAlchemy's postgresql+driver:// too): its
+    parts and every query parameter libpq knows; an unknown one is refused, not dropped."""
+    url = urlsplit(raw)
+    if url.scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ToolError(f"DATABASE_URL is not a postgresql:// URL (its scheme is {url.scheme!r})")
+    found = {"PGHOST": url.hostname or "", "PGPORT": str(url.port or 5432), "PGUSER": unquote(url.username or ""),
+             "PGPASSWORD": unquote(url.password or ""), "PGDATABASE": unquote(url.path.lstrip("/")),
+             "PGCONNECT_TIMEOUT": "5"}
+    for name, value in parse_qsl(url.query, keep_blank_values=True):
+        if name not in LIBPQ_VARIABLES:
+            raise ToolError(f"DATABASE_URL has the parameter {name!r}, which PostgreSQL's programs do not know")
+        found[LIBPQ_VARIABLES[name]] = value
+    return {k: v for k, v in found.items() if v or k == "PGPASSWORD"}
 
 
 def pg_env(database: str | None = None) -> dict[str, str]:
@@ -19,16 +49,15 @@ def pg_env(database: str | None = None) -> dict[str, str]:
     raw = os.environ.get("DATABASE_URL", "")
     if not raw:
         raise ToolError("DATABASE_URL is not set (it comes from the server's shared/env file)")
-    url = urlsplit(raw)
-    env = dict(os.environ, PGHOST=url.hostname or "", PGPORT=str(url.port or 5432),
-               PGUSER=unquote(url.username or ""), PGPASSWORD=unquote(url.password or ""),
-               PGDATABASE=database or url.path.lstrip("/"), PGCONNECT_TIMEOUT="5")
+    env = dict(os.environ, **url_variables(raw))
+    if database:
+        env["PGDATABASE"] = database
     env.pop("DATABASE_URL")
     return env
 
 
 def database_name() -> str:
-    return pg_env()["PGDATABASE"]
+    return pg_env().get("PGDATABASE", "")
 
 
 # Unaligned, tuples only, tab-separated, stop at the first error: rows a program can split.

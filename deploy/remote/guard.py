@@ -1,0 +1,91 @@
+"""The guard of a stage's changes: its lock (remote/lock.py) and the journal of the
+operation in progress (`.journal.json` on the migrations host). An operation that
+changes the stage takes the lock and refuses to start while an earlier one is
+unfinished; an unfinished journal whose operation no longer holds a live lock is what
+`fab status` reports from any controller and `fab recover` finishes.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..errors import DeployError
+from . import lock
+from .connection import Remote
+from .layout import Layout
+
+SUCCEEDED = "succeeded"  # the commit: written atomically once every step is done; nothing to recover after it
+
+
+def write(remote: Remote, layout: Layout, record: dict) -> None:
+    """Replace the journal atomically (a temporary file renamed over it)."""
+    script = 'cat > "$1.tmp" && mv "$1.tmp" "$1"'
+    remote.run(["sh", "-c", script, "journal", layout.journal], input=json.dumps(record))
+
+
+def load(remote: Remote, layout: Layout) -> dict | None:
+    out = remote.run(["cat", layout.journal], check=False)
+    if out.exited != 0:
+        return None
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        return {"step": "?", "state": "unreadable"}
+
+
+def clear(remote: Remote, layout: Layout) -> None:
+    remote.run(["rm", "-f", layout.journal])
+
+
+def unfinished(record: dict | None) -> bool:
+    return record is not None and record.get("state") != SUCCEEDED
+
+
+def needs_recovery(record: dict | None, holder: dict | None) -> bool:
+    """An unfinished operation whose own process no longer holds the lock alive."""
+    if not unfinished(record):
+        return False
+    writer = record.get("holder") or {}
+    running = (holder is not None and writer.get("id") is not None and holder.get("id") == writer.get("id")
+               and lock.alive(holder))
+    return not running
+
+
+def describe(record: dict) -> str:
+    where = f"at step '{record.get('step')}' ({record.get('state')})"
+    if record.get("state") == "undoing" and record.get("reached"):
+        where = f"while undoing '{record.get('step')}', having reached '{record.get('reached')}'"
+    return (f"{record.get('action', 'deploy')} of release {record.get('release_id')} ({record.get('ref')}) "
+            f"stopped {where}, by {lock.describe(record.get('holder', {}))}")
+
+
+def interrupted(remote: Remote, layout: Layout) -> dict | None:
+    """The journal of an operation that stopped before it finished and is not running, if any."""
+    record = load(remote, layout)
+    return record if needs_recovery(record, lock.read(remote, layout) if unfinished(record) else None) else None
+
+
+def unfinished_error(record: dict, stage: str) -> DeployError:
+    return DeployError(f"an earlier {record.get('action', 'deploy')} was interrupted: {describe(record)}",
+                       hint=f"fab recover --stage {stage} (puts the old release and database back)")
+
+
+@contextmanager
+def guarded(remote: Remote, layout: Layout, info: dict, stage: str) -> Iterator[dict]:
+    """The stage's lock for an operation that changes it, refused while an earlier one is
+    unfinished (its controller died, or its undo failed): only `fab recover` goes on from there."""
+    try:
+        lock.acquire(remote, layout, info, stage)
+    except lock.LockHeld:
+        record = interrupted(remote, layout)
+        if record:
+            raise unfinished_error(record, stage) from None
+        raise
+    with lock.kept(remote, layout, info):
+        record = load(remote, layout)  # under the lock: nobody else runs, so an unfinished journal is orphaned
+        if unfinished(record):
+            raise unfinished_error(record, stage)
+        yield info
+
+
