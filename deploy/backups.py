@@ -23,6 +23,7 @@ from .stages import StageConfig, load_stage
 
 BACKUP_ID = re.compile(r"\d{14}-[A-Za-z0-9_.-]{1,60}")
 LABEL = re.compile(r"[A-Za-z0-9_-]{1,40}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")  # a file inside a directory-format dump
 
 
 def _serving(remote: Remote, layout: Layout) -> str:
@@ -67,6 +68,8 @@ def take(stage: StageConfig, remotes: dict[str, Remote], label: str, backup_id: 
     if prune and stage.backup_host != stage.migrations_host:
         listed = build.list_releases(remotes[stage.migrations_host.name], layout)
         live = [r["id"] for r in listed if r.get("status") != "failed"]
+    if release is None and "app" not in stage.backup_host.roles:  # it serves nothing: ask a host that does
+        release = service.current_release(remotes[stage.app_hosts[0].name], layout)
     return server_tools.dump(remotes[stage.backup_host.name], layout, stage, label, backup_id, release, prune, live)
 
 
@@ -78,23 +81,43 @@ def say_pruned(manifest: dict, say=console.say) -> None:
 
 
 def fetch(remote: Remote, layout: Layout, manifest: dict, folder: Path) -> Path:
-    """Copy a backup and its manifest here; the sha256 is checked after the transfer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    local = folder / f"{manifest['id']}.dump"
-    source = f"{layout.backups}/{manifest['id']}.dump"
+    """Copy a backup and its manifest here; the sha256 is checked after the transfer.
+
+    The manifest comes from the server, so its id and file names are checked to be plain
+    names before they make a path: nothing is written outside `folder`. Every file is
+    created 0600 (and never over an existing one or through a link) before a byte is written.
+    """
+    backup_id = _check_id(str(manifest.get("id", "")))
     names = sorted(manifest.get("files", {}))
+    unsafe = [n for n in names if not SAFE_NAME.fullmatch(n) or n in (".", "..")]
+    if unsafe:
+        raise DeployError(f"the manifest of {backup_id} names files that are not plain file names: "
+                          f"{', '.join(repr(n[:60]) for n in unsafe[:3])}; nothing was downloaded",
+                          hint="inspect the backup host: someone may have tampered with its backups")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    local = folder / f"{backup_id}.dump"
+    source = f"{layout.backups}/{backup_id}.dump"
     if names:
-        local.mkdir(mode=0o700, exist_ok=True)
+        local.mkdir(mode=0o700)
     for remote_path, target in ([(f"{source}/{n}", local / n) for n in names] or [(source, local)]) + [
-            (f"{layout.backups}/{manifest['id']}.json", folder / f"{manifest['id']}.json")]:
-        remote.conn.get(remote_path, str(target))
-        os.chmod(target, 0o600)
+            (f"{layout.backups}/{backup_id}.json", folder / f"{backup_id}.json")]:
+        _download(remote, remote_path, target)
     digest, _ = checksums(str(local))
     if digest != manifest["sha256"]:
         raise DeployError(f"the downloaded {local.name} does not match its sha256 ({digest[:12]} != "
                           f"{manifest['sha256'][:12]})", hint="download it again")
     console.ok(f"downloaded to {local} (sha256 checked)")
     return local
+
+
+def _download(remote: Remote, remote_path: str, target: Path) -> None:
+    """One file, into a new 0600 file (O_EXCL, O_NOFOLLOW): private while it is written."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise DeployError(f"{target} already exists: not overwritten", hint="download into an empty folder") from None
+    with os.fdopen(fd, "wb") as out:
+        remote.conn.get(remote_path, out)
 
 
 def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
@@ -146,7 +169,7 @@ class Restore(StageRemotes):
 
 
 def _check(r: Restore) -> None:
-    r.release = _serving(r.migrator, r.layout)
+    r.release = _serving(r.apps[0], r.layout)  # the migrations host need not serve the app
     found = r.backup_remote.run(["cat", f"{r.layout.backups}/{r.backup_id}.json"], check=False)
     if found.exited != 0:
         raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",

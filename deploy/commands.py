@@ -128,9 +128,9 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
 def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.migrations_host.name]
-    found = build.list_releases(remote, layout)
-    current = service.current_release(remote, layout)
+    remotes = connect(stage)
+    found = build.list_releases(remotes[stage.migrations_host.name], layout)
+    current = service.current_release(remotes[stage.app_hosts[0].name], layout)
     for r in found:
         r["current"] = r["id"] == current
     if as_json:
@@ -181,7 +181,7 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
 def _install_units(stage, host, units: dict[str, str]) -> str:
     """As the admin account: the rendered units, the deploy user's sudo rule (checked by visudo),
     and the timers enabled."""
-    admin = Remote(stage, host, user=stage.admin_user)
+    admin = Remote(stage, host, user=stage.admin_user, key=stage.admin_key)
     rule = sudo_rule(stage.user, stage.service)
     sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}"
     try:

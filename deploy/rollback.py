@@ -41,7 +41,7 @@ class Rollback(StageRemotes):
 def choose(r: Rollback) -> None:
     to = r.requested
     releases = build.list_releases(r.migrator, r.layout)
-    r.source = service.current_release(r.migrator, r.layout) or ""
+    r.source = service.current_release(r.apps[0], r.layout) or ""  # the migrations host need not serve the app
     if to is not None and not RELEASE_ID.fullmatch(to):
         raise DeployError(f"{to[:80]!r} is not a release id", hint=f"fab releases --stage {r.stage.name}")
     known = {rel["id"]: rel for rel in releases}
@@ -57,7 +57,8 @@ def choose(r: Rollback) -> None:
         raise DeployError(f"{to} is a failed release", hint="roll back to a good one (fab releases)")
     if to == r.source:
         raise DeployError(f"{to} is already current")
-    missing = [m.name for m in r.apps if m.run(["test", "-d", r.layout.release(to)], check=False).exited != 0]
+    hosts = r.apps + ([] if r.migrator in r.apps else [r.migrator])  # the migrator runs the target's code too
+    missing = [m.name for m in hosts if m.run(["test", "-d", r.layout.release(to)], check=False).exited != 0]
     if missing:
         raise DeployError(f"{to} is not on {', '.join(missing)} (removed by cleanup?)", hint="deploy its commit instead")
     r.target, r.target_revision = to, known[to].get("revision")

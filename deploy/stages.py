@@ -77,6 +77,7 @@ class StageConfig:
     rollback: str              # what to do with the database when a deploy fails
     min_free_mb: int
     admin_user: str | None     # an account with sudo, used only by `fab setup` (units, sudo rule)
+    admin_key: Path | None     # its own key: never the deploy user's
     bind: str                  # where gunicorn listens (the unit's BIND)
     gunicorn_config: str       # in the release
     backups: BackupSettings
@@ -166,6 +167,7 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         min_free_mb=table.integer("min_free_mb", 200, 0, 10**7),
         admin_user=(table.matching("admin_user", None, r"[a-z_][a-z0-9_-]{0,30}", "a Unix user name")
                     if "admin_user" in table.data else None),
+        admin_key=_admin_key(project, table),
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
         gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
                                        "a .py path in the release"),
@@ -201,6 +203,20 @@ def _backups(table: _Table, deploy_to: str, hosts: tuple[StageHost, ...]) -> Bac
                                 "an absolute path ending in .prom"),
         host=host,
     )
+
+
+def _admin_key(project: ProjectConfig, table: _Table) -> Path | None:
+    """The admin account's key: required with admin_user, and never the deploy key (a stolen
+    deploy key must not reach an account with full sudo)."""
+    if "admin_user" not in table.data:
+        return None
+    if "admin_key" not in table.data:
+        raise table.fail("admin_key", "the admin account's own private key (admin_user is set); "
+                                      "it must not be the deploy user's key")
+    admin, deploy = _existing(project, table, "admin_key"), _existing(project, table, "key")
+    if admin.resolve() == deploy.resolve() or admin.read_bytes() == deploy.read_bytes():
+        raise table.fail("admin_key", "a key of its own, but it is the deploy user's key")
+    return admin
 
 
 def _existing(project: ProjectConfig, table: _Table, key: str) -> Path:

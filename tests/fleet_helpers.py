@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from conftest import output
 
+from deploy.remote.dbops import LAUNCHER
 from deploy.sandbox.scratch import add_column_migration
 
 
@@ -33,9 +35,19 @@ def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def with_env(*argv: str) -> str:
+    """A server command line running `argv` with the server's env file read as the toolkit
+    reads it (systemd's rules; never sourced by a shell)."""
+    return shlex.join(["python3", "-c", LAUNCHER, "/srv/app/shared/env", "/", *argv])
+
+
+def psql_command(*args: str) -> str:
+    return with_env("sh", "-c", 'exec psql "$DATABASE_URL" "$@"', "psql", *args)
+
+
 def sql(project, query: str) -> str:
     """A query on the stage's database, from app1 with the server's own env file."""
-    proc = ssh(project, "app1", f"set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -Atc {json.dumps(query)}")
+    proc = ssh(project, "app1", psql_command("-Atc", query))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -148,8 +160,7 @@ class Holding:
 
     def __init__(self, project, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
         self.proc = subprocess.Popen(
-            ["ssh", "-F", str(project.sandbox.ssh_config), "app1",
-             'set -a && . /srv/app/shared/env && exec psql "$DATABASE_URL" -Xq'],
+            ["ssh", "-F", str(project.sandbox.ssh_config), "app1", psql_command("-Xq")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.proc.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT 'is locked';\n")
         self.proc.stdin.flush()

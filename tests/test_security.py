@@ -3,14 +3,18 @@ checked on the sandbox fleet after real deploys, failures and backups."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import GOOD_MIGRATION, add_migration, command_lines, deploy, pids_running, ssh
+from fleet_helpers import GOOD_MIGRATION, add_migration, command_lines, deploy, health, pids_running, sql, ssh
 
+from deploy.sandbox import dbhost
 from deploy.sandbox.scratch import add_column_migration
+from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -158,3 +162,52 @@ def test_fab_refuses_a_host_whose_key_is_wrong_or_unknown_and_never_adds_one(sta
         assert "app1" in refused and message in refused and "refusing to connect" in refused
         assert path.read_text() == text  # nothing was accepted or added
         staged.edit("deploy.toml", f'[stages.sandbox]\nknown_hosts = "{name}"\n', "[stages.sandbox]\n")
+
+
+NASTY_PASSWORD = "a$b;c&d'e\"f g#h`id`"  # what a shell would expand, split, run or cut at a comment
+
+
+def set_database_password(sandbox, password: str) -> None:
+    """The app role's password, and every host's env file with its URL, unquoted as an
+    operator writes it (systemd reads it verbatim; `sh`'s `.` would run part of it)."""
+    url = sandbox.database_url_template.format(password=quote(password, safe="$;&'\"`"))
+    dbhost.psql(sandbox.db, f"ALTER ROLE app PASSWORD '{dbhost.scram_verifier(password)}';")
+    for host in sandbox.hosts:
+        in_host(host, ["sh", "-c", 'umask 077 && cat > "$1"', "env", "/srv/app/shared/env"], user="deploy",
+                input=f"DATABASE_URL={url}\n")
+
+
+def test_a_password_with_shell_metacharacters_works_for_the_app_deploy_backup_check_and_restore(deployed):
+    sandbox = deployed.sandbox
+    set_database_password(sandbox, NASTY_PASSWORD)
+    try:
+        for host in ("app1", "app2"):
+            assert ssh(deployed, host, "sudo -n systemctl restart app").returncode == 0
+        add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+        deployed_ = deploy(deployed)
+        assert deployed_.returncode == 0, output(deployed_)
+        assert health(deployed, "app2")["revision"] == "a0d0a0d0beef"  # the app (systemd's reading) connects
+        backup = deployed.fab("backup", "--label", "nasty", db=False)
+        assert backup.returncode == 0, output(backup)
+        backup_id = backup.stdout.split("backup ", 1)[1].split(":", 1)[0]
+        check = deployed.fab("backups.check", "--restore-test", db=False)
+        assert check.returncode == 0, output(check)
+        restored = deployed.fab("restore", backup_id, db=False)
+        assert restored.returncode == 0, output(restored)
+        assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == "kept,also kept"
+    finally:
+        set_database_password(sandbox, dbhost.password(sandbox))
+
+
+def test_the_deploy_user_gets_no_pager_as_root_and_its_key_does_not_open_the_admin_account(staged):
+    pager = ssh(staged, "app1", "sudo -n systemctl status app.service")  # on a terminal: less, as root
+    assert pager.returncode != 0 and "password is required" in pager.stderr, pager
+    no_pager = ssh(staged, "app1", "sudo -n systemctl --no-pager is-active app.service")
+    assert "password is required" not in no_pager.stderr, no_pager
+    sandbox = staged.sandbox
+    as_admin = ["ssh", "-F", str(sandbox.ssh_config), "-l", "deploy-admin"]
+    with_deploy_key = subprocess.run([*as_admin, "app1", "true"], capture_output=True, text=True, timeout=60)
+    assert with_deploy_key.returncode == 255 and "Permission denied" in with_deploy_key.stderr, with_deploy_key
+    with_admin_key = subprocess.run([*as_admin, "-o", "IdentityFile=" + str(sandbox.admin_key), "app1", "true"],
+                                    capture_output=True, text=True, timeout=60)
+    assert with_admin_key.returncode == 0, with_admin_key.stderr

@@ -29,6 +29,9 @@ ONE_HOST = 'hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrati
     (f'{ONE_HOST}\n[stages.bad.backups]\nsize_tolerance = 1.5', "size_tolerance: expected a number from 0.01 to 0.99"),
     (f'{ONE_HOST}\n[stages.bad.backups]\nschedule = "daily; rm -rf /"', "schedule: expected a systemd calendar spec"),
     (f'{ONE_HOST}\n[stages.bad.backups]\ntextfile = "metrics.txt"', "textfile: expected an absolute path ending in .prom"),
+    (f'{ONE_HOST}\nadmin_user = "root-ish"', "admin_key: expected the admin account's own private key"),
+    (f'{ONE_HOST}\nadmin_user = "root-ish"\nadmin_key = "./deploy.toml"',
+     "admin_key: expected a key of its own, but it is the deploy user's key"),
 ])
 def test_a_malformed_stage_is_refused_with_the_file_and_the_key(project, extra, message):
     with open(project.root / "deploy.toml", "a") as config:

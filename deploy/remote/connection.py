@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import paramiko
@@ -78,12 +79,12 @@ class Output:
 class Remote:
     """One host of a stage, connected on first use."""
 
-    def __init__(self, stage: StageConfig, host: StageHost, user: str | None = None) -> None:
+    def __init__(self, stage: StageConfig, host: StageHost, user: str | None = None, key: Path | None = None) -> None:
         self.stage, self.host, self.name = stage, host, host.name
         self.conn = Connection(
             host.address, user=user or stage.user, port=host.port, connect_timeout=10,
             config=Config(overrides={"load_ssh_configs": False}),
-            connect_kwargs={"key_filename": str(stage.key), "look_for_keys": False, "allow_agent": False},
+            connect_kwargs={"key_filename": str(key or stage.key), "look_for_keys": False, "allow_agent": False},
         )
         client = paramiko.SSHClient()
         try:

@@ -44,7 +44,7 @@ def unswitch(remote: Remote, layout: Layout) -> None:
 
 
 def systemctl(remote: Remote, verb: str, service: str, check: bool = True):
-    return remote.run(["sudo", "-n", "systemctl", verb, f"{service}.service"], check=check)
+    return remote.run(["sudo", "-n", "systemctl", "--no-pager", verb, f"{service}.service"], check=check)
 
 
 def reload(remote: Remote, service: str) -> str:

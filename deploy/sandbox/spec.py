@@ -124,6 +124,11 @@ class Sandbox:
         return self.state_dir / "id_ed25519"
 
     @property
+    def admin_key(self) -> Path:
+        """The admin account's own key (never the deploy user's)."""
+        return self.state_dir / "id_ed25519_admin"
+
+    @property
     def known_hosts(self) -> Path:
         return self.state_dir / "known_hosts"
 

@@ -57,12 +57,14 @@ Host {name} {address}
 
 
 def ensure_client_key(sandbox: Sandbox) -> bool:
-    """The controller's key for the deploy user; False when it exists already."""
-    if sandbox.key.exists():
-        return False
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{sandbox.prefix}-sandbox-deployer",
-         "-f", str(sandbox.key)])
-    return True
+    """The controller's keys: the deploy user's and the admin account's own; False when both exist."""
+    made = False
+    for path, comment in ((sandbox.key, "deployer"), (sandbox.admin_key, "admin")):
+        if not path.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{sandbox.prefix}-sandbox-{comment}",
+                 "-f", str(path)])
+            made = True
+    return made
 
 
 def host_key(host: Host) -> Path:
@@ -94,7 +96,7 @@ def prepare_host(sandbox: Sandbox, host: Host) -> bool:
     public = Path(f"{sandbox.key}.pub").read_text()
     write_file(dot_ssh / "authorized_keys", public, 0o600, owner=user)
     (etc / "authorized_keys").mkdir(mode=0o755, exist_ok=True)
-    write_file(etc / "authorized_keys" / admin_name(user), public, 0o644)
+    write_file(etc / "authorized_keys" / admin_name(user), Path(f"{sandbox.admin_key}.pub").read_text(), 0o644)
     return changed
 
 

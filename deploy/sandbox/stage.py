@@ -25,6 +25,7 @@ def stage_text(sandbox: Sandbox) -> str:
         f"admin_user = {_toml(admin_name(s.user))}",
         'bind = "0.0.0.0:8000"',
         f"key = {_toml(str(sandbox.key))}",
+        f"admin_key = {_toml(str(sandbox.admin_key))}",
         f"known_hosts = {_toml(str(sandbox.known_hosts))}",
         f"repo = {_toml(sandbox.origin_url)}",
         f"deploy_to = {_toml(s.deploy_to)}",

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from digests import checksums
-from pgenv import SharedSnapshot, ToolError, facts, pg_env, writes
+from pgenv import SharedSnapshot, ToolError, facts, pg_env, psql, writes
 
 FORMATS = ("directory", "custom")
 
@@ -173,15 +173,102 @@ def keep_verdict(folder: str, verdict: dict) -> None:
 
 
 def restore(folder: str, backup_id: str, jobs: int, database: str | None = None) -> dict:
-    """pg_restore into `database` (default: the app's, whose objects are dropped and recreated),
-    stopping at the first error; then the restored revision and row counts."""
+    """pg_restore into `database` (default: the app's), stopping at the first error; then the
+    restored revision and row counts. What the database has and the dump does not (a table a
+    later migration created, a foreign key into a dumped table) is dropped first: it would
+    survive the restore, or make its --clean fail half-way."""
     path = dump_path(folder, backup_id)
     started = time.time()
+    dropped = drop_what_the_dump_lacks(path, database)
     run = subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error",
                           f"--jobs={jobs}", "--dbname", pg_env(database).get("PGDATABASE", ""), path],
                          env=pg_env(database), capture_output=True, text=True)
     if run.returncode != 0:
-        return {"ok": False, "error": run.stderr.strip()[-1500:]}
+        return {"ok": False, "error": run.stderr.strip()[-1500:], "dropped": dropped}
     duration = round(time.time() - started, 3)
     version, revision, counts = facts(database)
-    return {"ok": True, "revision": revision, "row_counts": counts, "duration": duration}
+    return {"ok": True, "revision": revision, "row_counts": counts, "duration": duration, "dropped": dropped}
+
+
+# The app's own objects (owned by its role, outside PostgreSQL's and extensions' schemas),
+# each with the words pg_restore --list gives it: "<KIND> <schema> <name>".
+OWN_OBJECTS = r"""
+WITH me AS (
+  SELECT oid FROM pg_roles WHERE rolname = current_user
+), own_ns AS (
+  SELECT oid, nspname, nspowner FROM pg_namespace
+   WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'
+), not_extension AS (
+  SELECT objid FROM pg_depend WHERE deptype = 'e'
+)
+SELECT 1, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                         WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, n.nspname, c.relname, ''
+  FROM pg_class c JOIN own_ns n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relowner = (SELECT oid FROM me)
+   AND c.oid NOT IN (SELECT objid FROM not_extension)
+   AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                         AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+UNION ALL
+SELECT 0, 'FK CONSTRAINT', n.nspname, t.relname, con.conname
+  FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN own_ns n ON n.oid = t.relnamespace
+ WHERE con.contype = 'f' AND t.relowner = (SELECT oid FROM me)
+UNION ALL
+SELECT 2, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname, ''
+  FROM pg_type t JOIN own_ns n ON n.oid = t.typnamespace
+ WHERE t.typowner = (SELECT oid FROM me) AND t.oid NOT IN (SELECT objid FROM not_extension)
+   AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
+UNION ALL
+SELECT 3, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname, p.proname,
+       oidvectortypes(p.proargtypes)
+  FROM pg_proc p JOIN own_ns n ON n.oid = p.pronamespace
+ WHERE p.proowner = (SELECT oid FROM me) AND p.prokind IN ('f', 'p')
+   AND p.oid NOT IN (SELECT objid FROM not_extension)
+UNION ALL
+SELECT 4, 'SCHEMA', '-', nspname, '' FROM own_ns
+ WHERE nspowner = (SELECT oid FROM me) AND nspname <> 'public'
+ORDER BY 1;
+"""
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _in_dump(toc: list[str], kind: str, schema: str, name: str, extra: str) -> bool:
+    if kind == "FK CONSTRAINT":
+        words = f"{kind} {schema} {name} {extra} "
+    elif kind in ("FUNCTION", "PROCEDURE"):
+        words = f"{kind} {schema} {name}({extra}) "
+    else:
+        words = f"{kind} {schema} {name} "
+    return any(line.startswith(words) for line in toc)
+
+
+def _drop(kind: str, schema: str, name: str, extra: str) -> str:
+    if kind == "FK CONSTRAINT":
+        return f"ALTER TABLE IF EXISTS {_ident(schema)}.{_ident(name)} DROP CONSTRAINT IF EXISTS {_ident(extra)};"
+    if kind == "SCHEMA":
+        return f"DROP SCHEMA IF EXISTS {_ident(name)} CASCADE;"
+    target = f"{_ident(schema)}.{_ident(name)}" + (f"({extra})" if kind in ("FUNCTION", "PROCEDURE") else "")
+    return f"DROP {kind} IF EXISTS {target} CASCADE;"
+
+
+def drop_what_the_dump_lacks(path: str, database: str | None = None) -> list[str]:
+    """In one transaction, drop the app's objects that the dump does not contain; their names."""
+    listing = subprocess.run(["pg_restore", "--list", path], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise ToolError("pg_restore --list: " + (listing.stderr.strip().splitlines() or ["failed"])[-1][:300])
+    toc = [line.split(" ", 3)[3] + " " for line in listing.stdout.splitlines()
+           if line and not line.startswith(";") and line.count(" ") >= 3]
+    extras = [row[1:] for row in psql(OWN_OBJECTS, database) if not _in_dump(toc, *row[1:])]
+    if extras:
+        psql("BEGIN;\n" + "\n".join(_drop(*row) for row in extras) + "\nCOMMIT;\n", database)
+    return [_label(*row) for row in extras]
+
+
+def _label(kind: str, schema: str, name: str, extra: str) -> str:
+    if kind == "SCHEMA":
+        return f"schema {name}"
+    if kind in ("FUNCTION", "PROCEDURE"):
+        return f"{kind.lower()} {schema}.{name}({extra})"
+    return f"{kind.lower()} {schema}.{name}" + (f".{extra}" if extra else "")

@@ -20,8 +20,9 @@ SERVICE_VERBS = ("start", "stop", "restart", "reload", "status", "is-active", "s
 
 
 def sudo_rule(user: str, service: str) -> str:
-    """The deploy user's narrow privilege: systemctl verbs on the app's unit, nothing else."""
-    commands = ", ".join(f"/usr/bin/systemctl {verb} {service}.service" for verb in SERVICE_VERBS)
+    """The deploy user's narrow privilege: systemctl verbs on the app's unit, nothing else, and
+    never with a pager (`systemctl status` on a terminal would run `less` as root: a root shell)."""
+    commands = ", ".join(f"/usr/bin/systemctl --no-pager {verb} {service}.service" for verb in SERVICE_VERBS)
     alias = f"{service.upper().replace('-', '_').replace('.', '_').replace('@', '_')}_SERVICE"
     return render("sudoers", file=f"flask-deploy-{user}", user=user, alias=alias, commands=commands)
 
