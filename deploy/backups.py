@@ -5,16 +5,20 @@ backup first, stops the app while it runs and puts the safety backup back if the
 restore fails."""
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import console, pipeline
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
-from .remote import build, guard, lock, server_tools, service
+from .remote import build, deploylog, guard, lock, server_tools, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .server import reports
@@ -50,7 +54,11 @@ def backup(project: ProjectConfig, stage_name: str | None, label: str | None = N
     layout = Layout(stage.deploy_to)
     remotes = connect(stage)
     remote = remotes[stage.backup_host.name]
-    manifest = take(stage, remotes, label or "manual")
+    migrator = remotes[stage.migrations_host.name]
+    holder = lock.holder("backup", label)
+    lock.acquire(migrator, layout, holder, stage.name)  # never beside a deploy's migration or a restore
+    with lock.kept(migrator, layout, holder):  # (an unfinished deploy does not stop a backup: it helps)
+        manifest = take(stage, remotes, label or "manual")
     console.ok(f"backup {manifest['id']}: {manifest['size']} bytes in {manifest['duration']}s, revision "
                f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
     say_pruned(manifest)
@@ -60,7 +68,7 @@ def backup(project: ProjectConfig, stage_name: str | None, label: str | None = N
 
 
 def take(stage: StageConfig, remotes: dict[str, Remote], label: str, backup_id: str | None = None,
-         release: str | None = None, prune: bool = True) -> dict:
+         release: str | None = None, prune: bool = True, content: bool = False) -> dict:
     """A backup on the stage's backup host. A host other than the migrations host has no
     releases of its own: it is told which can still be rolled back to, for retention."""
     layout = Layout(stage.deploy_to)
@@ -70,7 +78,8 @@ def take(stage: StageConfig, remotes: dict[str, Remote], label: str, backup_id: 
         live = [r["id"] for r in listed if r.get("status") != "failed"]
     if release is None and "app" not in stage.backup_host.roles:  # it serves nothing: ask a host that does
         release = service.current_release(remotes[stage.app_hosts[0].name], layout)
-    return server_tools.dump(remotes[stage.backup_host.name], layout, stage, label, backup_id, release, prune, live)
+    return server_tools.dump(remotes[stage.backup_host.name], layout, stage, label, backup_id, release, prune, live,
+                             content)
 
 
 def say_pruned(manifest: dict, say=console.say) -> None:
@@ -166,6 +175,23 @@ class Restore(StageRemotes):
     manifest: dict = field(default_factory=dict)
     safety: dict | None = None
     result: dict | None = None
+    unless_written: list[int] | None = None  # the migration's xids: restore only if nothing else wrote
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)  # its pin on the backup, against retention
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """The backup kept from retention while this restore reads it (over several tool runs)."""
+        try:
+            yield
+        finally:
+            try:
+                server_tools.tool(self.backup_remote, self.layout, "unpin", self.backup_id, "--owner", self.owner)
+            except DeployError as exc:  # the pin lapses after a while; retention only waits longer
+                console.warn(f"could not unpin {self.backup_id}: {exc}")
+
+
+class WrittenSince(DeployError):
+    """A restore was refused: rows were (or may have been) written since the backup."""
 
 
 def _check(r: Restore) -> None:
@@ -175,6 +201,7 @@ def _check(r: Restore) -> None:
         raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",
                           hint=f"fab backups --stage {r.stage.name}")
     r.manifest = json.loads(found.stdout)
+    server_tools.tool(r.backup_remote, r.layout, "pin", r.backup_id, "--owner", r.owner)
     checked = server_tools.verify(r.backup_remote, r.layout, r.backup_id)
     if not checked["ok"]:
         raise DeployError(f"backup {r.backup_id} fails verification (sha256 ok: {checked['sha256_ok']}, "
@@ -198,7 +225,9 @@ def _start_app(r: Restore) -> None:
 
 
 def _restore(r: Restore) -> None:
-    r.result = server_tools.restore(r.backup_remote, r.layout, r.stage, r.backup_id)
+    r.result = server_tools.restore(r.backup_remote, r.layout, r.stage, r.backup_id, r.unless_written)
+    if r.result.get("written"):
+        raise WrittenSince("; ".join(r.result["written"]))
     if not r.result["ok"]:
         raise DeployError(f"pg_restore failed: {r.result['error']}")
     if r.result["revision"] != r.manifest.get("revision") or r.result["row_counts"] != r.manifest.get("row_counts"):
@@ -208,6 +237,8 @@ def _restore(r: Restore) -> None:
 
 
 def _put_safety_back(r: Restore) -> None:
+    if r.result and r.result.get("written"):
+        return  # refused before pg_restore started: nothing to put back (and a write to keep)
     back = server_tools.restore(r.backup_remote, r.layout, r.stage, r.safety["id"])
     if not back["ok"]:
         raise DeployError(f"the safety backup {r.safety['id']} could not be put back either: {back['error']}")
@@ -222,11 +253,20 @@ STEPS = [
 ]
 
 
-def restore_in_place(stage: StageConfig, remotes: dict[str, Remote], backup_id: str) -> dict:
-    """The restore steps under a lock the caller holds (a deploy's undo)."""
-    r = Restore(stage, remotes, Layout(stage.deploy_to), _check_id(backup_id))
-    pipeline.run(STEPS, r)
-    return r.result or {}
+def restore_in_place(stage: StageConfig, remotes: dict[str, Remote], backup_id: str,
+                     unless_written: list[int] | None = None) -> dict:
+    """The restore steps under a lock the caller holds (a deploy's undo); the result names the
+    safety backup. With `unless_written`, refused (WrittenSince) unless nothing but the
+    migration wrote since the backup, decided by the server tool just before pg_restore."""
+    r = Restore(stage, remotes, Layout(stage.deploy_to), _check_id(backup_id), unless_written=unless_written)
+    try:
+        with r.pinned():
+            pipeline.run(STEPS, r, lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
+    except pipeline.DeployFailed as failed:
+        if isinstance(failed.cause, WrittenSince) and not failed.outcome.undo_failures:
+            raise failed.cause from None
+        raise
+    return {**(r.result or {}), "safety": r.safety["id"] if r.safety else None}
 
 
 def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
@@ -234,8 +274,12 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> d
     stage = load_stage(project, stage_name)
     r = Restore(stage, connect(stage), Layout(stage.deploy_to), _check_id(backup_id))
     console.heading(f"restore {backup_id} on {stage.name}")
-    with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name):
+    with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name), r.pinned():
         pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
+        deploylog.append(r.migrator, r.layout, {
+            "time": deploylog.now(), "action": "restore", "user": getpass.getuser(), "stage": stage.name,
+            "backup": backup_id, "revision_after": r.result["revision"], "safety_backup": r.safety["id"],
+            "outcome": "ok"})
     _report_health(r)
     return r.result or {}
 

@@ -237,7 +237,7 @@ def unlock_stage(project: ProjectConfig, stage_name: str | None, force: bool = F
         return
     if holder is not None and holder.get("action") != lock.MANUAL:
         if not force:
-            raise DeployError(f"{stage.name} is locked by an operation: {lock.describe(holder)}",
+            raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}",
                               hint=f"if it is dead: fab recover --stage {stage.name} (undoes it), "
                                    f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
         if lock.alive(holder):

@@ -15,7 +15,8 @@ from .remote.connection import Remote, connect
 from .remote.layout import Layout
 from .stages import load_stage
 
-FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated", "backup", "reached")
+FIELDS = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated", "backup", "reached",
+          "migration_xids")
 
 
 def save(d: steps.Deploy, step: str, state: str) -> None:
@@ -79,6 +80,7 @@ def _undo_deploy(project: ProjectConfig, stage, remotes: dict[str, Remote], reco
     for name in FIELDS:
         setattr(d, name, record.get(name))
     d.previous = record.get("previous") or {}
+    d.migration_xids = record.get("migration_xids") or []
     d.holder = record.get("holder") or {}
     d.built = [r.name for r in d.build_remotes]
     d.switched = [r.name for r in d.apps if service.current_release(r, d.layout) == d.release_id]

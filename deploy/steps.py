@@ -51,6 +51,7 @@ class Deploy(StageRemotes):
     built: list[str] = field(default_factory=list)
     switched: list[str] = field(default_factory=list)
     migrated: bool = False
+    migration_xids: list[int] = field(default_factory=list)  # the transaction(s) that ran the migration
     reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)  # the stage lock's holder: this deploy's identity
@@ -77,6 +78,9 @@ def preflight(d: Deploy) -> None:
     """Everything checked before anything changes: hosts, disk, ref, migrations, lint, database."""
     def host_check(r: Remote) -> str:
         facts = build.host_facts(r, d.layout)
+        lacking = build.unsupported(facts)
+        if lacking:
+            raise DeployError(f"{r.name}: " + "; ".join(lacking), hint="install it on the host, then deploy again")
         if facts["missing"]:
             raise DeployError(f"{r.name}: missing {', '.join(facts['missing'])}", hint=f"fab setup --stage {d.stage.name}")
         if facts["free"] < d.stage.min_free_mb:
@@ -101,8 +105,16 @@ def preflight(d: Deploy) -> None:
     d.digest = source.lock_hash(d.export_dir)
     d.release_id = new_release_id(d.commit, set(d.previous.values()))
     console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
-    d.db_before = dbops.current_revision(d.migrator, d.layout)
+    facts = dbops.database_facts(d.migrator, d.layout)
+    d.db_before = facts["revision"]
     _check_database(d, target)
+    on_backup_host = facts if d.backup_remote is d.migrator else dbops.database_facts(d.backup_remote, d.layout)
+    old = dbops.old_clients(on_backup_host)
+    if old and d.pending:
+        raise DeployError(f"{d.backup_remote.name}: " + "; ".join(old) + ": the pre-deploy backup cannot be taken",
+                          hint="install it on the backup host, then deploy again")
+    for problem in old:
+        console.warn(f"{d.backup_remote.name}: {problem}: backups will fail")
 
 
 def new_release_id(commit: str, taken: set[str | None]) -> str:
@@ -193,7 +205,7 @@ def backup(d: Deploy) -> None:
         console.say("  no migration to run: no backup needed")
         return
     d.backup = backups.take(d.stage, d.remotes, "predeploy", backup_id=f"{d.release_id}-predeploy",
-                            release=d.release_id)
+                            release=d.release_id, content=True)
     host = d.backup_remote.name
     d.say(host, f"backup {d.backup['id']}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
     backups.say_pruned(d.backup, lambda text: d.say(host, text.strip()))
@@ -217,7 +229,7 @@ def migrate(d: Deploy) -> None:
                                  hint="find out what killed it (the OOM killer? an operator?), then deploy again") from None
         raise MigrationError(f"the migration failed on {d.migrator.name}:\n{indent(error_summary(exc.output))}",
                              hint="fix the migration, commit, push, deploy again") from None
-    after = dbops.current_revision(d.migrator, d.layout)
+    after, d.migration_xids = dbops.revision_and_writers(d.migrator, d.layout)
     d.say(d.migrator.name, f"database {d.db_before or '(empty)'} -> {after}")
 
 
@@ -255,24 +267,34 @@ def undo_migrate(d: Deploy) -> None:
                            f"fab restore --stage {d.stage.name} {d.backup['id'] if d.backup else 'BACKUP_ID'}")
 
 
-STATS_FLUSH_SECONDS = 11  # PostgreSQL reports a session's row counts within 10 s of its last commit
-
-
 def _restore_unless_written(d: Deploy, now: str | None) -> None:
-    """The downgrade failed: restore the pre-deploy backup, but only if nothing wrote to the
-    app's tables since it was taken (those rows would be lost); otherwise stop and say so."""
-    time.sleep(STATS_FLUSH_SECONDS)
-    written = server_tools.writes(d.backup_remote, d.layout)
-    if written != d.backup.get("writes"):
+    """The downgrade failed: restore the pre-deploy backup, but only if it is proven that
+    nothing but the migration wrote since (server/unwritten.py), with every writer of the
+    app stopped first; otherwise stop and say exactly what to run."""
+    backup_id = d.backup["id"]
+    running = [r for r in d.apps if service.systemctl(r, "is-active", d.stage.service, check=False).stdout.strip()
+               == "active"]
+    on_hosts("stopping the app (no writes while deciding)", running,
+             lambda r: service.systemctl(r, "stop", d.stage.service))
+    result: dict = {}
+    try:
+        reasons = server_tools.unwritten(d.backup_remote, d.layout, backup_id, d.migration_xids)
+        if not reasons:
+            result = backups.restore_in_place(d.stage, d.remotes, backup_id, unless_written=d.migration_xids)
+    except backups.WrittenSince as exc:
+        reasons = [str(exc)]
+    finally:
+        on_hosts("starting the app", running, lambda r: service.systemctl(r, "start", d.stage.service))
+    if reasons:
         raise DeployError(
-            f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and "
-            f"{written - d.backup.get('writes', 0)} row(s) were written since the pre-deploy backup "
-            f"{d.backup['id']}, so it was not restored (they would be lost)",
-            hint=f"save what you need, then fab restore --stage {d.stage.name} {d.backup['id']}; "
+            f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and the pre-deploy "
+            f"backup {backup_id} was not restored: it cannot be proven that nothing was written since "
+            f"({'; '.join(reasons)}); restoring would lose it",
+            hint=f"save what you need, then fab restore --stage {d.stage.name} {backup_id}; "
                  "or finish the downgrade by hand")
-    backups.restore_in_place(d.stage, d.remotes, d.backup["id"])
-    d.notes.append(f"database restored from the pre-deploy backup {d.backup['id']} (the downgrade failed; "
-                   "nothing was written since the backup)")
+    d.notes.append(f"database restored from the pre-deploy backup {backup_id} (the downgrade failed; nothing "
+                   f"but the migration wrote since the backup); the database as it was is in the safety "
+                   f"backup {result.get('safety')}")
 
 
 # switch ---------------------------------------------------------------------

@@ -35,10 +35,10 @@ def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def with_env(*argv: str) -> str:
-    """A server command line running `argv` with the server's env file read as the toolkit
-    reads it (systemd's rules; never sourced by a shell)."""
-    return shlex.join(["python3", "-c", LAUNCHER, "/srv/app/shared/env", "/", *argv])
+def with_env(*argv: str, folder: str = "/", env_file: str = "/srv/app/shared/env") -> str:
+    """A server command line running `argv` in `folder` with the env file read as systemd
+    reads it (the toolkit's own launcher; never sourced by a shell)."""
+    return shlex.join(["python3", "-c", LAUNCHER, env_file, folder, *argv])
 
 
 def psql_command(*args: str) -> str:

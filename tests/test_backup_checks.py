@@ -3,15 +3,17 @@ the sandbox's real PostgreSQL host."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from conftest import output
 from fleet_helpers import (GOOD_MIGRATION, HEAD, add_migration, command_lines, current, deploy, deploy_and_seed,
-                           Holding, run_until, sql, ssh, wait_for_lock_waiter)
+                           Holding, psql_command, run_until, sql, ssh, wait_for_lock_waiter, with_env)
 
 from deploy.sandbox import faults
 
@@ -159,10 +161,11 @@ def unit(project, name: str) -> dict[str, str]:
 
 
 def run_as_unit(project, keys: dict[str, str]) -> subprocess.CompletedProcess:
-    """The unit's ExecStart, exactly, as its User, in its WorkingDirectory, with its EnvironmentFile."""
+    """The unit's ExecStart, exactly, as its User, in its WorkingDirectory, with its EnvironmentFile
+    (read with systemd's rules)."""
     assert keys["User"] == "deploy"
-    command = (f"cd {shlex.quote(keys['WorkingDirectory'])} && set -a && . {shlex.quote(keys['EnvironmentFile'])} "
-               f"&& set +a && exec {keys['ExecStart']}")
+    command = with_env(*shlex.split(keys["ExecStart"]), folder=keys["WorkingDirectory"],
+                       env_file=keys["EnvironmentFile"])
     return ssh(project, "app1", command)
 
 
@@ -287,12 +290,59 @@ def test_backup_benchmark_smoke_run_measures_both_dumps_and_restores_and_cleans_
 
 def test_the_manifests_row_counts_are_the_dumps_even_while_the_app_writes(deployed):
     writer = subprocess.Popen(
-        ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", 'set -a && . /srv/app/shared/env && psql "$DATABASE_URL" '
-         "-Xqc \"DO \\$\\$ BEGIN FOR i IN 1..600 LOOP INSERT INTO boards (name) VALUES ('w' || i); COMMIT; "
-         "PERFORM pg_sleep(0.01); END LOOP; END \\$\\$\""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", psql_command(
+            "-Xqc", "DO $$ BEGIN FOR i IN 1..600 LOOP INSERT INTO boards (name) VALUES ('w' || i); COMMIT; "
+            "PERFORM pg_sleep(0.01); END LOOP; END $$")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.5)
     made = backup(deployed, "busy")
     assert writer.wait(timeout=60) == 0, writer.stdout.read()
     assert 3 < made["row_counts"]["public.boards"] < 603  # taken while rows were being added
     proc, report = check(deployed, "--restore-test")
     assert proc.returncode == 0 and states(report)["restore"] == "OK", output(proc)
+
+
+def retention(project, keep: int) -> list[str]:
+    """Retention as the backup timer runs it after its dump (the tool fab keeps in tools/), keeping `keep`."""
+    command = with_env("python3", "/srv/app/tools/backup_tool.py", "--deploy-to", "/srv/app", "prune",
+                       "--keep", str(keep), "--keep-daily-days", "0")
+    return json.loads(on_server(project, command))["pruned"]
+
+
+def test_retention_never_removes_a_backup_that_a_restore_is_reading(deployed):
+    old = backup(deployed, "old")["id"]
+    backup(deployed, "newer")
+    holding = Holding(deployed, "boards")  # the restore's safety backup waits behind it: the restore is under way
+    restore = subprocess.Popen([sys.executable, "-m", "fabric", "restore", old], cwd=deployed.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+    try:
+        wait_for_lock_waiter(deployed)
+        pruned = retention(deployed, keep=1)  # would keep only "newer" (and live deploy backups)
+    finally:
+        holding.release()
+    text = restore.communicate(timeout=180)[0]
+    assert restore.returncode == 0, text
+    assert old not in pruned and old in {m["id"] for m in listed(deployed)}, pruned
+    assert old in retention(deployed, keep=1)  # nobody reads it now: retention takes it
+
+
+def test_two_restore_tests_at_once_both_pass_and_leave_no_scratch_database(deployed):
+    backup(deployed, "checked")
+    procs = [subprocess.Popen([sys.executable, "-m", "fabric", "backups.check", "--json", "--restore-test"],
+                              cwd=deployed.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"}) for _ in range(2)]
+    results = [(p.wait(timeout=180), p.stdout.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    for _, text in results:
+        assert states(json.loads(text))["restore"] == "OK", text
+    assert scratch_databases(deployed) == ""
+
+
+def test_a_manual_backup_waits_for_no_migration_it_takes_the_stage_lock(deployed):
+    locked = deployed.fab("lock", db=False)
+    assert locked.returncode == 0, output(locked)
+    try:
+        refused = deployed.fab("backup", db=False)
+    finally:
+        deployed.fab("unlock", db=False)
+    assert refused.returncode == 1 and "is locked by" in output(refused), output(refused)

@@ -286,14 +286,33 @@ def test_a_failed_downgrade_restores_the_predeploy_backup_when_nothing_was_writt
     assert_serving(deployed, deployed.first_release, HEAD)
 
 
-def test_a_failed_downgrade_stops_without_restoring_when_rows_were_written_since_the_backup(deployed):
-    writes = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note",
-                                  then="op.execute(\"UPDATE boards SET note = 'written after the backup'\")",
-                                  downgrade='raise RuntimeError("this migration cannot be undone")')
-    add_migration(deployed, writes, "a0d0a0d0beef_add_a_note.py")
+def test_a_failed_downgrade_restores_when_only_the_migrations_own_backfill_wrote_since_the_backup(deployed):
+    backfill = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note",
+                                    then="op.execute(\"UPDATE boards SET note = 'the migration backfilled it'\")",
+                                    downgrade='raise RuntimeError("this migration cannot be undone")')
+    add_migration(deployed, backfill, "a0d0a0d0beef_add_a_note.py")
     break_the_app(deployed)
     text = assert_clean_failure(deploy(deployed))
-    assert "the downgrade failed" in text and "row(s) were written since the pre-deploy backup" in text
-    assert "fab restore --stage sandbox" in text
-    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"
-    assert sql(deployed, "SELECT count(*) FROM boards WHERE note IS NOT NULL") == "2"  # nothing thrown away
+    assert "restored from the pre-deploy backup" in text, text
+    safety = re.search(r"safety backup (\S+-before-restore)", text).group(1)
+    assert safety in ssh(deployed, "app1", "tail -1 /srv/app/deploy.log").stdout
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(deployed, BOARDS) == "kept,also kept"
+    assert_serving(deployed, deployed.first_release, HEAD)
+
+
+def test_rows_written_while_the_restore_fallback_runs_survive_and_the_deploy_says_what_to_run(deployed):
+    add_migration(deployed, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(deployed)
+    proc = run_until(deployed, "  restore: verify", ["deploy"])  # every writer stopped; the first proof passed
+    writer = Holding(deployed, "boards")  # a writer nobody stopped (a cron job, a console)
+    wait_for_lock_waiter(deployed)  # the safety backup's pg_dump waits behind it
+    writer.proc.stdin.write("INSERT INTO boards (name) VALUES ('written during the fallback');\n")
+    writer.release()
+    rest = proc.communicate(timeout=180)[0]
+    text = "".join(proc.seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "was not restored" in text and "public.boards" in text, text
+    assert "fab restore --stage sandbox " in text, text
+    assert sql(deployed, BOARDS) == "kept,also kept,written during the fallback"
+    assert sql(deployed, "SELECT version_num FROM alembic_version") == "a0d0a0d0beef"  # left for a person

@@ -26,15 +26,20 @@ def server_python(remote: Remote) -> tuple[str, str]:
 
 HOST_FACTS = """root=$1 env=$2
 for p in "$root" "$env"; do [ -e "$p" ] || echo "missing $p"; done
+echo "python $(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+python3 -c 'import ensurepip, venv' 2>/dev/null && echo "venv yes"
+echo "git $(git --version 2>/dev/null | cut -d' ' -f3)"
 [ -d "$root" ] || exit 0
 echo "free $(df --output=avail -m "$root" | tail -n 1)"
 echo "current $(readlink "$root/current")"
 """
+MIN_PYTHON = (3, 10)  # the oldest python3 of a supported Debian or Ubuntu release (README: Supported servers)
 
 
 def host_facts(remote: Remote, layout: Layout) -> dict:
-    """In one command: the deploy folder's missing paths, its free MB and the current release."""
-    facts: dict = {"missing": [], "free": None, "current": None}
+    """In one command: the deploy folder's missing paths, its free MB, the current release, and
+    the versions preflight requires (python3 with its venv module, git)."""
+    facts: dict = {"missing": [], "free": None, "current": None, "python": "", "venv": False, "git": ""}
     for line in remote.run(["sh", "-c", HOST_FACTS, "facts", layout.root, layout.env_file]).stdout.splitlines():
         key, _, value = line.partition(" ")
         if key == "missing":
@@ -43,7 +48,27 @@ def host_facts(remote: Remote, layout: Layout) -> dict:
             facts["free"] = int(value)
         elif key == "current" and value:
             facts["current"] = value.rsplit("/", 1)[-1]
+        elif key in ("python", "git"):
+            facts[key] = value.strip()
+        elif key == "venv":
+            facts["venv"] = True
     return facts
+
+
+def unsupported(facts: dict) -> list[str]:
+    """What the host lacks to build and run a release, each with the Debian/Ubuntu package to install."""
+    problems = []
+    version = tuple(int(x) for x in facts["python"].split(".")) if facts["python"] else ()
+    if not version:
+        problems.append("python3 is missing (apt install python3)")
+    elif version < MIN_PYTHON:
+        problems.append(f"python3 is {facts['python']}; at least {'.'.join(map(str, MIN_PYTHON))} is needed "
+                        "(a supported Debian or Ubuntu release has it)")
+    elif not facts["venv"]:
+        problems.append(f"python3 {facts['python']} has no venv/ensurepip module (apt install python3-venv)")
+    if not facts["git"]:
+        problems.append("git is missing (apt install git)")
+    return problems
 
 
 def fetch_and_export(remote: Remote, layout: Layout, repo_url: str, commit: str, release_id: str) -> None:

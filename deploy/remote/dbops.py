@@ -32,8 +32,36 @@ def flask_db(remote: Remote, layout: Layout, release_id: str, app: str, *args: s
 def current_revision(remote: Remote, layout: Layout) -> str | None:
     """The database's revision (its alembic_version row, read by the server tool without
     loading the app); None for a new database."""
-    found = server_tools.revisions(remote, layout)
+    return revision_and_writers(remote, layout)[0]
+
+
+def revision_and_writers(remote: Remote, layout: Layout) -> tuple[str | None, list[int]]:
+    """The revision, and the transaction(s) that wrote it: right after an upgrade, the migration's."""
+    facts = database_facts(remote, layout)
+    return facts["revision"], facts["xids"]
+
+
+def database_facts(remote: Remote, layout: Layout) -> dict:
+    """In one tool run: the revision (one head), the xids that wrote it, the server's version
+    and the host's pg_dump and pg_restore versions."""
+    facts = server_tools.tool(remote, layout, "revision")
+    found = facts["revisions"]
     if len(found) > 1:
         raise DeployError(f"the database has several revisions ({', '.join(found)}); this toolkit deploys one head",
                           hint="merge the heads (flask db merge) and deploy that")
-    return found[0] if found else None
+    return {**facts, "revision": found[0] if found else None, "xids": facts.get("xids", [])}
+
+
+def old_clients(facts: dict) -> list[str]:
+    """pg_dump/pg_restore older than the server (they refuse to dump it, or restore it wrongly)."""
+    server = facts.get("server_version_num", 0) // 10000
+    problems = []
+    for program in ("pg_dump", "pg_restore"):
+        version = facts.get(program)
+        major = int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else 0
+        fix = f"(apt install postgresql-client-{server}, from the PostgreSQL apt repository if needed)"
+        if not version:
+            problems.append(f"{program} is missing {fix}")
+        elif major < server:
+            problems.append(f"{program} is {version}, older than the server's PostgreSQL {server} {fix}")
+    return problems

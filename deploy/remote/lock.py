@@ -118,7 +118,7 @@ def read(remote: Remote, layout: Layout) -> dict | None:
 def take_over(remote: Remote, layout: Layout, dead: dict, info: dict, stage: str) -> None:
     """Replace a dead holder's lock with ours, atomically: only if it is still that holder's
     (checked under flock, so two operators cannot both take it)."""
-    script = ('exec 9>"$1.guard" && flock -n 9 || exit 4; grep -qF "$2" "$1/holder.json" || exit 5; '
+    script = ('exec 9>"$1.guard" && flock -n 9 || exit 4; { [ -z "$2" ] || grep -qF "$2" "$1/holder.json"; } || exit 5; '
               'mv "$1" "$1.dead-$3" && mkdir "$1" && cat > "$1/holder.json" && touch "$1/heartbeat" '
               '&& rm -rf "$1.dead-$3"')
     done = remote.run(["sh", "-c", script, "take-over", layout.lock, _id_marker(dead), info["id"]],
@@ -131,12 +131,13 @@ def take_over(remote: Remote, layout: Layout, dead: dict, info: dict, stage: str
 
 
 def _id_marker(info: dict) -> str:
-    return f'"id": "{info.get("id", "")}"' if info.get("id") else '"pid": '  # a lock from before ids existed
+    """What identifies `info`'s holder.json; empty for a holder without an id (an older or unreadable lock)."""
+    return f'"id": "{info["id"]}"' if info.get("id") else ""
 
 
 def release(remote: Remote, layout: Layout, info: dict) -> None:
     """Remove the lock if it is still `info`'s; never another operation's."""
-    script = 'test -d "$1" || exit 0; grep -qF "$2" "$1/holder.json" || exit 5; rm -rf "$1"'
+    script = 'test -d "$1" || exit 0; { [ -z "$2" ] || grep -qF "$2" "$1/holder.json"; } || exit 5; rm -rf "$1"'
     try:
         done = remote.run(["sh", "-c", script, "unlock", layout.lock, _id_marker(info)], check=False)
     except HostError as exc:

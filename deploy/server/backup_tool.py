@@ -3,7 +3,8 @@ python3, by `fab` over SSH and by the systemd timers alike:
 
     backup_tool.py --deploy-to D dump [--label L] [--format F] [--compress N] [--jobs N] [--keep N] ...
     backup_tool.py --deploy-to D check [--json] [--textfile PATH] [--restore-test | --no-restore-test] ...
-    backup_tool.py --deploy-to D list | verify ID | restore ID | prune | revision | writes | end-migrations KEY
+    backup_tool.py --deploy-to D list | verify ID | restore ID [--unless-written --xids X,..] | prune | revision
+    backup_tool.py --deploy-to D unwritten ID --xids X,.. | pin ID --owner OP | unpin ID --owner OP | end-migrations KEY
 
 DATABASE_URL comes from the environment (the unit's EnvironmentFile) or from
 `--env-file` (fab), read with systemd's rules by envfile.py; the password reaches
@@ -17,14 +18,19 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
+from contextlib import nullcontext
 
 import checks
+import locks
 import dumps
 import envfile
 import reports
 import retention
-from pgenv import ToolError, database_name, end_sessions_holding, psql, revisions, writes
+import unwritten
+from pgenv import (ToolError, database_name, end_sessions_holding, psql, revision_xids, revisions,
+                   server_version_num)
 
 
 def _serving_release(deploy_to: str) -> str | None:
@@ -35,13 +41,15 @@ def _serving_release(deploy_to: str) -> str | None:
 def cmd_dump(a: argparse.Namespace) -> dict:
     backup_id = a.id or f"{dumps.stamp()}-{a.label}"
     manifest = dumps.dump(a.folder, backup_id, a.release or _serving_release(a.deploy_to), a.label,
-                          a.format, a.compress, a.jobs)
+                          a.format, a.compress, a.jobs, a.content)
     manifest["pruned"] = []
     if a.keep:
         try:
             manifest["pruned"] = retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
                                                  a.keep_daily_days, a.live_releases)
-        except Exception as exc:  # the backup is good; a retention problem must not fail it
+        except ToolError as exc:  # the backup is good; a retention problem must not fail it
+            manifest["prune_error"] = str(exc)
+        except Exception as exc:
             manifest["prune_error"] = f"{type(exc).__name__}: {exc}"
     return manifest
 
@@ -56,10 +64,32 @@ def cmd_check(a: argparse.Namespace) -> dict:
 
 
 def cmd_restore(a: argparse.Namespace) -> dict:
-    """In place: the app's other sessions are ended first (the app is stopped by then)."""
+    """In place: the app's other sessions are ended first (the app is stopped by then); with
+    --unless-written, refused unless nothing but the migration wrote since the backup."""
     psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
          "AND pid <> pg_backend_pid() AND usename = current_user;")
+    if a.unless_written:
+        reasons = unwritten.reasons_not_to_restore(dumps.load_manifest(a.folder, a.id), a.xids)
+        if reasons:
+            return {"ok": False, "written": reasons, "error": "not restored: " + "; ".join(reasons)}
     return dumps.restore(a.folder, a.id, a.jobs)
+
+
+def cmd_unwritten(a: argparse.Namespace) -> dict:
+    reasons = unwritten.reasons_not_to_restore(dumps.load_manifest(a.folder, a.id), a.xids)
+    return {"unwritten": not reasons, "reasons": reasons}
+
+
+def client_versions() -> dict:
+    """The server's version and this host's pg_dump and pg_restore: a dump needs a pg_dump at least as new."""
+    found = {"server_version_num": server_version_num()}
+    for program in ("pg_dump", "pg_restore"):
+        try:
+            out = subprocess.run([program, "--version"], capture_output=True, text=True).stdout.split()
+        except FileNotFoundError:
+            out = []
+        found[program] = out[-1] if out else None
+    return found
 
 
 def _env_file(path: str) -> dict[str, str]:
@@ -69,6 +99,7 @@ def _env_file(path: str) -> dict[str, str]:
         raise ToolError(f"cannot read the env file {path}: {exc.strerror} (fab setup writes a template)") from None
 
 
+READERS = {"check", "verify", "restore"}  # hold the backups shared: retention waits for them
 COMMANDS = {
     "dump": cmd_dump,
     "check": cmd_check,
@@ -77,8 +108,10 @@ COMMANDS = {
     "restore": cmd_restore,
     "prune": lambda a: {"pruned": retention.prune(a.folder, a.deploy_to, dumps.manifests(a.folder), a.keep,
                                                   a.keep_daily_days, a.live_releases)},
-    "writes": lambda a: {"writes": writes()},
-    "revision": lambda a: {"revisions": revisions()},
+    "unwritten": cmd_unwritten,
+    "pin": lambda a: locks.pin(a.folder, a.id, a.owner),
+    "unpin": lambda a: locks.unpin(a.folder, a.id, a.owner),
+    "revision": lambda a: {"revisions": revisions(), "xids": revision_xids(), **client_versions()},
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
 }
 
@@ -94,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     dump.add_argument("--release")
     dump.add_argument("--format", default="directory", choices=dumps.FORMATS)
     dump.add_argument("--compress", type=int, default=6)
+    dump.add_argument("--content", action="store_true", help="keep each table's row digest (pre-deploy backups)")
     for command in (dump, sub.add_parser("prune")):
         command.add_argument("--keep", type=int, default=0, help="0: do not prune")
         command.add_argument("--keep-daily-days", type=int, default=0)
@@ -107,12 +141,17 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--size-tolerance", type=float, default=0.5)
     check.add_argument("--restore-test-days", type=float, default=7)
     check.add_argument("--restore-test", action=argparse.BooleanOptionalAction, default=None)
-    for name in ("verify", "restore"):
+    for name in ("verify", "restore", "unwritten", "pin", "unpin"):
         sub.add_parser(name).add_argument("id")
+    for name in ("pin", "unpin"):
+        sub.choices[name].add_argument("--owner", required=True, help="the operation's id (its lock holder id)")
+    xids = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    sub.choices["restore"].add_argument("--unless-written", action="store_true")
+    for name in ("restore", "unwritten"):
+        sub.choices[name].add_argument("--xids", type=xids, default=[], help="the migration's transaction ids")
     for command in (dump, check, sub.choices["restore"]):
         command.add_argument("--jobs", type=int, default=2)
     sub.add_parser("list")
-    sub.add_parser("writes")
     sub.add_parser("revision")
     sub.add_parser("end-migrations").add_argument("key", type=int)
     return p
@@ -128,7 +167,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.env_file:
             os.environ.update(_env_file(args.env_file))
-        answer = COMMANDS[args.command](args)
+        with locks.held(args.folder, "backups", shared=True) if args.command in READERS else nullcontext():
+            answer = COMMANDS[args.command](args)
     except ToolError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return checks.CRITICAL if args.command == "check" else 1

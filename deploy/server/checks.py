@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from dumps import iso, keep_verdict, manifests, reads_completely, restore, sha256_matches
+from locks import held
 from pgenv import ToolError, create_database, databases_starting, drop_database
 
 OK, WARNING, CRITICAL = 0, 1, 2
@@ -92,15 +93,16 @@ def restore_test_due(history: list[dict], limits: Limits, now: float) -> tuple[b
 def check_restore(folder: str, newest: dict, jobs: int) -> dict:
     """Restore into a scratch database, compare with the manifest, drop it (always)."""
     scratch = f"{SCRATCH_PREFIX}{os.getpid()}"
-    try:
-        for leftover in databases_starting(SCRATCH_PREFIX):  # from a run that was killed
-            drop_database(leftover)
-        create_database(scratch)
-        restored = restore(folder, newest["id"], jobs, database=scratch)
-    except ToolError as exc:
-        return result("restore", CRITICAL, f"restore test: {exc}", ran=True)
-    finally:
-        drop_database(scratch)
+    with held(folder, "restore-test"):  # one at a time: the leftovers dropped here are no live run's
+        try:
+            for leftover in databases_starting(SCRATCH_PREFIX):  # from a run that was killed
+                drop_database(leftover)
+            create_database(scratch)
+            restored = restore(folder, newest["id"], jobs, database=scratch)
+        except ToolError as exc:
+            return result("restore", CRITICAL, f"restore test: {exc}", ran=True)
+        finally:
+            drop_database(scratch)
     if not restored["ok"]:
         return result("restore", CRITICAL, "pg_restore failed: " + restored["error"].splitlines()[-1][:300], ran=True)
     differ = sorted(t for t in set(restored["row_counts"]) | set(newest.get("row_counts", {}))

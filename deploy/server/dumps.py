@@ -14,7 +14,8 @@ import subprocess
 import time
 
 from digests import checksums
-from pgenv import SharedSnapshot, ToolError, facts, pg_env, psql, writes
+from pgenv import SharedSnapshot, ToolError, facts, pg_env, psql
+from unwritten import CONTENT, parse_content
 
 FORMATS = ("directory", "custom")
 
@@ -69,8 +70,11 @@ def dump_options(fmt: str, compress: int, jobs: int) -> list[str]:
     return options + [f"--jobs={jobs}"] if fmt == "directory" and jobs > 1 else options
 
 
-def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str, compress: int, jobs: int) -> dict:
-    """pg_dump into backups/ID.dump and write the manifest; on any failure remove both."""
+def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str, compress: int, jobs: int,
+         content: bool = False) -> dict:
+    """pg_dump into backups/ID.dump and write the manifest; on any failure remove both.
+    `content`: also keep each table's row digest (unwritten.py), the evidence a restore
+    after a failed downgrade needs; a full read of every table, so only for pre-deploy backups."""
     os.umask(0o077)
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -81,11 +85,10 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
     started = time.time()
     snapshot = dumping = None
     try:
-        written = writes()
         snapshot = SharedSnapshot(f"{folder}/.{backup_id}")
         dumping = subprocess.Popen(["pg_dump", *options, f"--snapshot={snapshot.id}", "--file", path],
                                    env=pg_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        snapshot.count()
+        snapshot.count(CONTENT if content else "")
         error = dumping.communicate()[1]
         if dumping.returncode != 0:
             raise ToolError(f"pg_dump failed: {error.strip()[-800:]}")
@@ -95,8 +98,9 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
         manifest = {"id": backup_id, "time": iso(started), "label": label or None, "database": pg_env().get("PGDATABASE", ""),
                     "server_version": version, "pg_dump_version": tool, "revision": revision,
                     "release": release or None, "format": fmt, "options": options, "size": size_of(path),
-                    "sha256": digest, "duration": round(time.time() - started, 3), "row_counts": counts,
-                    "writes": written}
+                    "sha256": digest, "duration": round(time.time() - started, 3), "row_counts": counts}
+        if content:
+            manifest["content"] = parse_content(snapshot.rows)
         if files:
             manifest["files"] = files
         with open(manifest_path, "w") as f:

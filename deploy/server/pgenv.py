@@ -133,9 +133,9 @@ class SharedSnapshot:
             time.sleep(0.01)
         raise ToolError(f"psql: {self.proc.stderr.read().strip()[-800:]}")
 
-    def count(self) -> None:
-        """Start counting (in the shared snapshot); `finish` collects the answer."""
-        self._send(f"\\o {self.facts_file}\n{FACTS}\n\\o /dev/null\n")
+    def count(self, more: str = "") -> None:
+        """Start counting (in the shared snapshot), then run `more` there too; `finish` collects the answer."""
+        self._send(f"\\o {self.facts_file}\n{FACTS}\n{more}\n\\o /dev/null\n")
 
     def finish(self) -> tuple[str, str | None, dict[str, int]]:
         """End the transaction (after pg_dump is done with the snapshot) and return the facts."""
@@ -144,7 +144,8 @@ class SharedSnapshot:
         if self.proc.wait() != 0:
             raise ToolError(f"psql: {self.proc.stderr.read().strip()[-800:]}")
         with open(self.facts_file) as f:
-            return parse_facts([line.split("\t") for line in f.read().splitlines() if line])
+            self.rows = [line.split("\t") for line in f.read().splitlines() if line]
+        return parse_facts(self.rows)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -166,22 +167,42 @@ def revisions() -> list[str]:
     return [row[0] for row in psql(REVISIONS)]
 
 
-def writes() -> int:
-    """Rows inserted, updated or deleted in the app's tables so far (the statistics' counters;
-    alembic_version is left out: a migration writes it, the app does not)."""
-    rows = psql("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
-                "WHERE relname <> 'alembic_version';")
-    return int(rows[0][0])
+def revision_xids() -> list[int]:
+    """The transaction(s) that last wrote alembic_version: after an upgrade, the migration's own."""
+    rows = psql("SELECT 'SELECT xmin FROM alembic_version' WHERE to_regclass('alembic_version') IS NOT NULL\n\\gexec\n")
+    return [int(row[0]) for row in rows]
 
 
 def end_sessions_holding(advisory_key: int) -> list[int]:
     """Terminate the sessions holding this advisory lock (a migration whose client was
     killed keeps its transaction, and its locks, until it next talks to the client)."""
     high, low = advisory_key >> 32, advisory_key & 0xFFFFFFFF
-    rows = psql(f"SELECT pid, pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' "
-                f"AND granted AND classid = {high} AND objid = {low} AND objsubid = 1 "
-                f"AND pid <> pg_backend_pid();")
-    return [int(row[0]) for row in rows]
+    holders = (f"FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {high} AND objid = {low} "
+               f"AND objsubid = 1 AND pid <> pg_backend_pid()")
+    if server_version_num() >= 140000:  # waits for each to be gone (PostgreSQL 14+)
+        return [int(row[0]) for row in psql(f"SELECT pid, pg_terminate_backend(pid, 5000) {holders};")]
+    ended = [int(row[0]) for row in psql(f"SELECT pid, pg_terminate_backend(pid) {holders};")]
+    _wait_gone(ended)
+    return ended
+
+
+def _wait_gone(pids: list[int], seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while pids and time.monotonic() < deadline:
+        listed = ", ".join(map(str, pids))
+        if not psql(f"SELECT 1 FROM pg_stat_activity WHERE pid IN ({listed});"):
+            return
+        time.sleep(0.1)
+
+
+_VERSION: list[int] = []
+
+
+def server_version_num() -> int:
+    """The server's version (150018 for 15.18), asked once per run."""
+    if not _VERSION:
+        _VERSION.append(int(psql("SELECT current_setting('server_version_num');")[0][0]))
+    return _VERSION[0]
 
 
 def create_database(name: str) -> None:
@@ -189,7 +210,13 @@ def create_database(name: str) -> None:
 
 
 def drop_database(name: str) -> None:
-    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);', "postgres")
+    if server_version_num() >= 130000:
+        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);', "postgres")
+        return
+    ended = [int(row[0]) for row in psql(  # before 13: end its sessions first (the app role's own)
+        f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';", "postgres")]
+    _wait_gone(ended)
+    psql(f'DROP DATABASE IF EXISTS "{name}";', "postgres")
 
 
 def databases_starting(prefix: str) -> list[str]:

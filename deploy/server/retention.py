@@ -9,6 +9,7 @@ import os
 import time
 
 from dumps import dump_path, remove
+from locks import Busy, held, pinned
 
 DEPLOY_LABEL = "predeploy"
 
@@ -68,10 +69,16 @@ def live_releases(deploy_to: str, folder: str, told: list[str] | None = None) ->
 
 def prune(folder: str, deploy_to: str, manifests: list[dict], keep: int, daily_days: int,
           told: list[str] | None = None) -> list[str]:
-    """Remove what `plan` does not keep; the ids removed."""
-    _, doomed = plan(manifests, keep, daily_days, live_releases(deploy_to, folder, told), time.time())
-    for backup_id in doomed:
-        remove(dump_path(folder, backup_id))
-        for suffix in (".verify.json", ".json"):
-            remove(f"{folder}/{backup_id}{suffix}")
+    """Remove what `plan` does not keep; the ids removed. Never while a backup is being read
+    (a restore, a check): then nothing is removed this time, and the next backup prunes."""
+    try:
+        with held(folder, "backups", wait=False):
+            _, doomed = plan(manifests, keep, daily_days, live_releases(deploy_to, folder, told), time.time())
+            doomed = [b for b in doomed if b not in pinned(folder)]  # an operation is reading it
+            for backup_id in doomed:
+                remove(dump_path(folder, backup_id))
+                for suffix in (".verify.json", ".json"):
+                    remove(f"{folder}/{backup_id}{suffix}")
+    except Busy:
+        raise Busy("skipped: a backup is being read (a restore or a check); the next backup prunes") from None
     return doomed
