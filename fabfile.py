@@ -2,6 +2,7 @@
 from invoke import Collection
 
 from deploy import backups, commands, journal
+from deploy import restore as restore_
 from deploy import rollback as rollback_
 from deploy.config import load_project
 from deploy.errors import ConfigError
@@ -51,7 +52,7 @@ def check_backups(c, stage=None, json=False, restore_test=False, skip_restore_te
 @task(positional=["backup_id"], help={**STAGE, "backup_id": "an id from fab backups"})
 def restore(c, backup_id, stage=None):
     """Restore a verified backup: safety backup first, app stopped meanwhile, put back if it fails."""
-    backups.restore(load_project(), stage, backup_id)
+    restore_.restore(load_project(), stage, backup_id)
 
 
 @task(help=STAGE)

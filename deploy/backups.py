@@ -1,25 +1,18 @@
-"""`fab backup`, `fab backups`, `fab backups.check`, `fab restore`: logical backups of the
-stage's database, taken and kept on its backup host by the server-side tool
-(deploy/server), and a restore that refuses an unverified backup, takes a safety
-backup first, stops the app while it runs and puts the safety backup back if the
-restore fails."""
+"""`fab backup`, `fab backups`, `fab backups.check`: logical backups of the stage's
+database, taken and kept on its backup host by the server-side tool (deploy/server).
+`fab restore` is in restore.py."""
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
-import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from . import console, pipeline
+from . import console
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
-from .remote import build, deploylog, guard, lock, server_tools, service
-from .remote.connection import Remote, StageRemotes, connect, on_hosts
+from .remote import build, lock, server_tools, service
+from .remote.connection import Remote, connect
 from .remote.layout import Layout
 from .server import reports
 from .server.digests import checksums
@@ -30,15 +23,7 @@ LABEL = re.compile(r"[A-Za-z0-9_-]{1,40}")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")  # a file inside a directory-format dump
 
 
-def _serving(remote: Remote, layout: Layout) -> str:
-    release = service.current_release(remote, layout)
-    if not release:
-        raise DeployError(f"{remote.name} has no current release: a restore brings the app back and checks it",
-                          hint="fab deploy first")
-    return release
-
-
-def _check_id(backup_id: str) -> str:
+def check_id(backup_id: str) -> str:
     if not BACKUP_ID.fullmatch(backup_id) or ".." in backup_id:
         raise DeployError(f"{backup_id[:80]!r} is not a backup id", hint="fab backups --stage STAGE lists them")
     return backup_id
@@ -96,7 +81,7 @@ def fetch(remote: Remote, layout: Layout, manifest: dict, folder: Path) -> Path:
     names before they make a path: nothing is written outside `folder`. Every file is
     created 0600 (and never over an existing one or through a link) before a byte is written.
     """
-    backup_id = _check_id(str(manifest.get("id", "")))
+    backup_id = check_id(str(manifest.get("id", "")))
     names = sorted(manifest.get("files", {}))
     unsafe = [n for n in names if not SAFE_NAME.fullmatch(n) or n in (".", "..")]
     if unsafe:
@@ -163,141 +148,3 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
         raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
                                 hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
     return report
-
-
-@dataclass
-class Restore(StageRemotes):
-    stage: StageConfig
-    remotes: dict[str, Remote]
-    layout: Layout
-    backup_id: str
-    release: str = ""
-    manifest: dict = field(default_factory=dict)
-    safety: dict | None = None
-    result: dict | None = None
-    unless_written: list[int] | None = None  # the migration's xids: restore only if nothing else wrote
-    owner: str = field(default_factory=lambda: uuid.uuid4().hex)  # its pin on the backup, against retention
-
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
-        """The backup kept from retention while this restore reads it (over several tool runs)."""
-        try:
-            yield
-        finally:
-            try:
-                server_tools.tool(self.backup_remote, self.layout, "unpin", self.backup_id, "--owner", self.owner)
-            except DeployError as exc:  # the pin lapses after a while; retention only waits longer
-                console.warn(f"could not unpin {self.backup_id}: {exc}")
-
-
-class WrittenSince(DeployError):
-    """A restore was refused: rows were (or may have been) written since the backup."""
-
-
-def _check(r: Restore) -> None:
-    r.release = _serving(r.apps[0], r.layout)  # the migrations host need not serve the app
-    found = r.backup_remote.run(["cat", f"{r.layout.backups}/{r.backup_id}.json"], check=False)
-    if found.exited != 0:
-        raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",
-                          hint=f"fab backups --stage {r.stage.name}")
-    r.manifest = json.loads(found.stdout)
-    server_tools.tool(r.backup_remote, r.layout, "pin", r.backup_id, "--owner", r.owner)
-    checked = server_tools.verify(r.backup_remote, r.layout, r.backup_id)
-    if not checked["ok"]:
-        raise DeployError(f"backup {r.backup_id} fails verification (sha256 ok: {checked['sha256_ok']}, "
-                          f"full read ok: {checked.get('read_ok')}); refusing to restore it",
-                          hint=f"pick another backup: fab backups --stage {r.stage.name}")
-    console.say(f"  {r.backup_id}: verified (sha256 and a full read); revision {r.manifest.get('revision')}")
-
-
-def _safety_backup(r: Restore) -> None:
-    # no pruning here: it could remove the very backup being restored
-    r.safety = take(r.stage, r.remotes, "before-restore", prune=False)
-    console.say(f"  safety backup of the current database: {r.safety['id']}")
-
-
-def _stop_app(r: Restore) -> None:
-    on_hosts("stopping the app", r.apps, lambda m: service.systemctl(m, "stop", r.stage.service))
-
-
-def _start_app(r: Restore) -> None:
-    on_hosts("starting the app", r.apps, lambda m: service.systemctl(m, "start", r.stage.service))
-
-
-def _restore(r: Restore) -> None:
-    r.result = server_tools.restore(r.backup_remote, r.layout, r.stage, r.backup_id, r.unless_written)
-    if r.result.get("written"):
-        raise WrittenSince("; ".join(r.result["written"]))
-    if not r.result["ok"]:
-        raise DeployError(f"pg_restore failed: {r.result['error']}")
-    if r.result["revision"] != r.manifest.get("revision") or r.result["row_counts"] != r.manifest.get("row_counts"):
-        raise DeployError(f"the restored database does not match the manifest (revision {r.result['revision']} vs "
-                          f"{r.manifest.get('revision')}, row counts {'equal' if r.result['row_counts'] == r.manifest.get('row_counts') else 'differ'})")
-    console.say(f"  restored in {r.result['duration']}s: revision {r.result['revision']}, row counts as in the manifest")
-
-
-def _put_safety_back(r: Restore) -> None:
-    if r.result and r.result.get("written"):
-        return  # refused before pg_restore started: nothing to put back (and a write to keep)
-    back = server_tools.restore(r.backup_remote, r.layout, r.stage, r.safety["id"])
-    if not back["ok"]:
-        raise DeployError(f"the safety backup {r.safety['id']} could not be put back either: {back['error']}")
-
-
-STEPS = [
-    pipeline.Step("verify", _check),
-    pipeline.Step("safety backup", _safety_backup),
-    pipeline.Step("stop app", _stop_app, _start_app),
-    pipeline.Step("restore", _restore, _put_safety_back),
-    pipeline.Step("start app", _start_app),
-]
-
-
-def restore_in_place(stage: StageConfig, remotes: dict[str, Remote], backup_id: str,
-                     unless_written: list[int] | None = None) -> dict:
-    """The restore steps under a lock the caller holds (a deploy's undo); the result names the
-    safety backup. With `unless_written`, refused (WrittenSince) unless nothing but the
-    migration wrote since the backup, decided by the server tool just before pg_restore."""
-    r = Restore(stage, remotes, Layout(stage.deploy_to), _check_id(backup_id), unless_written=unless_written)
-    try:
-        with r.pinned():
-            pipeline.run(STEPS, r, lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
-    except pipeline.DeployFailed as failed:
-        if isinstance(failed.cause, WrittenSince) and not failed.outcome.undo_failures:
-            raise failed.cause from None
-        raise
-    return {**(r.result or {}), "safety": r.safety["id"] if r.safety else None}
-
-
-def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
-    """Restore BACKUP_ID into the stage's database (see the module docstring)."""
-    stage = load_stage(project, stage_name)
-    r = Restore(stage, connect(stage), Layout(stage.deploy_to), _check_id(backup_id))
-    console.heading(f"restore {backup_id} on {stage.name}")
-    with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name), r.pinned():
-        pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
-        deploylog.append(r.migrator, r.layout, {
-            "time": deploylog.now(), "action": "restore", "user": getpass.getuser(), "stage": stage.name,
-            "backup": backup_id, "revision_after": r.result["revision"], "safety_backup": r.safety["id"],
-            "outcome": "ok"})
-    _report_health(r)
-    return r.result or {}
-
-
-def _report_health(r: Restore) -> None:
-    """The app runs again; say whether its code expects the restored revision, and what to run if not."""
-    restored = r.result["revision"]
-    answers = on_hosts("health", r.apps, lambda m: service.health(m, r.stage.health_url))
-    expected = {body.get("expected_revision") for _, body in answers.values() if isinstance(body, dict)}
-    if expected <= {restored}:
-        on_hosts("health", r.apps, lambda m: service.wait_healthy(
-            m, r.stage.health_url, r.release, restored, r.stage.health_timeout, service=r.stage.service))
-        console.ok(f"restored {r.backup_id}; the app is healthy at {restored}")
-        return
-    matching = [rel["id"] for rel in build.list_releases(r.migrator, r.layout)
-                if rel.get("revision") == restored and rel.get("status") == "good"]
-    console.banner([f"restored {r.backup_id} (revision {restored}), but the serving release {r.release} expects "
-                    f"{', '.join(sorted(e for e in expected if e))}",
-                    (f"releases made for {restored}: {', '.join(matching)}; run: fab rollback --stage "
-                     f"{r.stage.name} --to {matching[-1]}") if matching else
-                    f"no release on the stage expects {restored}: deploy a commit whose head is {restored}"])

@@ -32,7 +32,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
     try:
         with guard.guarded(d.migrator, d.layout, lock.holder("deploy", ref), stage.name) as d.holder:
             try:
-                outcome = pipeline.run(steps.STEPS, d, journal.journaling(d), commit=journal.commit)
+                outcome = pipeline.run(steps.STEPS, d, guard.journaling(d, "deploy"), commit=guard.committing("deploy"))
             except pipeline.DeployFailed as failure:
                 _after_failure(d, failure)
                 raise

@@ -112,6 +112,19 @@ def undo_steps(steps: list[Step], ctx: Any, outcome: Outcome, on_event: Callable
                 outcome.undo_failures.append(f"{step.name}: {_reason(exc)}")
 
 
+def undo_from(steps: list[Step], ctx: Any, furthest: str, stage: str) -> Outcome:
+    """`fab recover`: undo every step up to the furthest one an operation reached (read from
+    its journal); raise when an undo fails, so the journal stays for another try."""
+    names = [s.name for s in steps]
+    reached = names.index(furthest) if furthest in names else len(names) - 1
+    outcome = Outcome()
+    undo_steps(steps[:reached + 1], ctx, outcome, lambda event, step: console.warn(f"undoing {step}"))
+    if outcome.undo_failures:
+        raise DeployError("recovery could not undo: " + "; ".join(outcome.undo_failures),
+                          hint=f"fix the cause and run fab recover --stage {stage} again")
+    return outcome
+
+
 def _undo_notice() -> None:
     console.warn("Ctrl-C: the undo goes on until it is done (kill -9 leaves it to fab recover)")
 

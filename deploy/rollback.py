@@ -7,13 +7,15 @@ revisions (the newer release's), then check health at the target revision.
 """
 from __future__ import annotations
 
+import getpass
 import re
 from dataclasses import dataclass, field
 
 from . import backups, console, pipeline
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, dbops, deploylog, guard, lock, service
+from .migrations import MIGRATION_LOCK_KEY
+from .remote import build, dbops, deploylog, guard, lock, server_tools, service
 from .remote.connection import Remote, StageRemotes, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
@@ -36,6 +38,23 @@ class Rollback(StageRemotes):
     moved: bool = False
     mover: str = ""            # the release whose code moves the database
     notes: list[str] = field(default_factory=list)
+    holder: dict = field(default_factory=dict)
+    reached: str = ""
+
+    RECORDED = ("requested", "source", "target", "app", "db_now", "target_revision", "backup", "moved", "mover")
+
+    def to_record(self) -> dict:
+        return {"subject": f"rollback {self.source or '?'} -> {self.target or '?'}",
+                **{name: getattr(self, name) for name in self.RECORDED}}
+
+    @classmethod
+    def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Rollback":
+        r = cls(stage, remotes, Layout(stage.deploy_to))
+        for name in cls.RECORDED:
+            if record.get(name) is not None:
+                setattr(r, name, record[name])
+        r.holder, r.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
+        return r
 
 
 def choose(r: Rollback) -> None:
@@ -96,17 +115,29 @@ def migrate_database(r: Rollback) -> None:
     if r.db_now == r.target_revision:
         return
     r.moved = True
-    known = dbops.flask_db(r.migrator, r.layout, r.source, r.app, "show", r.target_revision or "base", check=False)
-    r.mover = r.source if known.exited == 0 else r.target
+    r.mover = _mover(r)
     verb = "downgrade" if r.mover == r.source else "upgrade"
     dbops.flask_db(r.migrator, r.layout, r.mover, r.app, verb, r.target_revision or "base", timeout=3600)
     console.say(f"  database {verb}d to {r.target_revision}")
 
 
+def _mover(r: Rollback) -> str:
+    """The release whose code moves the database: the serving one when it knows the target revision."""
+    known = dbops.flask_db(r.migrator, r.layout, r.source, r.app, "show", r.target_revision or "base", check=False)
+    return r.source if known.exited == 0 else r.target
+
+
 def migrate_database_back(r: Rollback) -> None:
-    if r.moved:
-        verb = "upgrade" if r.mover == r.source else "downgrade"
-        dbops.flask_db(r.migrator, r.layout, r.mover, r.app, verb, r.db_now or "base", timeout=3600)
+    """Back to the revision the rollback started from, read rather than assumed (after ending
+    a migration that a killed controller left running)."""
+    if not r.moved:
+        return
+    server_tools.end_migrations(r.migrator, r.layout, MIGRATION_LOCK_KEY)
+    if dbops.current_revision(r.migrator, r.layout) == r.db_now:
+        return
+    r.mover = r.mover or _mover(r)
+    verb = "upgrade" if r.mover == r.source else "downgrade"
+    dbops.flask_db(r.migrator, r.layout, r.mover, r.app, verb, r.db_now or "base", timeout=3600)
 
 
 def verify(r: Rollback) -> None:
@@ -128,11 +159,43 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
     stage = load_stage(project, stage_name)
     r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to)
     console.heading(f"rollback on {stage.name}")
-    with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name):
-        pipeline.run(STEPS, r, lambda event, step: console.say(f"-> {step}") if event == "start" else None)
-        entry = {"time": deploylog.now(), "action": "rollback",
-                 "from": r.source, "release": r.target, "revision_before": r.db_now,
-                 "revision_after": r.target_revision, "backup": r.backup["id"] if r.backup else None, "outcome": "ok"}
-        deploylog.append(r.migrator, r.layout, entry)
+    with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
+        try:
+            pipeline.run(STEPS, r, guard.journaling(r, "rollback"), commit=guard.committing("rollback"))
+        except pipeline.DeployFailed as failed:
+            _log(r, "failed", failed.reason)
+            if failed.outcome.undo_failures:
+                failed.hint = f"fab recover --stage {stage.name} (it finishes the undo from the journal)"
+            else:
+                guard.clear(r.migrator, r.layout)
+            raise
+        _log(r, "ok")
     console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
     return r.target
+
+
+def _log(r: Rollback, outcome: str, error: str | None = None) -> None:
+    entry = {"time": deploylog.now(), "action": "rollback", "user": getpass.getuser(), "stage": r.stage.name,
+             "from": r.source, "release": r.target, "revision_before": r.db_now,
+             "revision_after": r.target_revision if outcome == "ok" else r.db_now,
+             "backup": r.backup["id"] if r.backup else None, "outcome": outcome, "error": error}
+    try:
+        deploylog.append(r.migrator, r.layout, entry)
+    except DeployError as exc:
+        console.warn(f"could not write the deploy log: {exc}")
+
+
+def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> list[str]:
+    """Undo a rollback whose controller died: the database back where it was (after ending a
+    migration it left running), the code back to the release that served, checked healthy."""
+    r = Rollback.from_record(stage, remotes, record)
+    names = [s.name for s in STEPS]
+    r.moved = r.db_now != r.target_revision and (r.reached not in names
+                                                 or names.index(r.reached) >= names.index("database"))
+    pipeline.undo_from(STEPS, r, r.reached, stage.name)
+    _log(r, "recovered", f"the controller stopped during '{record.get('step')}'")
+    if r.source:
+        on_hosts("health", r.apps, lambda m: service.wait_healthy(
+            m, r.stage.health_url, r.source, r.db_now, r.stage.health_timeout))
+    backup = f"; its backup {r.backup['id']} is kept" if r.backup else ""
+    return [f"serving {r.source or '(nothing)'} again at {r.db_now}{backup}"]

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import backups, console, source
+from . import backups, console, restore, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
 from .lint import lint_revisions, render_revisions
@@ -58,6 +58,22 @@ class Deploy(StageRemotes):
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
+
+    RECORDED = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated",
+                "backup", "migration_xids")
+
+    def to_record(self) -> dict:
+        """What the journal keeps of this deploy (read back by `from_record` in `fab recover`)."""
+        return {name: getattr(self, name) for name in self.RECORDED}
+
+    @classmethod
+    def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
+        d = cls(project, stage, remotes, record.get("ref") or "?", 0)
+        for name in cls.RECORDED:
+            if record.get(name) is not None:
+                setattr(d, name, record[name])
+        d.holder, d.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
+        return d
 
     def remove_scratch(self) -> None:
         if self.scratch:
@@ -280,8 +296,8 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
     try:
         reasons = server_tools.unwritten(d.backup_remote, d.layout, backup_id, d.migration_xids)
         if not reasons:
-            result = backups.restore_in_place(d.stage, d.remotes, backup_id, unless_written=d.migration_xids)
-    except backups.WrittenSince as exc:
+            result = restore.restore_in_place(d.stage, d.remotes, backup_id, unless_written=d.migration_xids)
+    except restore.WrittenSince as exc:
         reasons = [str(exc)]
     finally:
         on_hosts("starting the app", running, lambda r: service.systemctl(r, "start", d.stage.service))

@@ -21,7 +21,7 @@ from deploy.stages import load_stage
 
 pytestmark = pytest.mark.timeout(300)
 NEW = "a0d0a0d0beef"
-COMMITTED = "  recorded as succeeded:"
+COMMITTED = "  recorded as succeeded"
 
 
 def status(project) -> dict:
@@ -182,3 +182,39 @@ def test_ctrl_c_during_a_run_on_several_hosts_stops_every_host_s_command(remotes
         on_hosts("sleeping", [remotes["app1"], remotes["app2"]], lambda r: r.run(["sleep", "98"]))
     assert time.monotonic() - started < 15
     assert pids_running("sleep 98") == []
+
+
+def test_a_restore_whose_controller_was_killed_is_undone_by_recover_which_names_the_safety_backup(deployed):
+    backup = deployed.fab("backup", "--label", "old", db=False)
+    assert backup.returncode == 0, output(backup)
+    old = backup.stdout.split("backup ", 1)[1].split(":", 1)[0]
+    sql(deployed, "INSERT INTO boards (name) VALUES ('after the backup')")
+    proc = run_until(deployed, "-> restore", ["restore", old])
+    safety = next(line for line in proc.seen if "safety backup of the current database" in line).split()[-1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    shown = deployed.fab("status", db=False)
+    assert "INTERRUPTED" in shown.stdout and f"restore of {old} stopped at step 'restore'" in shown.stdout, output(shown)
+    refused = assert_clean_failure(deploy(deployed))
+    assert "an earlier restore was interrupted" in refused, refused
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    assert f"put the safety backup {safety} back" in recovered.stdout and safety in recovered.stdout
+    assert sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards") == "kept,also kept,after the backup"
+    assert_serving(deployed, deployed.first_release, HEAD)  # the app, stopped for the restore, runs again
+    assert status(deployed)["lock"] is None
+
+
+def test_a_rollback_whose_controller_was_killed_is_undone_by_recover(deployed):
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    assert deploy(deployed).returncode == 0
+    newer = current(deployed, "app1")
+    proc = run_until(deployed, "-> database", ["rollback"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    shown = deployed.fab("status", db=False)
+    assert "INTERRUPTED" in shown.stdout and f"rollback {newer} -> {deployed.first_release}" in shown.stdout
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0, output(recovered)
+    assert_serving(deployed, newer, NEW)
+    assert status(deployed)["lock"] is None and status(deployed)["interrupted"] is None

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
+from .. import console
 from ..errors import DeployError
 from . import lock
 from .connection import Remote
@@ -22,6 +23,34 @@ def write(remote: Remote, layout: Layout, record: dict) -> None:
     """Replace the journal atomically (a temporary file renamed over it)."""
     script = 'cat > "$1.tmp" && mv "$1.tmp" "$1"'
     remote.run(["sh", "-c", script, "journal", layout.journal], input=json.dumps(record))
+
+
+def save(op, action: str, step: str, state: str) -> None:
+    """Journal `op` (a deploy, rollback or restore: its `to_record()`) as at `step` in `state`."""
+    record = op.to_record()
+    record.update(action=action, step=step, state=state, holder=op.holder, reached=op.reached)
+    write(op.migrator, op.layout, record)
+
+
+def journaling(op, action: str) -> Callable[[str, str], None]:
+    """A pipeline hook that journals each step before it runs, and each undo."""
+    def on_event(event: str, step: str) -> None:
+        if event == "start":  # journaled first: a step that was announced is one recover knows of
+            op.reached = step
+            save(op, action, step, "running")
+            console.say(f"-> {step}")
+        elif event == "undo":
+            console.warn(f"undoing {step}")
+            save(op, action, step, "undoing")
+    return on_event
+
+
+def committing(action: str) -> Callable[[object], None]:
+    """The pipeline's commit: the operation recorded as succeeded; nothing undoes it from there."""
+    def commit(op) -> None:
+        save(op, action, op.reached, SUCCEEDED)
+        console.say(f"  recorded as succeeded (nothing undoes the {action} from here)")
+    return commit
 
 
 def load(remote: Remote, layout: Layout) -> dict | None:
@@ -56,8 +85,8 @@ def describe(record: dict) -> str:
     where = f"at step '{record.get('step')}' ({record.get('state')})"
     if record.get("state") == "undoing" and record.get("reached"):
         where = f"while undoing '{record.get('step')}', having reached '{record.get('reached')}'"
-    return (f"{record.get('action', 'deploy')} of release {record.get('release_id')} ({record.get('ref')}) "
-            f"stopped {where}, by {lock.describe(record.get('holder', {}))}")
+    subject = record.get("subject") or f"deploy of release {record.get('release_id')} ({record.get('ref')})"
+    return f"{subject} stopped {where}, by {lock.describe(record.get('holder', {}))}"
 
 
 def interrupted(remote: Remote, layout: Layout) -> dict | None:

@@ -64,15 +64,17 @@ def cmd_check(a: argparse.Namespace) -> dict:
 
 
 def cmd_restore(a: argparse.Namespace) -> dict:
-    """In place: the app's other sessions are ended first (the app is stopped by then); with
-    --unless-written, refused unless nothing but the migration wrote since the backup."""
-    psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-         "AND pid <> pg_backend_pid() AND usename = current_user;")
-    if a.unless_written:
-        reasons = unwritten.reasons_not_to_restore(dumps.load_manifest(a.folder, a.id), a.xids)
-        if reasons:
-            return {"ok": False, "written": reasons, "error": "not restored: " + "; ".join(reasons)}
-    return dumps.restore(a.folder, a.id, a.jobs)
+    """In place, one at a time (a restore whose controller died may still run: the next one
+    waits for it); the app's other sessions are ended first (the app is stopped by then);
+    with --unless-written, refused unless nothing but the migration wrote since the backup."""
+    with locks.held(a.folder, "restore-in-place"):
+        psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND pid <> pg_backend_pid() AND usename = current_user;")
+        if a.unless_written:
+            reasons = unwritten.reasons_not_to_restore(dumps.load_manifest(a.folder, a.id), a.xids)
+            if reasons:
+                return {"ok": False, "written": reasons, "error": "not restored: " + "; ".join(reasons)}
+        return dumps.restore(a.folder, a.id, a.jobs)
 
 
 def cmd_unwritten(a: argparse.Namespace) -> dict:

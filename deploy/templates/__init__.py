@@ -17,12 +17,16 @@ def render(name: str, **values: str) -> str:
 
 
 SERVICE_VERBS = ("start", "stop", "restart", "reload", "status", "is-active", "show")
+PAGING_VERBS = ("status", "show")
 
 
 def sudo_rule(user: str, service: str) -> str:
-    """The deploy user's narrow privilege: systemctl verbs on the app's unit, nothing else, and
-    never with a pager (`systemctl status` on a terminal would run `less` as root: a root shell)."""
+    """The deploy user's narrow privilege: systemctl verbs on the app's unit, nothing else; the
+    verbs that page (`status`, `show`) only with --no-pager: on a terminal they would run `less`
+    as root, a root shell away."""
     commands = ", ".join(f"/usr/bin/systemctl --no-pager {verb} {service}.service" for verb in SERVICE_VERBS)
+    commands += "".join(f", /usr/bin/systemctl {verb} {service}.service"
+                        for verb in SERVICE_VERBS if verb not in PAGING_VERBS)
     alias = f"{service.upper().replace('-', '_').replace('.', '_').replace('@', '_')}_SERVICE"
     return render("sudoers", file=f"flask-deploy-{user}", user=user, alias=alias, commands=commands)
 
