@@ -304,11 +304,16 @@ def test_a_failed_downgrade_restores_when_only_the_migrations_own_backfill_wrote
 def test_rows_written_while_the_restore_fallback_runs_survive_and_the_deploy_says_what_to_run(deployed):
     add_migration(deployed, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
     break_the_app(deployed)
-    proc = run_until(deployed, "  restore: verify", ["deploy"])  # every writer stopped; the first proof passed
-    writer = Holding(deployed, "boards")  # a writer nobody stopped (a cron job, a console)
-    wait_for_lock_waiter(deployed)  # the safety backup's pg_dump waits behind it
-    writer.proc.stdin.write("INSERT INTO boards (name) VALUES ('written during the fallback');\n")
-    writer.release()
+    # Holding the backups folder's lock pauses the fallback inside its verification (pinning the
+    # backup waits for it): every writer stopped, the first proof passed, pg_restore not yet run.
+    paused = subprocess.Popen(["ssh", "-F", str(deployed.sandbox.ssh_config), "app1",
+                               "exec flock /srv/app/backups/.backups.lock sleep 120"])
+    try:
+        proc = run_until(deployed, "  restore: verify", ["deploy"])
+        sql(deployed, "INSERT INTO boards (name) VALUES ('written during the fallback')")  # a writer nobody stopped
+    finally:
+        ssh(deployed, "app1", "pkill -f 'sleep 120'")
+        paused.wait(timeout=30)
     rest = proc.communicate(timeout=180)[0]
     text = "".join(proc.seen) + rest
     assert proc.returncode == 1 and "Traceback" not in text, text

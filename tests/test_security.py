@@ -182,7 +182,7 @@ def test_a_password_with_shell_metacharacters_works_for_the_app_deploy_backup_ch
     set_database_password(sandbox, NASTY_PASSWORD)
     try:
         for host in ("app1", "app2"):
-            assert ssh(deployed, host, "sudo -n systemctl restart app").returncode == 0
+            assert ssh(deployed, host, "sudo -n systemctl restart app.service").returncode == 0
         add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
         deployed_ = deploy(deployed)
         assert deployed_.returncode == 0, output(deployed_)
