@@ -57,7 +57,7 @@ def restore(c, backup_id, stage=None):
 
 @task(help=STAGE)
 def recover(c, stage=None):
-    """Finish undoing a deploy whose controller was killed: old release and database back, lock released."""
+    """Undo a deploy, rollback or restore whose controller was killed (or whose undo failed), from its journal."""
     journal.recover(load_project(), stage)
 
 

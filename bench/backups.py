@@ -11,6 +11,7 @@ import statistics
 import subprocess
 
 from deploy.config import ProjectConfig
+from deploy.remote.dbops import LAUNCHER
 from deploy.sandbox import dbhost, fleet
 from deploy.sandbox.spec import Sandbox
 from deploy.server import BOOT, ENTRY, sources
@@ -20,9 +21,9 @@ from .results import Measure, section, timed
 TITLE = "Backups: the project's dump, verification and restore against plain pg_dump"
 DATABASE, SCRATCH = "flask_deploy_bench", "flask_deploy_bench_restore"
 ROOT = "/srv/app/bench"  # the tool's --deploy-to on app1: backups in ROOT/backups
-# DATABASE_URL from the host's env file, pointed at another database of the same server.
-WITH_ENV = ('set -a && . /srv/app/shared/env && set +a && DATABASE_URL="${DATABASE_URL%/*}/$1" '
-            '&& export DATABASE_URL && shift && exec "$@"')
+# DATABASE_URL from the host's env file (read by the toolkit's launcher), pointed at another
+# database of the same server.
+RETARGET = 'DATABASE_URL="${DATABASE_URL%/*}/$1" && export DATABASE_URL && shift && exec "$@"'
 PG_ENV = ("import subprocess, sys; sys.path.insert(0, sys.argv[1]); import pgenv; "
           "sys.exit(subprocess.run(sys.argv[2:], env=pgenv.pg_env()).returncode)")
 GENERATE = """
@@ -65,7 +66,8 @@ def generate(db, size_mb: int) -> int:
 
 def on_app1(sandbox, argv: list[str], database: str = DATABASE, input: str | None = None) -> str:
     """`argv` on app1 as the deploy user, with DATABASE_URL pointed at `database`."""
-    command = shlex.join(["sh", "-c", WITH_ENV, "with-env", database, *argv])
+    command = shlex.join(["python3", "-c", LAUNCHER, "/srv/app/shared/env", "/", "sh", "-c", RETARGET, "retarget",
+                          database, *argv])
     run = subprocess.run(["ssh", "-F", str(sandbox.ssh_config), "app1", command], input=input,
                          capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:

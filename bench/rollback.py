@@ -12,6 +12,7 @@ import shlex
 import statistics
 
 from deploy.config import ProjectConfig
+from deploy.remote.dbops import LAUNCHER
 
 from .project import BenchError, BenchProject
 from .results import Measure, section, verdict
@@ -58,8 +59,8 @@ def _failed_deploy(bench: BenchProject, downgrade: bool) -> float:
 
 def _worker_boot(bench: BenchProject) -> float:
     """A new worker's own work: import the app and call its factory, in the serving release."""
-    script = 'set -a && . /srv/app/shared/env && set +a && cd /srv/app/current && exec .venv/bin/python -c "$1"'
-    out = bench.ssh("app1", shlex.join(["sh", "-c", script, "boot", BOOT])).stdout
+    argv = ["python3", "-c", LAUNCHER, "/srv/app/shared/env", "/srv/app/current", ".venv/bin/python", "-c", BOOT]
+    out = bench.ssh("app1", shlex.join(argv)).stdout
     return float(out.split()[-1])
 
 

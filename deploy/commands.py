@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, interrupts, journal, pipeline, steps
+from . import console, interrupts, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, guard, lock, server_tools, service

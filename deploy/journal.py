@@ -15,9 +15,10 @@ from .remote.connection import Remote, connect
 from .remote.layout import Layout
 from .stages import load_stage
 
+
 def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
-    """Finish the undo of an interrupted deploy: old release back, database back, lock released.
-    Takes the lock itself; a lock of a live operation is never touched."""
+    """Undo the deploy, rollback or restore the journal shows unfinished (its controller died,
+    or its undo failed). Takes the lock itself; a lock of a live operation is never touched."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     remotes = connect(stage)

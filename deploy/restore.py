@@ -56,12 +56,8 @@ class Restore(StageRemotes):
 
     @classmethod
     def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Restore":
-        r = cls(stage, remotes, Layout(stage.deploy_to), check_id(record.get("backup_id", "")))
-        for name in cls.RECORDED:
-            if record.get(name):
-                setattr(r, name, record[name])
-        r.holder, r.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
-        return r
+        return guard.read_back(cls(stage, remotes, Layout(stage.deploy_to), check_id(record.get("backup_id", ""))),
+                               record, cls.RECORDED)
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
@@ -155,35 +151,45 @@ def restore_in_place(stage: StageConfig, remotes: dict[str, Remote], backup_id: 
     return {**(r.result or {}), "safety": r.safety_id if r.safety else None}
 
 
+def restore_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], backup_id: str,
+                         migration_xids: list[int]) -> tuple[dict, list[str]]:
+    """A deploy's last resort after a failed downgrade: with every writer of the app stopped,
+    restore `backup_id` only if it is proven that nothing but the migration wrote since
+    (server/unwritten.py, asked first and again just before pg_restore). (result, []) when
+    restored; ({}, the reasons) when not, with nothing changed. The app runs again after."""
+    r = Restore(stage, remotes, Layout(stage.deploy_to), check_id(backup_id))
+    running = [m for m in r.apps if service.systemctl(m, "is-active", stage.service, check=False).stdout.strip()
+               == "active"]
+    console.say("  the downgrade failed: the app stopped while the pre-deploy backup is weighed")
+    on_hosts("stopping the app", running, lambda m: service.systemctl(m, "stop", stage.service))
+    try:
+        reasons = server_tools.unwritten(r.backup_remote, r.layout, backup_id, migration_xids)
+        if reasons:
+            return {}, reasons
+        return restore_in_place(stage, remotes, backup_id, unless_written=migration_xids), []
+    except WrittenSince as exc:
+        return {}, [str(exc)]
+    finally:
+        on_hosts("starting the app", running, lambda m: service.systemctl(m, "start", stage.service))
+
+
 def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
     """Restore BACKUP_ID into the stage's database (see the module docstring)."""
     stage = load_stage(project, stage_name)
     r = Restore(stage, connect(stage), Layout(stage.deploy_to), check_id(backup_id))
     console.heading(f"restore {backup_id} on {stage.name}")
     with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name) as r.holder, r.pinned():
-        try:
-            pipeline.run(STEPS, r, guard.journaling(r, "restore"), commit=guard.committing("restore"))
-        except pipeline.DeployFailed as failed:
-            _log(r, "failed", failed.reason)
-            if failed.outcome.undo_failures:
-                failed.hint = f"fab recover --stage {stage.name} (it finishes the undo from the journal)"
-            else:
-                guard.clear(r.migrator, r.layout)
-            raise
-        _log(r, "ok")
+        guard.run_journaled(r, "restore", STEPS, lambda outcome, error: _log(r, outcome, error))
     _report_health(r)
     return r.result or {}
 
 
 def _log(r: Restore, outcome: str, error: str | None = None) -> None:
     """deploy.log: every restore, with the safety backup that holds the database as it was."""
-    try:
-        deploylog.append(r.migrator, r.layout, {
-            "time": deploylog.now(), "action": "restore", "user": getpass.getuser(), "stage": r.stage.name,
-            "backup": r.backup_id, "revision_after": (r.result or {}).get("revision"),
-            "safety_backup": r.safety_id if r.safety else None, "outcome": outcome, "error": error})
-    except DeployError as exc:
-        console.warn(f"could not write the deploy log: {exc}")
+    deploylog.append_or_warn(r.migrator, r.layout, {
+        "time": deploylog.now(), "action": "restore", "user": getpass.getuser(), "stage": r.stage.name,
+        "backup": r.backup_id, "revision_after": (r.result or {}).get("revision"),
+        "safety_backup": r.safety_id if r.safety else None, "outcome": outcome, "error": error})
 
 
 def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> list[str]:

@@ -49,12 +49,7 @@ class Rollback(StageRemotes):
 
     @classmethod
     def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Rollback":
-        r = cls(stage, remotes, Layout(stage.deploy_to))
-        for name in cls.RECORDED:
-            if record.get(name) is not None:
-                setattr(r, name, record[name])
-        r.holder, r.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
-        return r
+        return guard.read_back(cls(stage, remotes, Layout(stage.deploy_to)), record, cls.RECORDED)
 
 
 def choose(r: Rollback) -> None:
@@ -160,16 +155,7 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
     r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to)
     console.heading(f"rollback on {stage.name}")
     with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
-        try:
-            pipeline.run(STEPS, r, guard.journaling(r, "rollback"), commit=guard.committing("rollback"))
-        except pipeline.DeployFailed as failed:
-            _log(r, "failed", failed.reason)
-            if failed.outcome.undo_failures:
-                failed.hint = f"fab recover --stage {stage.name} (it finishes the undo from the journal)"
-            else:
-                guard.clear(r.migrator, r.layout)
-            raise
-        _log(r, "ok")
+        guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
     console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
     return r.target
 
@@ -179,10 +165,7 @@ def _log(r: Rollback, outcome: str, error: str | None = None) -> None:
              "from": r.source, "release": r.target, "revision_before": r.db_now,
              "revision_after": r.target_revision if outcome == "ok" else r.db_now,
              "backup": r.backup["id"] if r.backup else None, "outcome": outcome, "error": error}
-    try:
-        deploylog.append(r.migrator, r.layout, entry)
-    except DeployError as exc:
-        console.warn(f"could not write the deploy log: {exc}")
+    deploylog.append_or_warn(r.migrator, r.layout, entry)
 
 
 def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> list[str]:

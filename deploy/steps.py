@@ -20,7 +20,7 @@ from .lint import lint_revisions, render_revisions
 from .console import indent
 from .migrations import MIGRATION_LOCK_KEY, MigrationGraph, Revision, error_summary
 from .pipeline import Step
-from .remote import build, cleanup, dbops, deploylog, server_tools, service
+from .remote import build, cleanup, dbops, deploylog, guard, server_tools, service
 from .remote.connection import HostError, Remote, StageRemotes, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
@@ -68,12 +68,7 @@ class Deploy(StageRemotes):
 
     @classmethod
     def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
-        d = cls(project, stage, remotes, record.get("ref") or "?", 0)
-        for name in cls.RECORDED:
-            if record.get(name) is not None:
-                setattr(d, name, record[name])
-        d.holder, d.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
-        return d
+        return guard.read_back(cls(project, stage, remotes, record.get("ref") or "?", 0), record, cls.RECORDED)
 
     def remove_scratch(self) -> None:
         if self.scratch:
@@ -288,19 +283,7 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
     nothing but the migration wrote since (server/unwritten.py), with every writer of the
     app stopped first; otherwise stop and say exactly what to run."""
     backup_id = d.backup["id"]
-    running = [r for r in d.apps if service.systemctl(r, "is-active", d.stage.service, check=False).stdout.strip()
-               == "active"]
-    on_hosts("stopping the app (no writes while deciding)", running,
-             lambda r: service.systemctl(r, "stop", d.stage.service))
-    result: dict = {}
-    try:
-        reasons = server_tools.unwritten(d.backup_remote, d.layout, backup_id, d.migration_xids)
-        if not reasons:
-            result = restore.restore_in_place(d.stage, d.remotes, backup_id, unless_written=d.migration_xids)
-    except restore.WrittenSince as exc:
-        reasons = [str(exc)]
-    finally:
-        on_hosts("starting the app", running, lambda r: service.systemctl(r, "start", d.stage.service))
+    result, reasons = restore.restore_if_unwritten(d.stage, d.remotes, backup_id, d.migration_xids)
     if reasons:
         raise DeployError(
             f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and the pre-deploy "

@@ -346,3 +346,19 @@ def test_a_manual_backup_waits_for_no_migration_it_takes_the_stage_lock(deployed
     finally:
         deployed.fab("unlock", db=False)
     assert refused.returncode == 1 and "is locked by" in output(refused), output(refused)
+
+
+def test_the_timers_backup_waits_while_an_operation_holds_the_stage_lock(deployed):
+    before = {m["id"] for m in listed(deployed)}
+    assert deployed.fab("lock", db=False).returncode == 0
+    command = with_env("python3", "/srv/app/tools/backup_tool.py", "--deploy-to", "/srv/app", "dump",
+                       "--label", "nightly", "--wait-for-stage")
+    nightly = subprocess.Popen(["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", command],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(6)  # longer than its polling interval: it must still be waiting
+        assert nightly.poll() is None and {m["id"] for m in listed(deployed)} == before
+    finally:
+        deployed.fab("unlock", db=False)
+    assert nightly.wait(timeout=60) == 0, nightly.stdout.read()
+    assert any(m.endswith("-nightly") for m in {m["id"] for m in listed(deployed)} - before)

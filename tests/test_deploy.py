@@ -291,7 +291,8 @@ def test_unlock_force_drops_a_dead_deploys_journal_and_lock_without_undoing_anyt
 
     stale = {"release_id": "20990101000000-deadbeef", "step": "build", "state": "running",
              "holder": {"host": socket.gethostname(), "pid": 2**22 + 1, "user": "gone", "action": "deploy"}}
-    ssh(deployed, "app1", f"mkdir /srv/app/.lock && echo '{json.dumps(stale)}' > /srv/app/.journal.json")
+    ssh(deployed, "app1", f"mkdir /srv/app/.lock && touch -d '1 minute ago' /srv/app/.lock "
+                          f"&& echo '{json.dumps(stale)}' > /srv/app/.journal.json")
     assert "an earlier deploy was interrupted" in assert_clean_failure(deploy(deployed))
     refused = assert_clean_failure(deployed.fab("unlock", db=False))
     assert "is locked by" in refused and "fab recover" in refused

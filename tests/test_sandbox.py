@@ -17,6 +17,7 @@ from deploy.sandbox import dbhost, faults, fleet, machine, network, status
 from deploy.sandbox.spec import Sandbox
 from deploy.sandbox.system import in_host
 from conftest import assert_clean_failure, output
+from fleet_helpers import psql_command
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,7 +77,7 @@ def test_hosts_cannot_see_each_others_files_or_this_machines_checkout(sandbox):
 
 def test_app_hosts_reach_the_database_with_the_password_from_their_env_file(sandbox):
     for host in sandbox.apps:
-        proc = ssh(sandbox, host.name, "set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -Atc 'select current_user'")
+        proc = ssh(sandbox, host.name, psql_command("-Atc", "select current_user"))
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "app"
     mode = ssh(sandbox, "app1", "stat -c '%a %U' /srv/app/shared/env").stdout.split()
@@ -172,7 +173,7 @@ def test_a_full_disk_makes_writes_under_srv_fail_with_enospc(sandbox):
 
 
 def test_stopping_the_database_refuses_connections_until_it_is_started(sandbox):
-    query = "set -a && . /srv/app/shared/env && PGCONNECT_TIMEOUT=3 psql \"$DATABASE_URL\" -Atc 'select 1'"
+    query = "PGCONNECT_TIMEOUT=3 " + psql_command("-Atc", "select 1")
     faults.apply(sandbox, "db", "stop-db")
     stopped = ssh(sandbox, "app1", query)
     assert stopped.returncode != 0 and "Connection refused" in stopped.stderr
@@ -182,15 +183,15 @@ def test_stopping_the_database_refuses_connections_until_it_is_started(sandbox):
 
 def test_reset_gives_clean_hosts_and_an_empty_database_without_remaking_the_fleet(sandbox):
     sshd_before = as_root(sandbox, "app1", "cat", "/run/sshd.pid").stdout
-    ssh(sandbox, "app1", "set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -c 'create table t (i int)' "
-                         "&& mkdir /srv/app/releases && (sleep 300 >/dev/null 2>&1 &)")
+    ssh(sandbox, "app1", psql_command("-c", "create table t (i int)") + " && mkdir /srv/app/releases "
+                         "&& (sleep 300 >/dev/null 2>&1 &)")
     faults.apply(sandbox, "app2", "fill-disk")
     faults.apply(sandbox, "app2", "cut-network")
     fleet.reset(sandbox)
     assert as_root(sandbox, "app1", "cat", "/run/sshd.pid").stdout == sshd_before
     assert ssh(sandbox, "app1", "ls -A /srv/app").stdout.split() == ["shared"]
     assert "sleep" not in {p["command"] for p in status.processes(sandbox.find("app1"))}
-    tables = ssh(sandbox, "app1", "set -a && . /srv/app/shared/env && psql \"$DATABASE_URL\" -Atc '\\dt'")
+    tables = ssh(sandbox, "app1", psql_command("-Atc", "\\dt"))
     assert tables.returncode == 0 and tables.stdout == ""
     assert ssh(sandbox, "app2", "head -c 1048576 /dev/zero > /srv/app/blob").returncode == 0
 

@@ -77,3 +77,12 @@ def test_pg_dump_and_pg_restore_must_be_at_least_the_servers_version(answer, pro
     found = dbops.old_clients(answer)
     assert [p.split(" (apt")[0] for p in found] == [p.split(" (apt")[0] for p in problems]
     assert all("postgresql-client-" in p for p in found)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.joinpath("deploy", "server").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_the_server_side_code_is_python_3_10_syntax(path):
+    """What runs on the servers (with their own python3) parses with the oldest supported grammar."""
+    import ast
+
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))

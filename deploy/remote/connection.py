@@ -208,8 +208,9 @@ class Remote:
         try:
             stopper = self.conn.transport.open_session(timeout=10)
             stopper.exec_command(shlex.join(["sh", "-c", STOP_GROUP, "stop", str(group)]))
-            stopper.settimeout(STOP_SECONDS + 10)
-            stopper.recv_exit_status()
+            deadline = time.monotonic() + STOP_SECONDS + 10
+            while not stopper.exit_status_ready() and time.monotonic() < deadline and self.conn.transport.is_active():
+                time.sleep(0.05)
             stopper.close()
         except (paramiko.SSHException, OSError, EOFError, TimeoutError):
             pass  # the host went away meanwhile: recover's checks take it from there

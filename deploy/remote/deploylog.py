@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+from .. import console
+from ..errors import DeployError
 from .connection import Remote
 from .layout import Layout
 
@@ -20,3 +22,11 @@ def stamp() -> str:
 
 def append(remote: Remote, layout: Layout, entry: dict) -> None:
     remote.run(["sh", "-c", 'cat >> "$1"', "log", layout.log], input=json.dumps(entry) + "\n")
+
+
+def append_or_warn(remote: Remote, layout: Layout, entry: dict) -> None:
+    """For a log line after the fact: a failure to write it is said, never raised."""
+    try:
+        append(remote, layout, entry)
+    except DeployError as exc:
+        console.warn(f"could not write the deploy log: {exc}")

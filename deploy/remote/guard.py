@@ -10,7 +10,7 @@ import json
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from .. import console
+from .. import console, pipeline
 from ..errors import DeployError
 from . import lock
 from .connection import Remote
@@ -32,6 +32,15 @@ def save(op, action: str, step: str, state: str) -> None:
     write(op.migrator, op.layout, record)
 
 
+def read_back(op, record: dict, names: tuple[str, ...]):
+    """`op` with the fields `names` (those its journal record holds), its holder and the furthest step."""
+    for name in names:
+        if record.get(name) is not None:
+            setattr(op, name, record[name])
+    op.holder, op.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
+    return op
+
+
 def journaling(op, action: str) -> Callable[[str, str], None]:
     """A pipeline hook that journals each step before it runs, and each undo."""
     def on_event(event: str, step: str) -> None:
@@ -51,6 +60,22 @@ def committing(action: str) -> Callable[[object], None]:
         save(op, action, op.reached, SUCCEEDED)
         console.say(f"  recorded as succeeded (nothing undoes the {action} from here)")
     return commit
+
+
+def run_journaled(op, action: str, steps: list, log: Callable[[str, str | None], None]):
+    """A rollback's or a restore's steps, journaled, with the commit; `log(outcome, error)`
+    records the result. After a failure the journal stays only if the undo did not finish."""
+    try:
+        outcome = pipeline.run(steps, op, journaling(op, action), commit=committing(action))
+    except pipeline.DeployFailed as failed:
+        log("failed", failed.reason)
+        if failed.outcome.undo_failures:
+            failed.hint = f"fab recover --stage {op.stage.name} (it finishes the undo from the journal)"
+        else:
+            clear(op.migrator, op.layout)
+        raise
+    log("ok", None)
+    return outcome
 
 
 def load(remote: Remote, layout: Layout) -> dict | None:

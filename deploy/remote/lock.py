@@ -62,6 +62,8 @@ def alive(info: dict) -> bool:
     """Whether the holder still runs: its pid on this machine; elsewhere, a fresh heartbeat."""
     if info.get("action") == MANUAL:
         return True  # a person holds it until they unlock
+    if not info.get("id") and not info.get("action"):  # unreadable: only a lock being taken this instant is alive
+        return info.get("heartbeat_age") is not None and info["heartbeat_age"] <= BEING_MADE_SECONDS
     if info.get("machine") == machine_id() and info.get("host") == socket.gethostname():
         try:
             os.kill(int(info.get("pid", 0)), 0)
@@ -97,20 +99,22 @@ def held_error(current: dict | None, stage: str) -> LockHeld:
                          f"then fab recover --stage {stage}")
 
 
-READ = 'cat "$1/holder.json" || exit 3; printf "\\n"; echo $(( $(date +%s) - $(stat -c %Y "$1/heartbeat" 2>/dev/null || echo 0) ))'
+READ = ('test -d "$1" || exit 3; cat "$1/holder.json" 2>/dev/null || printf "{}"; printf "\\n"; '
+        'echo $(( $(date +%s) - $(stat -c %Y "$1/heartbeat" 2>/dev/null || stat -c %Y "$1") ))')
+BEING_MADE_SECONDS = 5  # a lock without a readable holder this young is being taken right now
 
 
 def read(remote: Remote, layout: Layout) -> dict | None:
-    """The holder (with `heartbeat_age` in seconds, on the host's clock), {} if unreadable, None if free."""
+    """The holder, None if the lock is free; without a readable holder.json, {} (but for its age).
+    `heartbeat_age` is in seconds, on the host's clock (the folder's age before any heartbeat)."""
     out = remote.run(["sh", "-c", READ, "read-lock", layout.lock], check=False)
-    if out.exited != 0:
-        exists = remote.run(["test", "-d", layout.lock], check=False).exited == 0
-        return {} if exists else None
+    if out.exited == 3:
+        return None
     text, _, age = out.stdout.rstrip("\n").rpartition("\n")
     try:
         info = json.loads(text)
     except ValueError:
-        return {}
+        info = {}
     info["heartbeat_age"] = int(age) if age.strip().lstrip("-").isdigit() else None
     return info
 

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 
 import checks
@@ -38,7 +39,23 @@ def _serving_release(deploy_to: str) -> str | None:
     return os.path.basename(target) if os.path.isdir(target) else None
 
 
+STAGE_WAIT_SECONDS = 2 * 3600
+
+
+def wait_for_stage(deploy_to: str) -> None:
+    """The timer's backup waits while a deploy, rollback or restore holds the stage's lock on
+    this host (its dump's table locks would make a migration's ALTER time out)."""
+    deadline = time.monotonic() + STAGE_WAIT_SECONDS
+    while os.path.isdir(f"{deploy_to}/.lock"):
+        if time.monotonic() > deadline:
+            raise ToolError(f"the stage's lock ({deploy_to}/.lock) was held for {STAGE_WAIT_SECONDS // 3600} h: "
+                            "no backup taken; see `fab status`")
+        time.sleep(5)
+
+
 def cmd_dump(a: argparse.Namespace) -> dict:
+    if a.wait_for_stage:
+        wait_for_stage(a.deploy_to)
     backup_id = a.id or f"{dumps.stamp()}-{a.label}"
     manifest = dumps.dump(a.folder, backup_id, a.release or _serving_release(a.deploy_to), a.label,
                           a.format, a.compress, a.jobs, a.content)
@@ -130,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     dump.add_argument("--format", default="directory", choices=dumps.FORMATS)
     dump.add_argument("--compress", type=int, default=6)
     dump.add_argument("--content", action="store_true", help="keep each table's row digest (pre-deploy backups)")
+    dump.add_argument("--wait-for-stage", action="store_true",
+                      help="first wait while the stage's lock is held on this host (the timer's backups)")
     for command in (dump, sub.add_parser("prune")):
         command.add_argument("--keep", type=int, default=0, help="0: do not prune")
         command.add_argument("--keep-daily-days", type=int, default=0)

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from digests import checksums
+from locks import held
 from pgenv import SharedSnapshot, ToolError, facts, pg_env, psql
 from unwritten import CONTENT, parse_content
 
@@ -82,6 +83,12 @@ def dump(folder: str, backup_id: str, release: str | None, label: str, fmt: str,
     if os.path.lexists(path) or os.path.lexists(manifest_path):
         raise ToolError(f"a backup {backup_id} already exists")
     options = dump_options(fmt, compress, jobs)
+    with held(folder, "dump"):  # one dump at a time: a deploy's backup waits for the nightly one, not its migration
+        return _dump(folder, backup_id, release, label, options, fmt, content, path, manifest_path)
+
+
+def _dump(folder: str, backup_id: str, release: str | None, label: str, options: list[str], fmt: str,
+          content: bool, path: str, manifest_path: str) -> dict:
     started = time.time()
     snapshot = dumping = None
     try:

@@ -27,8 +27,11 @@ class Busy(ToolError):
 
 @contextmanager
 def held(folder: str, name: str, *, shared: bool = False, wait: bool = True) -> Iterator[None]:
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise ToolError(f"cannot open the lock {folder}/.{name}.lock: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))

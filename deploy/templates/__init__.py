@@ -46,7 +46,7 @@ def backup_units(service: str, user: str, deploy_to: str, backups: BackupSetting
     values = {"service": service, "user": user, "deploy_to": deploy_to}
     return {
         f"{service}-backup.service": render("backup.service", **values, command=shlex.join(
-            tool_command(deploy_to, backups.dump_args("nightly")))),
+            tool_command(deploy_to, [*backups.dump_args("nightly"), "--wait-for-stage"]))),
         f"{service}-backup.timer": render("backup.timer", **values, schedule=backups.schedule),
         f"{service}-backup-check.service": render("backup-check.service", **values, command=shlex.join(
             tool_command(deploy_to, backups.check_args()))),
