@@ -140,8 +140,9 @@ def test_the_deploy_user_may_manage_the_app_service_through_sudo_and_nothing_els
     assert ssh(sandbox, "app1", "pgrep -u deploy -f http.server").returncode == 1
 
 
-def test_the_admin_account_has_full_sudo_for_setup_and_the_deploy_user_does_not(sandbox):
-    assert ssh(sandbox, "app1", "sudo -n id -u", "-l", "deploy-admin").stdout.strip() == "0"
+def test_the_admin_account_has_full_sudo_for_setup_with_its_own_key_and_the_deploy_user_does_not(sandbox):
+    as_admin = ("-l", "deploy-admin", "-o", f"IdentityFile={sandbox.admin_key}")
+    assert ssh(sandbox, "app1", "sudo -n id -u", *as_admin).stdout.strip() == "0"
     assert ssh(sandbox, "app1", "sudo -n id -u").returncode != 0
 
 
