@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, interrupts, pipeline, steps
+from . import console, pipeline, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, guard, lock, server_tools, service
@@ -36,9 +36,12 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
             except pipeline.DeployFailed as failure:
                 _after_failure(d, failure)
                 raise
-            with interrupts.deferred(_after_commit_notice, reraise=False) as late:
+            try:  # Ctrl-C is held back from the commit on: the log, the cleanup and the lock release finish
                 _after_success(d, outcome)
-        if outcome.interrupted or late.interrupted:
+            except BaseException:
+                outcome.release_interrupts()
+                raise
+        if outcome.release_interrupts():
             console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
         console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
@@ -46,10 +49,6 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
         d.remove_scratch()
         for remote in remotes.values():
             remote.close()
-
-
-def _after_commit_notice() -> None:
-    console.warn("Ctrl-C: the deploy has succeeded; finishing its log and cleanup first")
 
 
 def _after_success(d: steps.Deploy, outcome: pipeline.Outcome) -> None:

@@ -1,9 +1,9 @@
 """Ctrl-C held back while a piece of work must not be cut in half: an undo, the record
-that a deploy succeeded, the bookkeeping after it. The interrupt is remembered and
-raised (as KeyboardInterrupt) when the block ends, unless the block says it consumed it.
+that an operation succeeded and everything after it. The interrupt is remembered and,
+once the work is done, raised (as KeyboardInterrupt) or reported.
 
-Only the main thread receives signals; elsewhere the block runs unprotected, which
-is harmless because KeyboardInterrupt is only raised in the main thread.
+Only the main thread receives signals; elsewhere holding does nothing, which is harmless
+because KeyboardInterrupt is only raised in the main thread.
 """
 from __future__ import annotations
 
@@ -13,44 +13,56 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
-class Deferred:
-    """What a deferring block saw: how many Ctrl-Cs arrived while it ran."""
+class Held:
+    """Ctrl-C remembered, not raised, from now until `release()` (which says whether one came).
+    Held inside another hold, it leaves its interrupts to the outer one."""
 
-    def __init__(self) -> None:
+    def __init__(self, notice: Callable[[], None] = lambda: None) -> None:
         self.count = 0
+        self._previous = None
+        self._active = not _outer and threading.current_thread() is threading.main_thread()
+        if not self._active:
+            self._shared = _outer[-1] if _outer else None
+            return
+
+        def remember(signum, frame) -> None:
+            self.count += 1
+            if self.count == 1:
+                notice()
+
+        self._previous = signal.signal(signal.SIGINT, remember)
+        _outer.append(self)
 
     @property
     def interrupted(self) -> bool:
+        if not self._active and self._shared is not None:
+            return self._shared.interrupted
+        return self.count > 0
+
+    def release(self) -> bool:
+        """Ctrl-C acts again; True if one came meanwhile."""
+        if self._active:
+            self._active = False
+            _outer.remove(self)
+            signal.signal(signal.SIGINT, self._previous)
         return self.count > 0
 
 
-_outer: list[Deferred] = []
+_outer: list[Held] = []
+
+
+def hold(notice: Callable[[], None] = lambda: None) -> Held:
+    return Held(notice)
 
 
 @contextmanager
-def deferred(notice: Callable[[], None] = lambda: None, *, reraise: bool = True) -> Iterator[Deferred]:
-    """Run the block with SIGINT remembered instead of raised; afterwards raise it
-    (`reraise`) or leave it to the caller, who reads `interrupted`.
-
-    `notice` is called on the first Ctrl-C (to say why nothing stops). A block inside
-    another one leaves its interrupts to the outer block.
-    """
-    if _outer or threading.current_thread() is not threading.main_thread():
-        yield _outer[-1] if _outer else Deferred()
-        return
-    seen = Deferred()
-
-    def remember(signum, frame) -> None:
-        seen.count += 1
-        if seen.count == 1:
-            notice()
-
-    previous = signal.signal(signal.SIGINT, remember)
-    _outer.append(seen)
+def deferred(notice: Callable[[], None] = lambda: None, *, reraise: bool = True) -> Iterator[Held]:
+    """Run the block with Ctrl-C held back; afterwards raise it (`reraise`) or leave it to the
+    caller, who reads `interrupted`. `notice` is called on the first Ctrl-C."""
+    held = hold(notice)
     try:
-        yield seen
+        yield held
     finally:
-        _outer.pop()
-        signal.signal(signal.SIGINT, previous)
-    if seen.interrupted and reraise:
+        came = held.release()
+    if came and reraise:
         raise KeyboardInterrupt

@@ -29,7 +29,11 @@ class Outcome:
     undo_failures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed_at: float | None = None  # time.monotonic() when a step failed and the undo began
-    interrupted: bool = False  # Ctrl-C after the commit: nothing was undone
+    held: interrupts.Held | None = None  # after the commit: Ctrl-C held back until the caller releases it
+
+    def release_interrupts(self) -> bool:
+        """After a committed run, when its caller is done: Ctrl-C acts again; True if one came."""
+        return self.held.release() if self.held else False
 
 
 class DeployFailed(DeployError):
@@ -59,9 +63,11 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
         commit: Callable[[Any], None] | None = None) -> Outcome:
     """Run `steps` on `ctx`; on failure undo in reverse and raise DeployFailed.
 
-    `commit`, when given, records success once every step is done (the deploy's journal).
-    It runs with Ctrl-C held back; from the moment it returns nothing is undone, and an
-    interrupt that arrived meanwhile is only reported (`outcome.interrupted`).
+    `commit`, when given, records success once every step is done (the journal). From the
+    commit on, Ctrl-C is held back, and stays held when this returns, so that what the caller
+    does after (its log, its cleanup) is never cut short either: the caller ends the hold
+    with `outcome.release_interrupts()`, which says whether Ctrl-C came. Nothing is undone
+    after the commit.
     """
     outcome = Outcome()
     committed = False
@@ -76,20 +82,21 @@ def run(steps: list[Step], ctx: Any, on_event: Callable[[str, str], None] = lamb
             outcome.done.append(step.name)
             on_event("done", step.name)
         if commit is not None:
-            with interrupts.deferred(reraise=False) as seen:
-                commit(ctx)
-                committed = True
-            outcome.interrupted = seen.interrupted
+            outcome.held = interrupts.hold()
+            commit(ctx)
+            committed = True
     except BaseException as exc:  # noqa: B902 - Ctrl-C must roll back too
-        if committed:  # an interrupt in the instant after the commit: too late to undo, too late to matter
-            outcome.interrupted = True
+        if committed:  # cannot happen while held; kept so that nothing committed is ever undone
             return outcome
-        with interrupts.deferred(_undo_notice, reraise=False):
+        held, outcome.held = outcome.held or interrupts.hold(_undo_notice), None  # (a failed commit's hold)
+        try:
             outcome.failed_at = time.monotonic()
             outcome.timings.setdefault(step.name, outcome.failed_at - started)
             _observe(on_event, "failed", step.name)
             undo_steps([*(s for s in steps if s.name in outcome.done and s is not step), step], ctx, outcome,
                        on_event)
+        finally:
+            held.release()
         raise DeployFailed(step.name, exc, outcome) from exc
     return outcome
 

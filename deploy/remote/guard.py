@@ -74,7 +74,11 @@ def run_journaled(op, action: str, steps: list, log: Callable[[str, str | None],
         else:
             clear(op.migrator, op.layout)
         raise
-    log("ok", None)
+    try:
+        log("ok", None)
+    finally:
+        if outcome.release_interrupts():
+            console.warn(f"Ctrl-C came after the {action} was recorded as succeeded: nothing was undone")
     return outcome
 
 
