@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+import paramiko
+
 from . import console
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
@@ -92,7 +94,10 @@ def fetch(remote: Remote, layout: Layout, manifest: dict, folder: Path) -> Path:
     local = folder / f"{backup_id}.dump"
     source = f"{layout.backups}/{backup_id}.dump"
     if names:
-        local.mkdir(mode=0o700)
+        try:
+            local.mkdir(mode=0o700)
+        except FileExistsError:
+            raise DeployError(f"{local} already exists: not overwritten", hint="download into an empty folder") from None
     for remote_path, target in ([(f"{source}/{n}", local / n) for n in names] or [(source, local)]) + [
             (f"{layout.backups}/{backup_id}.json", folder / f"{backup_id}.json")]:
         _download(remote, remote_path, target)
@@ -110,8 +115,12 @@ def _download(remote: Remote, remote_path: str, target: Path) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise DeployError(f"{target} already exists: not overwritten", hint="download into an empty folder") from None
-    with os.fdopen(fd, "wb") as out:
-        remote.conn.get(remote_path, out)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            remote.conn.get(remote_path, out)
+    except (OSError, paramiko.SSHException) as exc:
+        target.unlink(missing_ok=True)
+        raise DeployError(f"{remote.name}: downloading {remote_path} failed: {exc}", hint="download it again") from None
 
 
 def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:

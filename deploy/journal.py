@@ -37,6 +37,7 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
     else:
         lock.acquire(migrator, layout, mine, stage.name)
     with lock.kept(migrator, layout, mine):
+        record = guard.load(migrator, layout)  # again, under the lock: another recover may have finished it
         if not guard.unfinished(record):
             console.ok(f"nothing to recover on {stage.name}: no unfinished operation"
                        + (f" (the last {record.get('action', 'deploy')} succeeded)" if record else ""))

@@ -118,20 +118,20 @@ def _restore(r: Restore) -> None:
 
 
 def _put_safety_back(r: Restore) -> None:
-    if r.result and r.result.get("written"):
-        return  # refused before pg_restore started: nothing to put back (and a write to keep)
+    if r.result is not None and not r.result.get("touched", True):
+        return  # refused or failed before anything changed: nothing to put back (and maybe a write to keep)
     back = server_tools.restore(r.backup_remote, r.layout, r.stage, r.safety_id)
     if not back["ok"]:
         raise DeployError(f"the safety backup {r.safety_id} could not be put back either: {back['error']}")
     console.say(f"  put the safety backup {r.safety_id} back")
 
 
-STEPS = [
+STEPS = [  # the app stops before the safety backup: nothing it writes can fall between the two
     pipeline.Step("verify", _check),
-    pipeline.Step("safety backup", _safety_backup),
     pipeline.Step("stop app", _stop_app, _start_app),
+    pipeline.Step("safety backup", _safety_backup),
     pipeline.Step("restore", _restore, _put_safety_back),
-    pipeline.Step("start app", _start_app),
+    pipeline.Step("start app", _start_app, _stop_app),  # if a host cannot start, none serves the put-back
 ]
 
 
@@ -199,11 +199,20 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
     names = [s.name for s in STEPS]
     if r.reached in names and names.index(r.reached) > names.index("safety backup"):
         r.safety = {"id": r.safety_id}
-    pipeline.undo_from(STEPS, r, r.reached, stage.name)
+    if r.reached == "start app":  # the restore itself was done: finish it rather than undo it
+        _start_app(r)
+        notes = [f"the restore of {r.backup_id} had finished: the app is started again; the database as it "
+                 f"was before it is in the safety backup {r.safety_id}"]
+    else:
+        pipeline.undo_from(STEPS, r, r.reached, stage.name)
+        notes = ([f"the safety backup {r.safety_id} holds the database as it was before the restore"] if r.safety
+                 else ["the restore had not started: the database was not changed"])
     _log(r, "recovered", f"the controller stopped during '{record.get('step')}'")
-    server_tools.tool(r.backup_remote, r.layout, "unpin", r.backup_id, "--owner", r.owner)
-    return ([f"the safety backup {r.safety_id} holds the database as it was before the restore"] if r.safety
-            else ["the restore had not started: the database was not changed"])
+    try:
+        server_tools.tool(r.backup_remote, r.layout, "unpin", r.backup_id, "--owner", r.owner)
+    except DeployError as exc:
+        console.warn(f"could not unpin {r.backup_id} (the pin lapses by itself): {exc}")
+    return notes
 
 
 def _report_health(r: Restore) -> None:

@@ -83,3 +83,16 @@ def test_a_restore_over_an_unchanged_database_drops_nothing(backed_up):
     url, folder = backed_up
     result = dumps.restore(str(folder), "b1", jobs=2)
     assert result["ok"] and result["dropped"] == [], result
+
+
+def test_database_names_from_the_server_are_quoted_so_a_crafted_name_drops_nothing_else(database_url, monkeypatch):
+    from pgenv import create_database, databases_starting, drop_database
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    victim = database_url.rsplit("/", 1)[1]
+    crafted = f'flask_deploy_restore_check_";DROP DATABASE "{victim}'
+    create_database(crafted)
+    assert crafted in databases_starting("flask_deploy_restore_check_")
+    drop_database(crafted)
+    assert crafted not in databases_starting("flask_deploy_restore_check_")
+    assert execute(database_url, "SELECT current_database()") == [(victim,)]  # still there

@@ -7,13 +7,14 @@ unfinished; an unfinished journal whose operation no longer holds a live lock is
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from .. import console, pipeline
 from ..errors import DeployError
 from . import lock
-from .connection import Remote
+from .connection import HostError, Remote
 from .layout import Layout
 
 SUCCEEDED = "succeeded"  # the commit: written atomically once every step is done; nothing to recover after it
@@ -57,9 +58,25 @@ def journaling(op, action: str) -> Callable[[str, str], None]:
 def committing(action: str) -> Callable[[object], None]:
     """The pipeline's commit: the operation recorded as succeeded; nothing undoes it from there."""
     def commit(op) -> None:
-        save(op, action, op.reached, SUCCEEDED)
+        try:
+            save(op, action, op.reached, SUCCEEDED)
+        except HostError:  # the reply was lost, not necessarily the write: read what the host has
+            if not _committed_there(op):
+                raise
         console.say(f"  recorded as succeeded (nothing undoes the {action} from here)")
     return commit
+
+
+def _committed_there(op, tries: int = 5) -> bool:
+    """Whether the journal on the host says this operation succeeded (asked again a few times)."""
+    for _ in range(tries):
+        try:
+            record = load(op.migrator, op.layout) or {}
+        except HostError:
+            time.sleep(2)
+            continue
+        return record.get("state") == SUCCEEDED and (record.get("holder") or {}).get("id") == op.holder.get("id")
+    return False
 
 
 def run_journaled(op, action: str, steps: list, log: Callable[[str, str | None], None]):
@@ -87,9 +104,10 @@ def load(remote: Remote, layout: Layout) -> dict | None:
     if out.exited != 0:
         return None
     try:
-        return json.loads(out.stdout)
+        record = json.loads(out.stdout)
     except ValueError:
-        return {"step": "?", "state": "unreadable"}
+        record = None
+    return record if isinstance(record, dict) else {"step": "?", "state": "unreadable"}
 
 
 def clear(remote: Remote, layout: Layout) -> None:

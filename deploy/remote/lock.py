@@ -35,16 +35,20 @@ class LockHeld(DeployError):
 
 
 def machine_id() -> str:
-    """This machine's identity: /etc/machine-id (two laptops may share a hostname, not this)."""
+    """Where a pid means something: /etc/machine-id (two laptops may share a hostname, not
+    this) and the pid namespace (containers may share a machine id, not their pids)."""
+    found = f"node-{uuid.getnode():012x}"
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
             with open(path) as f:
-                found = f.read().strip()
-            if found:
-                return found
+                found = f.read().strip() or found
+            break
         except OSError:
             continue
-    return f"node-{uuid.getnode():012x}"
+    try:
+        return f"{found}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return found
 
 
 def holder(action: str, ref: str | None) -> dict:
@@ -65,7 +69,7 @@ def alive(info: dict) -> bool:
     if not info.get("id") and not info.get("action"):  # unreadable: only a lock being taken this instant is alive
         return info.get("heartbeat_age") is not None and info["heartbeat_age"] <= BEING_MADE_SECONDS
     if info.get("machine") == machine_id() and info.get("host") == socket.gethostname():
-        try:
+        try:  # the same machine and pid namespace: its pid tells at once
             os.kill(int(info.get("pid", 0)), 0)
             return True
         except PermissionError:
@@ -115,6 +119,7 @@ def read(remote: Remote, layout: Layout) -> dict | None:
         info = json.loads(text)
     except ValueError:
         info = {}
+    info = info if isinstance(info, dict) else {}
     info["heartbeat_age"] = int(age) if age.strip().lstrip("-").isdigit() else None
     return info
 
@@ -168,7 +173,10 @@ class Heartbeat(threading.Thread):
                 continue
 
     def stop(self) -> None:
+        """Stop, and wait for a touch in flight: nothing may use the connection while it closes."""
         self.stopped.set()
+        if self.is_alive():
+            self.join(timeout=HEARTBEAT_SECONDS * 3)
 
 
 @contextmanager

@@ -90,7 +90,7 @@ def cmd_restore(a: argparse.Namespace) -> dict:
         if a.unless_written:
             reasons = unwritten.reasons_not_to_restore(dumps.load_manifest(a.folder, a.id), a.xids)
             if reasons:
-                return {"ok": False, "written": reasons, "error": "not restored: " + "; ".join(reasons)}
+                return {"ok": False, "touched": False, "written": reasons, "error": "not restored: " + "; ".join(reasons)}
         return dumps.restore(a.folder, a.id, a.jobs)
 
 
@@ -116,6 +116,8 @@ def _env_file(path: str) -> dict[str, str]:
         return envfile.load(path)
     except OSError as exc:
         raise ToolError(f"cannot read the env file {path}: {exc.strerror} (fab setup writes a template)") from None
+    except UnicodeDecodeError:
+        raise ToolError(f"the env file {path} is not UTF-8 text (systemd refuses it too)") from None
 
 
 READERS = {"check", "verify", "restore"}  # hold the backups shared: retention waits for them

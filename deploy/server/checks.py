@@ -7,6 +7,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ def check_restore(folder: str, newest: dict, jobs: int) -> dict:
     with held(folder, "restore-test"):  # one at a time: the leftovers dropped here are no live run's
         try:
             for leftover in databases_starting(SCRATCH_PREFIX):  # from a run that was killed
-                drop_database(leftover)
+                if re.fullmatch(re.escape(SCRATCH_PREFIX) + r"\d+", leftover):  # ours: never another name
+                    drop_database(leftover)
             create_database(scratch)
             restored = restore(folder, newest["id"], jobs, database=scratch)
         except ToolError as exc:

@@ -190,15 +190,19 @@ def restore(folder: str, backup_id: str, jobs: int, database: str | None = None)
     survive the restore, or make its --clean fail half-way."""
     path = dump_path(folder, backup_id)
     started = time.time()
-    dropped = drop_what_the_dump_lacks(path, database)
+    try:
+        dropped = drop_what_the_dump_lacks(path, database)  # one transaction: all or nothing
+    except ToolError as exc:
+        return {"ok": False, "touched": False, "error": str(exc)}
     run = subprocess.run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--exit-on-error",
                           f"--jobs={jobs}", "--dbname", pg_env(database).get("PGDATABASE", ""), path],
                          env=pg_env(database), capture_output=True, text=True)
     if run.returncode != 0:
-        return {"ok": False, "error": run.stderr.strip()[-1500:], "dropped": dropped}
+        return {"ok": False, "touched": True, "error": run.stderr.strip()[-1500:], "dropped": dropped}
     duration = round(time.time() - started, 3)
     version, revision, counts = facts(database)
-    return {"ok": True, "revision": revision, "row_counts": counts, "duration": duration, "dropped": dropped}
+    return {"ok": True, "touched": True, "revision": revision, "row_counts": counts, "duration": duration,
+            "dropped": dropped}
 
 
 # The app's own objects (owned by its role, outside PostgreSQL's and extensions' schemas),

@@ -129,3 +129,5 @@ if __name__ == "__main__":
         exec_with(sys.argv[1], sys.argv[2], sys.argv[3:])
     except OSError as exc:
         sys.exit(f"envfile.py: {exc.filename or sys.argv[3]}: {exc.strerror}")
+    except UnicodeDecodeError:
+        sys.exit(f"envfile.py: {sys.argv[1]} is not UTF-8 text")

@@ -34,7 +34,11 @@ def url_variables(raw: str) -> dict[str, str]:
     url = urlsplit(raw)
     if url.scheme.split("+")[0] not in ("postgresql", "postgres"):
         raise ToolError(f"DATABASE_URL is not a postgresql:// URL (its scheme is {url.scheme!r})")
-    found = {"PGHOST": url.hostname or "", "PGPORT": str(url.port or 5432), "PGUSER": unquote(url.username or ""),
+    try:
+        port = url.port or 5432
+    except ValueError:
+        raise ToolError("DATABASE_URL has a port that is not a number") from None
+    found = {"PGHOST": url.hostname or "", "PGPORT": str(port), "PGUSER": unquote(url.username or ""),
              "PGPASSWORD": unquote(url.password or ""), "PGDATABASE": unquote(url.path.lstrip("/")),
              "PGCONNECT_TIMEOUT": "5"}
     for name, value in parse_qsl(url.query, keep_blank_values=True):
@@ -205,21 +209,30 @@ def server_version_num() -> int:
     return _VERSION[0]
 
 
+def ident(name: str) -> str:
+    """A quoted SQL identifier (any name a server returns, quotes included)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def create_database(name: str) -> None:
-    psql(f'CREATE DATABASE "{name}";', "postgres")
+    psql(f"CREATE DATABASE {ident(name)};", "postgres")
 
 
 def drop_database(name: str) -> None:
     if server_version_num() >= 130000:
-        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);', "postgres")
+        psql(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE);", "postgres")
         return
     ended = [int(row[0]) for row in psql(  # before 13: end its sessions first (the app role's own)
-        f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';", "postgres")]
+        f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {literal(name)};", "postgres")]
     _wait_gone(ended)
-    psql(f'DROP DATABASE IF EXISTS "{name}";', "postgres")
+    psql(f"DROP DATABASE IF EXISTS {ident(name)};", "postgres")
 
 
 def databases_starting(prefix: str) -> list[str]:
     """Databases whose name starts with `prefix` (letters, digits and '_' only)."""
-    rows = psql(f"SELECT datname FROM pg_database WHERE left(datname, {len(prefix)}) = '{prefix}';", "postgres")
+    rows = psql(f"SELECT datname FROM pg_database WHERE left(datname, {len(prefix)}) = {literal(prefix)};", "postgres")
     return [row[0] for row in rows]

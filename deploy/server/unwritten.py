@@ -68,7 +68,9 @@ def open_writers() -> list[str]:
     rows = psql("SELECT a.pid, a.usename, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                 "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
                 "AND a.datname = current_database() AND a.pid <> pg_backend_pid() ORDER BY 1;")
-    return [f"session {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in rows]
+    prepared = psql("SELECT gid, owner FROM pg_prepared_xacts WHERE database = current_database() ORDER BY 1;")
+    return ([f"session {pid} ({user or '?'}, {app or 'no application name'})" for pid, user, app in rows]
+            + [f"prepared transaction {gid!r} ({owner})" for gid, owner in prepared])
 
 
 TABLES = ("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -79,10 +81,11 @@ COLUMNS = ("SELECT n.nspname || '.' || c.relname, a.attname FROM pg_class c "
            "AND a.attnum > 0 AND NOT a.attisdropped WHERE c.relkind = 'r' ORDER BY 1;")
 
 
-def foreign_rows(snapshot: str, migration_xids: list[int]) -> dict[str, int]:
+def foreign_rows(snapshot: str, migration_xids: list[int], backup_tables: set[str]) -> dict[str, int]:
     """Per table, the rows whose version was written by a transaction that is neither seen by
     the backup's snapshot nor the migration's. A row's xmin is 32 bits: it is widened with
-    the epoch of now (every such transaction is recent)."""
+    the epoch of now (every such transaction is recent). In a table the backup does not have,
+    every row not the migration's counts (a snapshot's xip list has no subtransactions)."""
     tables = [row[0] for row in psql(TABLES)]
     if not tables:
         return {}
@@ -90,8 +93,9 @@ def foreign_rows(snapshot: str, migration_xids: list[int]) -> dict[str, int]:
                " - CASE WHEN ((txid_snapshot_xmax(txid_current_snapshot()) >> 32) << 32) + xmin::text::bigint"
                " > txid_snapshot_xmax(txid_current_snapshot()) THEN 4294967296 ELSE 0 END)")
     ours = ", ".join(str(x & 0xFFFFFFFF) for x in migration_xids) or "-1"
+    seen = f"AND NOT txid_visible_in_snapshot({widened}, {_literal(snapshot)}::txid_snapshot)"
     queries = [f"SELECT {_literal(t)}, count(*) FROM {_table(t)} WHERE xmin::text::bigint NOT IN ({ours}) "
-               f"AND NOT txid_visible_in_snapshot({widened}, {_literal(snapshot)}::txid_snapshot);" for t in tables]
+               f"{seen if t in backup_tables else ''};" for t in tables]
     return {table: int(count) for table, count in psql("\n".join(queries)) if int(count)}
 
 
@@ -127,7 +131,10 @@ def reasons_not_to_restore(manifest: dict, migration_xids: list[int]) -> list[st
         return [f"the backup {manifest.get('id')} holds no row digests (made by an older toolkit, or not a "
                 "pre-deploy backup), so no write since it can be ruled out"]
     reasons = [f"{who} has an open transaction that wrote" for who in open_writers()]
+    if psql("SELECT 1 FROM pg_largeobject_metadata LIMIT 1;"):
+        reasons.append("the database holds large objects, which the backup's digests do not cover")
     reasons += [f"{table}: {count} row(s) written since the backup by another transaction than the migration's"
-                for table, count in foreign_rows(evidence["snapshot"], migration_xids).items()]
+                for table, count in foreign_rows(evidence["snapshot"], migration_xids,
+                                                 set(evidence["tables"])).items()]
     reasons += [f"{table} differs from the backup" for table in changed_tables(evidence["tables"])]
     return reasons
