@@ -31,7 +31,7 @@ class Rollback(StageRemotes):
     requested: str | None = None  # --to, else the previous good release
     source: str = ""           # the release serving now
     target: str = ""
-    app: str = "app:create_app"
+    app: str = ""              # what `flask --app` loads: deploy.toml's [project] app
     db_now: str | None = None
     target_revision: str | None = None
     backup: dict | None = None
@@ -152,7 +152,7 @@ STEPS = [
 def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = None) -> str:
     """Roll the stage back to `to` (default: the previous good release)."""
     stage = load_stage(project, stage_name)
-    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to)
+    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to, app=project.app)
     console.heading(f"rollback on {stage.name}")
     with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
         guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))

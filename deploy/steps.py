@@ -40,7 +40,7 @@ class Deploy(StageRemotes):
     release_id: str = ""
     scratch: Path | None = None
     export_dir: Path | None = None
-    app: str = "app:create_app"
+    app: str = ""  # the commit's deploy.toml [project] app, read in preflight
     graph: MigrationGraph | None = None
     head: str | None = None
     digest: str = ""
