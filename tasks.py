@@ -78,8 +78,14 @@ def db_reset(c, empty=False):
 
 @task(name="up", help={"hosts": "app hosts, 1 to 8 (default: [sandbox] hosts, or as many as the last up)"})
 def sandbox_up(c, hosts=None):
-    """Make (or repair) the sandbox fleet: app hosts + a db host, sshd, an origin; push HEAD."""
+    """Make (or repair) the sandbox fleet: app hosts, a db host and a load balancer, booted with systemd; push HEAD."""
     sandbox.up(load_project(), hosts)
+
+
+@task(name="image", help={"rebuild": "build it again even when cached"})
+def sandbox_image(c, rebuild=False):
+    """Build the hosts' Debian 12 image (debootstrap) when missing; it is cached under .local/images."""
+    sandbox.build_image(load_project(), rebuild)
 
 
 @task(name="down")
@@ -94,9 +100,9 @@ def sandbox_status(c, json=False):
     sandbox.show_status(load_project(), json)
 
 
-@task(name="fault", help={"host": "app1, app2, ..., db", "action": " | ".join(FAULTS)})
+@task(name="fault", help={"host": "app1, app2, ..., db, lb", "action": " | ".join(FAULTS)})
 def sandbox_fault(c, host, action):
-    """Inject (or undo) a fault: cut a host's network, fill its disk, stop the database."""
+    """Inject (or undo) a fault: cut a host's network, fill its disk, stop the database, reboot it."""
     sandbox.fault(load_project(), host, action)
 
 
@@ -112,4 +118,4 @@ def bench(c, only=None, runs=5, size=None):
 
 ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit, bench)
 ns.add_collection(Collection("db", db_up, db_down, db_reset))
-ns.add_collection(Collection("sandbox", sandbox_up, sandbox_down, sandbox_status, sandbox_fault))
+ns.add_collection(Collection("sandbox", sandbox_up, sandbox_image, sandbox_down, sandbox_status, sandbox_fault))

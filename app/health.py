@@ -1,9 +1,14 @@
-"""GET /healthz: which release is running and whether its schema is in place.
+"""Two questions, for two askers.
 
-200 only when the database answers and is at the head revision this code
-expects; 503 with the reason otherwise. The deploy compares `release` and
-`revision` with what it deployed, so a 200 from an old process is not taken
-for success.
+GET /healthz, for the deploy: which release is running and whether its schema is
+in place. 200 only when the database answers and is at the head revision this
+code expects; 503 with the reason otherwise. The deploy compares `release` and
+`revision` with what it deployed, so a 200 from an old process is not taken for
+success.
+
+GET /livez, for a load balancer: does this process serve, and does its database
+answer? It never looks at the revision: between the migration and the switch the
+database is ahead of the old release, which must stay in rotation.
 """
 from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, jsonify
@@ -35,6 +40,25 @@ def database_revisions() -> tuple[str, ...]:
         return ()
 
 
+def _unreachable(exc: DBAPIError) -> str:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return f"database unreachable: {reason}"
+
+
+@health.get("/livez")
+def livez():
+    body = {"release": current_app.config["RELEASE"], "status": "ok"}
+    try:
+        db.session.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        db.session.rollback()
+        body.update(status="unavailable", reason=_unreachable(exc))
+        return jsonify(body), 503
+    finally:
+        db.session.remove()
+    return jsonify(body), 200
+
+
 @health.get("/healthz")
 def healthz():
     heads = expected_heads()
@@ -48,8 +72,7 @@ def healthz():
         current = database_revisions()
     except DBAPIError as exc:
         db.session.rollback()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        body.update(status="unavailable", reason=f"database unreachable: {reason}")
+        body.update(status="unavailable", reason=_unreachable(exc))
         return jsonify(body), 503
     finally:
         db.session.remove()

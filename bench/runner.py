@@ -26,14 +26,15 @@ BENCHMARKS: dict[str, Callable[..., str]] = {
 
 
 def run(project: ProjectConfig, only: str | None = None, runs: int = 5, results: Path = RESULTS,
-        size: int | None = None) -> list[str]:
+        size: int | None = None, options: dict | None = None) -> list[str]:
+    """`options`: keyword arguments for the benchmark itself (the smoke tests make runs short)."""
     names = [only] if only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"no benchmark {unknown[0]!r}; choose from: {', '.join(BENCHMARKS)}")
     for name in names:
         console.heading(f"bench {name} ({runs} runs)")
-        text = BENCHMARKS[name](project, runs, **({"size": size} if size else {}))
+        text = BENCHMARKS[name](project, runs, **({"size": size} if size else {}), **(options or {}))
         write_section(name, text, results)
         console.say(text)
     console.ok(f"wrote {results}")

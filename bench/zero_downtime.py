@@ -1,4 +1,4 @@
-"""Zero downtime (issue: continuous requests to every app host during 10 consecutive
+"""Zero downtime (issue: continuous requests through the load balancer during 10 consecutive
 deploys: no change, code change, dependency change, new migration, and one that fails
 and rolls back; failed requests and p50/p99 against the same load with no deploy;
 target 0 failed and p99 at most 2x the baseline), side by side with the same load
@@ -12,13 +12,14 @@ import time
 import urllib.request
 
 from deploy.config import ProjectConfig
+from deploy.sandbox import lbhost
 
 from .load import Load, Summary, summarize
 from .project import BenchError, BenchProject
 from .results import Measure, section, verdict
 
 TITLE = "Zero downtime: requests during deploys, against plain restarts"
-RATE = 50            # requests a second to each app host
+RATE = 50            # requests a second per app host, all through the load balancer
 BASELINE_SECONDS = 10
 SETTLE_SECONDS = 2   # after the last deploy or restart, for requests still queued
 
@@ -60,7 +61,8 @@ def bench_zero_downtime(project: ProjectConfig, runs: int, size: int = 10) -> st
     rounds: list[dict[str, Summary]] = []
     with BenchProject(project.root, 2) as bench:
         bench.fab("deploy")
-        urls = [f"http://{h.address}:8000/boards" for h in bench.sandbox.apps]
+        lbhost.wait_in_rotation(bench.sandbox.lb)
+        urls = [bench.sandbox.lb_url + "boards"]
         _seed(urls[0])
         for _ in range(runs):
             rounds.append(_round(bench, urls, deploys))
@@ -69,7 +71,7 @@ def bench_zero_downtime(project: ProjectConfig, runs: int, size: int = 10) -> st
 
 def _round(bench: BenchProject, urls: list[str], deploys: int) -> dict[str, Summary]:
     kinds = list(KINDS.values())
-    with Load(urls, RATE) as load:
+    with Load(urls, RATE * len(bench.sandbox.apps)) as load:
         start = time.monotonic()
         time.sleep(BASELINE_SECONDS)
         deploys_start = time.monotonic()
@@ -134,9 +136,9 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
     ratio = statistics.median(r["deploys"].p99 / r["baseline"].p99 for r in rounds)
     notes = "Targets: " + "; ".join([verdict("failed requests during deploys", failed, 0, "req"),
                                       verdict("p99 during deploys / baseline p99", ratio, 2, "×")]) + ".\n\n" + (
-        f"Load: an open-loop client on this machine (bench/load.py), {RATE} GET /boards ({SEED_BOARDS} boards) a "
-        f"second to each of the 2 app hosts, each on a new connection, latency counted from when the request was "
-        f"due. Deploys, in turn: "
+        f"Load: an open-loop client on this machine (bench/load.py), {2 * RATE} GET /boards ({SEED_BOARDS} boards) "
+        f"a second through the sandbox's HAProxy (round robin over the 2 app hosts, health-checked with GET /livez "
+        f"every second), each on a new connection, latency counted from when the request was due. Deploys, in turn: "
         f"{', '.join(KINDS)}. Failures in the last round's plain restarts: {kinds}. A plain restart stops the "
         "old master before the new one listens, so connections are refused meanwhile; the deploy's graceful "
         "reload (HUP) keeps the listening socket, and an old worker keeps serving until the new ones have loaded "
@@ -146,4 +148,5 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
         "imports the app: about 0.4 CPU-s) beside the serving ones. The deploys that fail at the migration "
         "(after the build and its boot check, before any switch) keep the p99 near the baseline."
     )
-    return section(TITLE, f"2 app hosts, {RATE} req/s to each, {deploys} deploys, {runs} runs", measures, notes)
+    return section(TITLE, f"2 app hosts behind HAProxy, {2 * RATE} req/s, {deploys} deploys, {runs} runs",
+                   measures, notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, pipeline, steps
+from . import console, pipeline, rolling, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .remote import build, guard, lock, server_tools, service
@@ -26,6 +26,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
             steps.print_plan(d)
         finally:
             d.remove_scratch()
+            d.close()
         return {"release": d.release_id, "commit": d.commit, "dry_run": True}
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
@@ -47,6 +48,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
         d.remove_scratch()
+        d.close()
         for remote in remotes.values():
             remote.close()
 
@@ -164,7 +166,7 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
             server_tools.tool(r, layout, "list")  # installs the backup tool the timers run
             units.update(backup_units(stage.service, stage.user, stage.deploy_to, stage.backups))
         if units and stage.admin_user:
-            notes.append(_install_units(stage, r.host, units))
+            notes.append(_install_units(stage, r, units))
         elif units:
             notes += [_unit_state(stage, r)] if "app" in r.host.roles else []
             backup_units_ = [name for name in units if name != f"{stage.service}.service"]
@@ -177,13 +179,15 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
         console.ok(f"{name}: {text}")
 
 
-def _install_units(stage, host, units: dict[str, str]) -> str:
+def _install_units(stage, remote: Remote, units: dict[str, str]) -> str:
     """As the admin account: the rendered units, the deploy user's sudo rule (checked by visudo),
     and the timers enabled."""
-    admin = Remote(stage, host, user=stage.admin_user, key=stage.admin_key)
+    admin = Remote(stage, remote.host, user=stage.admin_user, key=stage.admin_key)
     rule = sudo_rule(stage.user, stage.service)
     sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}"
+    app = f"{stage.service}.service"
     try:
+        before = admin.run(["sudo", "-n", "cat", f"/etc/systemd/system/{app}"], check=False) if app in units else None
         for name, text in units.items():
             admin.run(["sudo", "-n", "install", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin",
                        f"/etc/systemd/system/{name}"], input=text)
@@ -192,6 +196,15 @@ def _install_units(stage, host, units: dict[str, str]) -> str:
         admin.run(["sudo", "-n", "systemctl", "daemon-reload"])
         timers = [name for name in units if name.endswith(".timer")]
         notes = [f"installed {', '.join(units)} and {sudoers} (as {stage.admin_user})"]
+        if before is not None and before.exited == 0 and before.stdout != units[app]:
+            # The running service keeps its old settings until a restart, which a reload is not.
+            rolling.mark_restart_needed(remote, Layout(stage.deploy_to))
+            notes.append(f"{app} changed: the next deploy restarts the app on this host"
+                         + (" (drained at the load balancer first)" if stage.lb else ""))
+        if app in units:  # after a reboot the server serves its `current` release again by itself
+            enabled = admin.run(["sudo", "-n", "systemctl", "enable", app], check=False)
+            notes.append(f"{app} starts at boot" if enabled.exited == 0 else
+                         f"{app} could not be enabled ({_last_line(enabled)}): it will not start after a reboot")
         if timers:
             enabled = admin.run(["sudo", "-n", "systemctl", "enable", "--now", *timers], check=False)
             notes.append("timers enabled" if enabled.exited == 0 else

@@ -67,5 +67,6 @@ def _undo_deploy(project: ProjectConfig, stage, remotes: dict[str, Remote], reco
     try:
         pipeline.undo_from(steps.STEPS, d, d.reached, stage.name)
     finally:
+        d.close()
         steps.append_log(d, steps.log_entry(d, "recovered", {}, f"the controller stopped during '{record.get('step')}'"))
     return d.notes + (steps.verify_serving(d) if d.switched else [])

@@ -57,6 +57,21 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class LoadBalancer:
+    """`[stages.NAME.lb]`: the HAProxy in front of the app hosts, driven through its runtime
+    API over SSH, to drain a host before a switch that cannot be graceful."""
+
+    host: StageHost             # reached as the stage's user, with its key and known_hosts
+    socket: str                 # HAProxy's `stats socket ... level admin`, which the user may use
+    backend: str
+    servers: dict[str, str]     # app host name -> HAProxy's server name (default: the same)
+    drain_timeout: float        # how long a drained host's open requests may take to finish
+
+    def server(self, host: str) -> str:
+        return self.servers.get(host, host)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """Everything `fab ... --stage NAME` needs, validated."""
 
@@ -81,6 +96,7 @@ class StageConfig:
     bind: str                  # where gunicorn listens (the unit's BIND)
     gunicorn_config: str       # in the release
     backups: BackupSettings
+    lb: LoadBalancer | None = None
 
     @property
     def app_hosts(self) -> tuple[StageHost, ...]:
@@ -172,6 +188,30 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
                                        "a .py path in the release"),
         backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
+        lb=_load_balancer(table.table("lb"), hosts) if "lb" in table.data else None,
+    )
+
+
+def _load_balancer(table: _Table, hosts: tuple[StageHost, ...]) -> LoadBalancer:
+    address = table.text("address")
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", address) or address.startswith("-"):
+        raise table.fail("address", f"a host name or IP address, got {address!r}")
+    servers = table.data.get("servers", {})
+    apps = {h.name for h in hosts if "app" in h.roles}
+    if not isinstance(servers, dict) or not all(isinstance(v, str) for v in servers.values()) \
+            or set(servers) - apps:
+        raise table.fail("servers", f"a table of app host name = HAProxy server name (app hosts: {', '.join(sorted(apps))})")
+    name_pattern = r"[A-Za-z0-9_.:-]+"
+    for name in servers.values():
+        if not re.fullmatch(name_pattern, name):
+            raise table.fail("servers", f"HAProxy server names ({name_pattern}), got {name!r}")
+    return LoadBalancer(
+        host=StageHost(table.matching("name", "lb", r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a host name"), address, ("lb",),
+                       table.integer("port", 22, 1, 65535)),
+        socket=table.matching("socket", "/run/haproxy/admin.sock", r"(/[A-Za-z0-9_.-]+)+", "an absolute path"),
+        backend=table.matching("backend", "app", name_pattern, "a HAProxy backend name"),
+        servers=dict(servers),
+        drain_timeout=float(table.integer("drain_timeout", 30, 1, 3600)),
     )
 
 

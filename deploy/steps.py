@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import backups, console, restore, source
+from . import backups, console, restore, rolling, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
 from .lint import lint_revisions, render_revisions
@@ -55,6 +55,7 @@ class Deploy(StageRemotes):
     reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)  # the stage lock's holder: this deploy's identity
+    _lb: Remote | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
@@ -69,6 +70,18 @@ class Deploy(StageRemotes):
     @classmethod
     def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
         return guard.read_back(cls(project, stage, remotes, record.get("ref") or "?", 0), record, cls.RECORDED)
+
+    @property
+    def lb_remote(self) -> Remote:
+        """The load balancer's host, connected on first use."""
+        if self._lb is None:
+            self._lb = Remote(self.stage, self.stage.lb.host)
+        return self._lb
+
+    def close(self) -> None:
+        """The connections this deploy opened beyond the stage's hosts."""
+        if self._lb is not None:
+            self._lb.close()
 
     def remove_scratch(self) -> None:
         if self.scratch:
@@ -102,6 +115,7 @@ def preflight(d: Deploy) -> None:
 
     for name, text in on_hosts("preflight", d.build_remotes, host_check).items():
         d.say(name, text)
+    rolling.check_balancer(d)
     mirror = source.mirror(d.project, d.stage.name, d.stage.repo)
     d.commit = source.resolve(mirror, d.ref, d.stage.repo)
     d.scratch = Path(tempfile.mkdtemp(prefix="deploy-export-"))
@@ -299,34 +313,20 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
 # switch ---------------------------------------------------------------------
 
 def switch(d: Deploy) -> None:
-    remotes = d.apps
-    size = d.batch or len(remotes)
-    for start in range(0, len(remotes), size):
-        batch = remotes[start:start + size]
-
-        def on_host(r: Remote) -> str:
-            d.switched.append(r.name)
-            service.switch(r, d.layout, d.release_id)
-            how = service.reload(r, d.stage.service)
-            service.wait_healthy(r, d.stage.health_url, d.release_id, d.head, d.stage.health_timeout,
-                                 service=d.stage.service)
-            return how
-
-        for name, how in on_hosts(f"switch (batch {start // size + 1})", batch, on_host).items():
-            d.say(name, f"{how}; healthy on {d.release_id} at {d.head}")
+    rolling.switch_all(d, lambda r: d.release_id, d.head,
+                       report=lambda name, how: d.say(name, f"{how}; healthy on {d.release_id} at {d.head}"))
 
 
 def undo_switch(d: Deploy) -> None:
-    def back(r: Remote) -> None:
-        previous = d.previous.get(r.name)
-        if previous is None:
-            service.systemctl(r, "stop", d.stage.service, check=False)
-            service.unswitch(r, d.layout)
-            return
-        service.switch(r, d.layout, previous)
-        service.reload(r, d.stage.service)
-        service.wait_healthy(r, d.stage.health_url, previous, None, d.stage.health_timeout, any_revision=True)
-    on_hosts("switching back", [d.remotes[n] for n in d.switched], back)
+    def first_release(r: Remote) -> None:  # nothing was deployed before: stop it and remove `current`
+        service.systemctl(r, "stop", d.stage.service, check=False)
+        service.unswitch(r, d.layout)
+    on_hosts("stopping the first release", [d.remotes[n] for n in d.switched if d.previous.get(n) is None],
+             first_release)
+    try:
+        rolling.switch_all(d, lambda r: d.previous.get(r.name) if r.name in d.switched else None, None, undo=True)
+    finally:
+        rolling.undrain(d)
     if d.switched:
         d.notes.append(f"switched back on {', '.join(d.switched)}")
 

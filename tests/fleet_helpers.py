@@ -16,6 +16,7 @@ from pathlib import Path
 from conftest import output
 
 from deploy.remote.dbops import LAUNCHER
+from deploy.sandbox import lbhost
 from deploy.sandbox.scratch import add_column_migration
 
 
@@ -119,6 +120,17 @@ def command_lines() -> dict[int, str]:
 def pids_running(*words: str) -> list[int]:
     """Processes whose command line has all `words`."""
     return [pid for pid, line in command_lines().items() if all(w in line for w in words)]
+
+
+def in_rotation(project) -> dict[str, dict[str, str]]:
+    """Once the load balancer has every app host UP (its health checks passed), its servers."""
+    return lbhost.wait_in_rotation(project.sandbox.lb)
+
+
+def through_lb(project, path: str) -> list[str]:
+    """Users' traffic: every request through the load balancer, once every app host is in rotation."""
+    in_rotation(project)
+    return [project.sandbox.lb_url + path.lstrip("/")]
 
 
 class Load(threading.Thread):

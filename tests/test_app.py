@@ -98,6 +98,28 @@ def test_healthz_is_503_when_the_database_is_unreachable():
     assert resp.get_json()["reason"].startswith("database unreachable")
 
 
+def test_livez_stays_200_while_the_database_is_ahead_of_the_code(migrated):
+    """What a load balancer asks: an old release must stay in rotation after the migration ran."""
+    app = make_app(migrated.database_url, "old")
+    with app.app_context():
+        from app.extensions import db
+        from sqlalchemy import text
+
+        db.session.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+        db.session.commit()
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 503
+    resp = client.get("/livez")
+    assert resp.status_code == 200 and resp.get_json() == {"release": "old", "status": "ok"}
+
+
+def test_livez_is_503_when_the_database_is_unreachable():
+    closed_port = free_port()
+    resp = make_app(f"postgresql://nobody@127.0.0.1:{closed_port}/none").test_client().get("/livez")
+    assert resp.status_code == 503
+    assert resp.get_json()["reason"].startswith("database unreachable")
+
+
 def get(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -16,6 +16,7 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, add_migration, command_lines, c
                            Holding, psql_command, run_until, sql, ssh, wait_for_lock_waiter, with_env)
 
 from deploy.sandbox import faults
+from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,32 +161,53 @@ def unit(project, name: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
-def run_as_unit(project, keys: dict[str, str]) -> subprocess.CompletedProcess:
-    """The unit's ExecStart, exactly, as its User, in its WorkingDirectory, with its EnvironmentFile
-    (read with systemd's rules)."""
-    assert keys["User"] == "deploy"
-    command = with_env(*shlex.split(keys["ExecStart"]), folder=keys["WorkingDirectory"],
-                       env_file=keys["EnvironmentFile"])
-    return ssh(project, "app1", command)
+def at(seconds: float) -> str:
+    """A systemd calendar spec `seconds` from now (the hosts share this machine's clock)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + seconds))
 
 
-def test_fab_setup_installs_timers_whose_commands_back_up_prune_and_check(deployed):
-    configure_backups(deployed, 'keep = 2\nkeep_daily_days = 0\nschedule = "*-*-* 02:15:00"')
-    setup = deployed.fab("setup", db=False)
-    assert setup.returncode == 0, output(setup)
-    assert "app-backup.timer" in setup.stdout and "app-backup-check.timer" in setup.stdout
-    assert unit(deployed, "app-backup.timer")["OnCalendar"] == "*-*-* 02:15:00"
-    assert unit(deployed, "app-backup-check.timer")["OnCalendar"] == "*-*-* 04:30:00"
+def as_root(project, *argv: str) -> str:
+    return in_host(project.sandbox.find("app1"), list(argv)).stdout
+
+
+def wait_for_run(project, unit_name: str, seconds: float = 90) -> dict[str, str]:
+    """Until systemd has run the oneshot `unit_name` once; its Result and exit status."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        shown = as_root(project, "systemctl", "show", "--property=Result,ExecMainExitTimestampMonotonic,"
+                                 "ExecMainStatus,ActiveState", unit_name)
+        keys = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        if keys["ExecMainExitTimestampMonotonic"] != "0" and keys["ActiveState"] != "activating":
+            return keys
+        time.sleep(0.5)
+    raise AssertionError(f"systemd did not run {unit_name} within {seconds}s")
+
+
+def test_fab_setup_enables_timers_that_systemd_fires_to_back_up_prune_and_check(deployed):
     for label in ("a", "b"):
         backup(deployed, label)
-    nightly = run_as_unit(deployed, unit(deployed, "app-backup.service"))
-    assert nightly.returncode == 0, nightly.stdout + nightly.stderr
-    answer = json.loads(nightly.stdout)
-    assert answer["label"] == "nightly" and answer["release"] == deployed.first_release
-    assert len(answer["pruned"]) == 1 and answer["pruned"][0].endswith("-a")
-    checked = run_as_unit(deployed, unit(deployed, "app-backup-check.service"))
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert f"backup check of {answer['id']}" in checked.stdout and "OK" in checked.stdout
+    schedule, check_schedule = at(10), at(16)
+    configure_backups(deployed, f'keep = 2\nkeep_daily_days = 0\nschedule = "{schedule}"\n'
+                                f'check_schedule = "{check_schedule}"')
+    setup = deployed.fab("setup", db=False)
+    assert setup.returncode == 0, output(setup)
+    assert "app-backup.timer" in setup.stdout and "timers enabled" in setup.stdout, output(setup)
+    assert unit(deployed, "app-backup.timer")["OnCalendar"] == schedule
+    assert unit(deployed, "app-backup-check.timer")["OnCalendar"] == check_schedule
+    # The nightly timer spreads its start over 5 minutes (RandomizedDelaySec); an operator's
+    # drop-in takes that away here, as one would to move the backup.
+    in_host(deployed.sandbox.find("app1"), ["sh", "-ec", 'mkdir -p "$1" && printf "[Timer]\\nRandomizedDelaySec=0\\n" '
+            '> "$1/now.conf" && systemctl daemon-reload && systemctl restart app-backup.timer',
+            "drop-in", "/etc/systemd/system/app-backup.timer.d"])
+    timers = on_server(deployed, "systemctl list-timers --all --no-pager app-backup.timer app-backup-check.timer")
+    assert "app-backup.timer" in timers and "app-backup-check.timer" in timers, timers
+    assert wait_for_run(deployed, "app-backup.service")["Result"] == "success"
+    nightly = next(m for m in listed(deployed) if m["id"].endswith("-nightly"))
+    assert nightly["release"] == deployed.first_release
+    assert sorted(m["id"].rsplit("-", 1)[1] for m in listed(deployed)) == ["b", "nightly", "predeploy"]
+    assert wait_for_run(deployed, "app-backup-check.service")["Result"] == "success"
+    journal = as_root(deployed, "journalctl", "--no-pager", "-o", "cat", "-u", "app-backup-check.service")
+    assert f"backup check of {nightly['id']}" in journal and "OK" in journal, journal
     assert 'check="all"} 0' in on_server(deployed, f"cat {PROM}")
     assert on_server(deployed, f"stat -c '%a %U' {PROM}").strip() == "644 deploy"
 

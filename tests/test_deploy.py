@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import (FAILING_MIGRATION, GOOD_MIGRATION, HEAD, add_migration, assert_serving, break_the_app,
-                           current, deploy, health, Load, sql, ssh)
+                           current, deploy, health, Load, sql, ssh, through_lb)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,13 +21,13 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
     project.sandbox = clean_sandbox
     point_at_sandbox(project, clean_sandbox)
     for host in clean_sandbox.apps:  # nothing installed: `fab setup` installs the unit as the admin account
-        (host.root / "systemd" / "app.service").unlink()
+        (host.rootfs / "etc/systemd/system/app.service").unlink()
     setup = project.fab("setup", db=False)
     assert setup.returncode == 0, output(setup)
     assert "app2: env file kept; installed app.service and /etc/sudoers.d/flask-deploy-deploy (as deploy-admin)" in output(setup)
     assert ("app1: env file kept; installed app.service, app-backup.service, app-backup.timer, app-backup-check.service, "
             "app-backup-check.timer and /etc/sudoers.d/flask-deploy-deploy (as deploy-admin)") in output(setup)
-    assert "Environment=BIND=0.0.0.0:8000" in (clean_sandbox.apps[0].root / "systemd" / "app.service").read_text()
+    assert "Environment=BIND=0.0.0.0:8000" in (clean_sandbox.apps[0].rootfs / "etc/systemd/system/app.service").read_text()
     proc = deploy(project)
     assert proc.returncode == 0, output(proc)
     text = output(proc)
@@ -46,7 +46,7 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
 
 
 def test_deploy_with_nothing_changed_installs_nothing_runs_no_migration_and_drops_no_request(deployed):
-    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load = Load(through_lb(deployed, "/boards"))
     load.start()
     proc = deploy(deployed)
     load.stop()
@@ -127,7 +127,7 @@ def test_a_release_that_cannot_boot_is_refused_before_the_migration_and_no_reque
     deployed.edit("app/gunicorn.conf.py", 'wsgi_app = "app:create_app()"', 'wsgi_app = "app:no_such_factory()"')
     deployed.commit_all("break the app")
     deployed.push()
-    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load = Load(through_lb(deployed, "/boards"))
     load.start()
     proc = deploy(deployed)
     load.stop()
@@ -249,7 +249,7 @@ def test_a_dependency_change_gets_a_new_environment_that_reloaded_workers_use_wi
         lock.write("# a changed lock file: a new environment\n")
     deployed.commit_all("change the lock")
     deployed.push()
-    load = Load([f"http://{h.address}:8000/healthz" for h in deployed.sandbox.apps])
+    load = Load(through_lb(deployed, "/boards"))
     load.start()
     proc = deploy(deployed)
     load.stop()

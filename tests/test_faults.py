@@ -22,7 +22,7 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, a
 
 from deploy.sandbox import faults
 from deploy.sandbox.scratch import add_column_migration
-from deploy.sandbox.system import in_host
+from deploy.sandbox.system import in_host, leader, pids_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,7 +107,7 @@ def change_dependencies(project) -> None:
     project.push()
 
 
-def deploy_hit_by(project, step: str, host: str, fault: str, undo: str, before_fault=lambda: None) -> str:
+def deploy_hit_by(project, step: str, host: str, fault: str, undo: str | None, before_fault=lambda: None) -> str:
     """`fab deploy` with `fault` applied on `host` once `step` began (and `before_fault` ran),
     undone when the deploy has ended; its output, after checking it failed cleanly."""
     proc = run_until(project, f"-> {step}", ["deploy"])
@@ -116,7 +116,8 @@ def deploy_hit_by(project, step: str, host: str, fault: str, undo: str, before_f
     try:
         rest = proc.communicate(timeout=180)[0]
     finally:
-        faults.apply(project.sandbox, host, undo)
+        if undo:
+            faults.apply(project.sandbox, host, undo)
     text = "".join(proc.seen) + rest
     assert proc.returncode == 1 and "Traceback" not in text, text
     assert f"step '{step}' failed" in text, text
@@ -137,6 +138,58 @@ def test_a_host_cut_off_during_the_build_fails_the_deploy_before_anything_switch
     text = deploy_hit_by(deployed, "build", "app2", "cut-network", "restore-network")
     assert "app2" in text, text
     recover_if_not_undone(deployed, text)  # app2's release could not be marked failed while it was cut off
+    assert_as_before(deployed)
+
+
+def wait_for_health(project, host: str, seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return health(project, host)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_rebooted_app_host_serves_its_current_release_again_by_itself(deployed):
+    host = deployed.sandbox.find("app2")
+    before = leader(host)
+    assert "rebooted" in faults.apply(deployed.sandbox, "app2", "reboot")
+    assert leader(host) not in (None, before)  # a new PID 1: the host booted again
+    assert wait_for_health(deployed, "app2")["release"] == deployed.first_release
+    assert ssh(deployed, "app2", "systemctl is-active app.service").stdout.strip() == "active"
+    assert_serving(deployed, deployed.first_release, HEAD)
+
+
+def running_in(project, host: str, *words: str, seconds: float = 60) -> None:
+    """Until a process on `host` has all `words` in its command line."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        on_host = set(pids_in(project.sandbox.find(host)))
+        if any(pid in on_host for pid in pids_running(*words)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing ran {' '.join(words)} on {host}")
+
+
+def test_an_app_host_rebooted_during_the_build_fails_the_deploy_and_serves_the_old_release(deployed):
+    change_dependencies(deployed)
+    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    text = deploy_hit_by(deployed, "build", "app2", "reboot", None,
+                         lambda: running_in(deployed, "app2", "bin/pip", "install"))  # a command in flight
+    assert "app2" in text, text
+    recover_if_not_undone(deployed, text)
+    wait_for_health(deployed, "app2")
+    assert_as_before(deployed)
+
+
+def test_the_migrations_host_rebooted_during_the_migration_is_recovered(deployed):
+    add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    text = deploy_hit_by(deployed, "migrate", "app1", "reboot", None, lambda: time.sleep(1.0))
+    assert "app1" in text, text
+    recover_if_not_undone(deployed, text)
+    wait_for_health(deployed, "app1")
     assert_as_before(deployed)
 
 

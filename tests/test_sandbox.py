@@ -1,10 +1,11 @@
-"""The sandbox fleet: real sshd servers in their own namespaces, a real PostgreSQL
-on the db host, a git origin; and the fault switches doing real damage."""
+"""The sandbox fleet: Debian containers booted with systemd as PID 1, OpenSSH's
+ssh.service on each, Debian's PostgreSQL on the db host, HAProxy on the load
+balancer, a git origin; and the fault switches doing real damage."""
 from __future__ import annotations
 
 import json
+import pwd
 import subprocess
-import time
 from pathlib import Path
 
 import paramiko
@@ -13,9 +14,9 @@ import pytest
 from bench import runner as bench_runner
 from deploy.config import load_project
 from deploy.local.git import git
-from deploy.sandbox import dbhost, faults, fleet, machine, network, status
+from deploy.sandbox import container, dbhost, faults, fleet, network, status
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.system import in_host
+from deploy.sandbox.system import in_host, leader
 from conftest import assert_clean_failure, output
 from fleet_helpers import psql_command
 
@@ -126,8 +127,21 @@ ExecStart=/usr/bin/python3 -m http.server 8000 --bind 0.0.0.0 --directory /srv/a
 """
 
 
+def test_every_host_is_booted_with_systemd_as_pid_1_running_sshd_journald_and_timers(sandbox):
+    for host in sandbox.hosts:
+        assert ssh(sandbox, host.name, "ps -p 1 -o comm=").stdout == "systemd\n", host.name
+        state = as_root(sandbox, host.name, "systemctl", "is-system-running")
+        assert state.stdout.strip() == "running", (host.name, state.stdout)
+        assert as_root(sandbox, host.name, "systemctl", "is-active", "ssh.service", "systemd-journald.service",
+                       "timers.target").stdout.split() == ["active"] * 3, host.name
+    assert as_root(sandbox, "db", "systemctl", "is-active", dbhost.UNIT).stdout.strip() == "active"
+    assert as_root(sandbox, "lb", "systemctl", "is-active", "haproxy.service").stdout.strip() == "active"
+    assert as_root(sandbox, "app1", "systemctl", "is-active", dbhost.UNIT).stdout.strip() == "inactive"
+
+
 def test_the_deploy_user_may_manage_the_app_service_through_sudo_and_nothing_else(sandbox):
-    (sandbox.find("app1").root / "systemd" / "app.service").write_text(UNIT)
+    (sandbox.find("app1").rootfs / "etc/systemd/system/app.service").write_text(UNIT)
+    assert as_root(sandbox, "app1", "systemctl", "daemon-reload").returncode == 0
     started = ssh(sandbox, "app1", "sudo -n systemctl start app.service && sudo -n systemctl is-active app.service")
     assert started.returncode == 0 and started.stdout.strip() == "active", started.stderr
     owner = ssh(sandbox, "app1", "ps -o user= -C python3")
@@ -182,14 +196,18 @@ def test_stopping_the_database_refuses_connections_until_it_is_started(sandbox):
     assert ssh(sandbox, "app1", query).stdout == "1\n"
 
 
+def sshd_pid(sandbox: Sandbox, host: str) -> int:
+    return int(as_root(sandbox, host, "systemctl", "show", "--property=MainPID", "--value", "ssh.service").stdout)
+
+
 def test_reset_gives_clean_hosts_and_an_empty_database_without_remaking_the_fleet(sandbox):
-    sshd_before = as_root(sandbox, "app1", "cat", "/run/sshd.pid").stdout
+    sshd_before, init_before = sshd_pid(sandbox, "app1"), leader(sandbox.find("app1"))
     ssh(sandbox, "app1", psql_command("-c", "create table t (i int)") + " && mkdir /srv/app/releases "
                          "&& (sleep 300 >/dev/null 2>&1 &)")
     faults.apply(sandbox, "app2", "fill-disk")
     faults.apply(sandbox, "app2", "cut-network")
     fleet.reset(sandbox)
-    assert as_root(sandbox, "app1", "cat", "/run/sshd.pid").stdout == sshd_before
+    assert (sshd_pid(sandbox, "app1"), leader(sandbox.find("app1"))) == (sshd_before, init_before)
     assert ssh(sandbox, "app1", "ls -A /srv/app").stdout.split() == ["shared"]
     assert "sleep" not in {p["command"] for p in status.processes(sandbox.find("app1"))}
     tables = ssh(sandbox, "app1", psql_command("-Atc", "\\dt"))
@@ -198,11 +216,11 @@ def test_reset_gives_clean_hosts_and_an_empty_database_without_remaking_the_flee
 
 
 def test_up_again_repairs_what_is_missing_and_makes_nothing_twice(sandbox):
-    pid = int(as_root(sandbox, "app2", "cat", "/run/sshd.pid").stdout)
-    subprocess.run(["kill", str(pid)], check=True)
-    time.sleep(0.2)
+    assert as_root(sandbox, "app2", "systemctl", "stop", "ssh.service").returncode == 0
+    container.stop(sandbox.find("lb"))
     report = fleet.up(sandbox)
-    assert report["app2"] == ["sshd"]
+    assert report["app2"] == ["started ssh.service"]
+    assert report.pop("lb") == ["booted"]
     assert [made for part, made in report.items() if part not in ("app2", "origin")] == [[]] * (len(report) - 2)
     assert report["origin"] == []
     assert ssh(sandbox, "app2", "true").returncode == 0
@@ -218,7 +236,10 @@ def test_status_json_names_hosts_roles_addresses_processes_and_the_origin(sandbo
     state = json.loads(proc.stdout)
     assert state["up"] is True
     assert [(h["name"], h["roles"], h["address"]) for h in state["hosts"]] == [
-        ("app1", ["app", "migrations"], "10.213.9.11"), ("app2", ["app"], "10.213.9.12"), ("db", ["db"], "10.213.9.10")]
+        ("app1", ["app", "migrations"], "10.213.9.11"), ("app2", ["app"], "10.213.9.12"), ("db", ["db"], "10.213.9.10"),
+        ("lb", ["lb"], "10.213.9.9")]
+    assert {(h["pid1"], h["system"]) for h in state["hosts"]} == {("systemd", "running")}
+    assert state["load_balancer"]["url"] == "http://10.213.9.9:80/"
     db_processes = {p["command"] for p in state["hosts"][2]["processes"]}
     assert {"postgres", "sshd"} <= db_processes
     assert state["origin"]["fetch_url"] == "git://10.213.9.1/origin.git"
@@ -241,7 +262,7 @@ def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, san
         assert ssh(spec, "db", "hostname").stdout == "db\n"
         shrink = project.inv("sandbox.up", "--hosts", "1", db=False)
         assert shrink.returncode == 0, output(shrink)
-        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-db"]
+        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-db", "fdd-lb"]
     finally:
         down = project.inv("sandbox.down", db=False)
     assert down.returncode == 0, output(down)
@@ -255,10 +276,11 @@ def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, san
     assert not spec.state_dir.exists()
     cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not [c for c in cmdlines if str(spec.state_dir).encode() in c or b"10.213.8.1" in c]
-    for user in ("fddeploy", "fddeploy-admin"):
-        assert not machine.user_exists(user)
-        assert not machine.sudoers_path(user).exists()
-    assert machine.user_exists("deploy")  # still used by the session's fleet
+    assert not container.nspawn_pids(lambda name: name.startswith("fdd-"))
+    assert not [*Path("/sys/fs/cgroup").glob("sandbox-fdd-*"), *Path("/sys/fs/cgroup").glob("*/sandbox-fdd-*")]
+    for user in ("fddeploy", "fddeploy-admin"):  # the hosts' users live in the hosts only
+        with pytest.raises(KeyError):
+            pwd.getpwnam(user)
 
 
 def test_sandbox_up_refuses_a_host_count_outside_one_to_eight(project):
@@ -272,8 +294,8 @@ def test_sandbox_up_refuses_a_host_count_outside_one_to_eight(project):
 def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
-    bench_runner.run(load_project(), "sandbox", 1, results)
+    bench_runner.run(load_project(), "sandbox", 1, results, options={"build_image": False})
     text = results.read_text()
     assert "kept" in text
-    rows = [line for line in text.splitlines() if line.startswith("| up") or line.startswith("| down")]
-    assert len(rows) == 3 and all("| 1 |" in row for row in rows)
+    rows = [line for line in text.splitlines() if line.startswith(("| up", "| down", "| memory"))]
+    assert len(rows) == 6 and all("| 1 |" in row for row in rows), rows

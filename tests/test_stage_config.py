@@ -30,6 +30,11 @@ ONE_HOST = 'hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrati
     (f'{ONE_HOST}\n[stages.bad.backups]\nschedule = "daily; rm -rf /"', "schedule: expected a systemd calendar spec"),
     (f'{ONE_HOST}\n[stages.bad.backups]\ntextfile = "metrics.txt"', "textfile: expected an absolute path ending in .prom"),
     (f'{ONE_HOST}\nadmin_user = "root-ish"', "admin_key: expected the admin account's own private key"),
+    (f'{ONE_HOST}\n[stages.bad.lb]\naddress = "-oProxyCommand=x"', "[stages.bad.lb] address: expected a host name or IP address"),
+    (f'{ONE_HOST}\n[stages.bad.lb]\naddress = "lb"\nservers = {{ b = "web1" }}',
+     "[stages.bad.lb] servers: expected a table of app host name = HAProxy server name (app hosts: a)"),
+    (f'{ONE_HOST}\n[stages.bad.lb]\naddress = "lb"\nservers = {{ a = "web 1; x" }}', "servers: expected HAProxy server names"),
+    (f'{ONE_HOST}\n[stages.bad.lb]\naddress = "lb"\nbackend = "app;shutdown"', "backend: expected a HAProxy backend name"),
     (f'{ONE_HOST}\nadmin_user = "root-ish"\nadmin_key = "./deploy.toml"',
      "admin_key: expected a key of its own, but it is the deploy user's key"),
 ])

@@ -56,6 +56,12 @@ def reload(remote: Remote, service: str) -> str:
     return "started"
 
 
+def restart(remote: Remote, service: str) -> str:
+    """A full restart: a new master (new gunicorn, new unit settings); the socket closes meanwhile."""
+    systemctl(remote, "restart", service)
+    return "restarted"
+
+
 def health(remote: Remote, url: str) -> tuple[int, dict | str]:
     out = json.loads(remote.run(["python3", "-c", HEALTH, url]).stdout)
     try:

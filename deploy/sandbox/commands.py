@@ -6,8 +6,8 @@ import time
 
 from .. import console
 from ..config import ProjectConfig
-from . import faults, fleet, status
-from .system import SandboxError
+from . import faults, fleet, image, status
+from .system import SandboxError, require_root
 
 
 def up(project: ProjectConfig, hosts: str | int | None = None) -> dict:
@@ -20,11 +20,22 @@ def up(project: ProjectConfig, hosts: str | int | None = None) -> dict:
     for part, made in report.items():
         console.ok(f"{part}: " + (", ".join(made) if made else "already there"))
     console.say(f"sandbox up in {time.monotonic() - started:.1f}s: "
-                f"{sandbox.app_hosts} app host(s) and a database host on {sandbox.network}")
+                f"{sandbox.app_hosts} app host(s), a database host and a load balancer on {sandbox.network}")
     console.say(f"  ssh:    ssh -F {sandbox.ssh_config} app1")
     console.say(f"  push:   git push {sandbox.origin} HEAD:refs/heads/NAME")
     console.say(f"  stage:  {sandbox.stage_file}")
+    console.say(f"  users:  {sandbox.lb_url} (the load balancer)")
     return report
+
+
+def build_image(project: ProjectConfig, rebuild: bool = False) -> None:
+    """Build the hosts' image when missing (or `rebuild`), and say which one is in use."""
+    sandbox = fleet.sandbox_for(project)
+    require_root()
+    built = image.ensure(sandbox, rebuild=rebuild)
+    current = image.info(sandbox)
+    console.ok(image.describe(built) if built else f"{image.describe(current)} (cached)")
+    console.say(f"  {image.path(sandbox).parent}")
 
 
 def down(project: ProjectConfig) -> None:
@@ -49,6 +60,7 @@ def show_status(project: ProjectConfig, as_json: bool = False) -> dict:
         console.say(_host_line(host))
     db, origin = state["database"], state["origin"]
     console.say(f"database  {db['url']}  " + ("running" if db["running"] else "STOPPED"))
+    console.say(f"users     {state['load_balancer']['url']}  (HAProxy on {state['load_balancer']['host']})")
     console.say(f"origin    push: {origin['push_url']}   hosts fetch: {origin['fetch_url']}  ({origin['daemon']})")
     for branch, commit in origin["branches"].items():
         console.say(f"          {branch} {commit[:12]}")
@@ -65,7 +77,8 @@ def _host_line(host: dict) -> str:
     procs = ", ".join(f"{p['command']}({p['user']})" + (f"x{p['count']}" if p["count"] > 1 else "")
                       for p in host["processes"])
     network = "network " + host["network"].upper() if host["network"] != "up" else "network up"
-    return f"{head} {network:<12} sshd {host['sshd']:<8} disk {used:<12} {procs}"
+    system = f"systemd {host['system']}" if host["pid1"] == "systemd" else f"PID 1 {host['pid1']}"
+    return f"{head} {network:<12} {system:<16} sshd {host['sshd']:<8} disk {used:<12} {procs}"
 
 
 def fault(project: ProjectConfig, host: str, action: str) -> str:

@@ -1,6 +1,8 @@
-"""The database host's PostgreSQL: a real cluster listening on the host's sandbox
-address, password authentication (scram-sha-256) for the application role, and
-peer authentication for the postgres superuser on the host's own socket.
+"""The database host's PostgreSQL: Debian's postgresql-15 package under systemd
+(`postgresql@15-main`), listening on the host's sandbox address, password
+authentication (scram-sha-256) for the application role from the sandbox
+network only, and peer authentication for the postgres superuser on the host's
+own socket.
 
 The password is generated once and kept in the sandbox's secrets folder (root
 only) on this machine and, on the servers, in the env file of each host. It is
@@ -13,19 +15,25 @@ import hashlib
 import hmac
 import os
 import secrets
-import shutil
 
-from ..local.postgres_bin import find_bindir
+from .hostfs import write_as
 from .spec import DATABASE, POSTGRES_PORT, Host, Sandbox
 from .system import in_host, write_file
+
+VERSION, CLUSTER = "15", "main"
+UNIT = f"postgresql@{VERSION}-{CLUSTER}.service"
+ENABLED = "postgresql.service"   # starts every cluster of the host, as Debian installs it
+CONFIG = f"/etc/postgresql/{VERSION}/{CLUSTER}"
 
 SETTINGS = """\
 # Written by the sandbox; `inv sandbox.up` rewrites it.
 listen_addresses = '{address}'
 port = {port}
-unix_socket_directories = '/run/postgresql'
 password_encryption = 'scram-sha-256'
 max_connections = 200
+# A session whose client has gone (its host rebooted) ends within a second, even mid-query,
+# and its transaction with it: no lock held for a dead client.
+client_connection_check_interval = 1s
 # A throwaway server: durability is traded for speed, as in the local cluster.
 fsync = off
 synchronous_commit = off
@@ -40,12 +48,13 @@ host    all   {role}      {subnet}    scram-sha-256
 """
 
 
-def data_dir() -> str:
-    return f"/var/lib/postgresql/{find_bindir().parent.name}/sandbox"
-
-
-def _pg(db: Host, tool: str, *args: str, **kwargs):
-    return in_host(db, [str(find_bindir() / tool), *args], user="postgres", **kwargs)
+def write_config(sandbox: Sandbox, db: Host) -> bool:
+    """The cluster's settings and pg_hba.conf; True when either changed."""
+    settings = write_as(db, f"{CONFIG}/conf.d/sandbox.conf",
+                        SETTINGS.format(address=db.address, port=POSTGRES_PORT), 0o644, owner="postgres")
+    hba = write_as(db, f"{CONFIG}/pg_hba.conf", HBA.format(role=DATABASE, subnet=sandbox.network),
+                   0o640, owner="postgres")
+    return settings or hba
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -73,55 +82,29 @@ def database_url(sandbox: Sandbox) -> str:
 
 
 def is_running(db: Host) -> bool:
-    return _pg(db, "pg_ctl", "-D", data_dir(), "status", check=False).returncode == 0
-
-
-def initialise(sandbox: Sandbox, db: Host) -> bool:
-    """initdb on first use and (re)write the settings; False when the cluster existed."""
-    home = db.root / "postgresql"
-    home.mkdir(mode=0o755, parents=True, exist_ok=True)
-    shutil.chown(home, "postgres", "postgres")
-    logs = db.root / "log" / "postgresql"
-    logs.mkdir(mode=0o750, parents=True, exist_ok=True)
-    shutil.chown(logs, "postgres", "postgres")
-    local_data = home / data_dir().removeprefix("/var/lib/postgresql/")
-    created = not (local_data / "PG_VERSION").exists()
-    if created:
-        local_data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for folder in (local_data, local_data.parent):
-            shutil.chown(folder, "postgres", "postgres")
-        _pg(db, "initdb", "-D", data_dir(), "-U", "postgres", "--auth-local=peer",
-            "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync")
-        with open(local_data / "postgresql.conf", "a") as conf:
-            conf.write("\ninclude_if_exists = 'sandbox.conf'\n")
-    settings = SETTINGS.format(address=db.address, port=POSTGRES_PORT)
-    write_file(local_data / "sandbox.conf", settings, 0o600, owner="postgres")
-    hba = HBA.format(role=DATABASE, subnet=sandbox.network)
-    write_file(local_data / "pg_hba.conf", hba, 0o600, owner="postgres")
-    return created
+    return in_host(db, ["systemctl", "is-active", "--quiet", UNIT], check=False).returncode == 0
 
 
 def start(db: Host) -> bool:
-    """Start the cluster; False when it was running."""
+    """Start the cluster (`systemctl start`); False when it was running."""
     if is_running(db):
         return False
-    _pg(db, "pg_ctl", "-D", data_dir(), "-l", "/var/log/postgresql/sandbox.log", "-w", "-t", "60", "start",
-        hint="read the db host's /var/log/postgresql/sandbox.log (under the sandbox state folder)")
+    in_host(db, ["systemctl", "start", UNIT], hint="read the db host's log: journalctl -u " + UNIT)
     return True
 
 
 def stop(db: Host) -> bool:
-    """Stop the cluster (fast shutdown: open sessions are cut); False when it was stopped."""
+    """Stop the cluster (`systemctl stop`: a fast shutdown, open sessions are cut); False when it was stopped."""
     if not is_running(db):
         return False
-    _pg(db, "pg_ctl", "-D", data_dir(), "-m", "fast", "-w", "stop")
+    in_host(db, ["systemctl", "stop", UNIT])
     return True
 
 
 def psql(db: Host, sql: str, database: str = "postgres") -> str:
     """Run `sql` (from standard input) as the superuser over the host's own socket."""
-    return _pg(db, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "/run/postgresql",
-               "-d", database, input=sql).stdout
+    return in_host(db, ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database],
+                   user="postgres", input=sql).stdout
 
 
 def ensure_app_database(sandbox: Sandbox, db: Host) -> None:

@@ -1,10 +1,10 @@
 """Fault switches: real outages for the tests, and for anyone who wants to watch a
-rollback. Each one is undone by its opposite, and all of them by `reset`."""
+rollback. Each one is undone by its opposite (a reboot by itself), and all of them by `reset`."""
 from __future__ import annotations
 
 from typing import Callable
 
-from . import dbhost, mounts, network
+from . import container, dbhost, network
 from .spec import Host, Sandbox
 from .system import SandboxError
 
@@ -20,25 +20,30 @@ def restore_network(sandbox: Sandbox, host: Host) -> str:
 
 
 def fill_disk(sandbox: Sandbox, host: Host) -> str:
-    mounts.fill_disk(host)
+    container.fill_disk(host)
     return f"{host.name}'s /srv is full: writes there fail with ENOSPC"
 
 
 def free_disk(sandbox: Sandbox, host: Host) -> str:
-    mounts.free_disk(sandbox, host)
+    container.free_disk(sandbox, host)
     return f"{host.name}'s /srv is back to {sandbox.settings.disk_size}"
 
 
 def stop_database(sandbox: Sandbox, host: Host) -> str:
     _require_db(host)
     stopped = dbhost.stop(host)
-    return "PostgreSQL stopped (fast shutdown)" if stopped else "PostgreSQL was not running"
+    return f"PostgreSQL stopped (systemctl stop {dbhost.UNIT})" if stopped else "PostgreSQL was not running"
 
 
 def start_database(sandbox: Sandbox, host: Host) -> str:
     _require_db(host)
     started = dbhost.start(host)
     return "PostgreSQL started" if started else "PostgreSQL was running"
+
+
+def reboot(sandbox: Sandbox, host: Host) -> str:
+    seconds = container.reboot(host)
+    return f"{host.name} rebooted (systemctl reboot) and finished booting in {seconds:.1f}s"
 
 
 def _require_db(host: Host) -> None:
@@ -53,6 +58,7 @@ FAULTS: dict[str, Callable[[Sandbox, Host], str]] = {
     "free-disk": free_disk,
     "stop-db": stop_database,
     "start-db": start_database,
+    "reboot": reboot,
 }
 
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import shutil
 import signal
 import time
 from pathlib import Path
 
 from ..config import ProjectConfig
-from . import dbhost, machine, mounts, network, origin, provision, services, sshd, stage
-from .spec import Host, Sandbox
-from .system import (SandboxError, ensure_packages, in_host, parallel, pids_in, process_info,
-                     require_root, script)
+from . import container, dbhost, image, lbhost, network, origin, provision, sshd, stage
+from .spec import Host, Sandbox, admin_name
+from .system import SandboxError, ensure_packages, in_host, parallel, pids_in, require_root, script, umount_under
 
 
 def sandbox_for(project: ProjectConfig, hosts: int | None = None) -> Sandbox:
@@ -36,14 +34,14 @@ def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
     """Make or repair the whole fleet; returns, per part, what had to be made."""
     require_root()
     report: dict[str, list[str]] = {"machine": ensure_packages()}
+    built = image.ensure(sandbox)
+    if built:
+        report["machine"].append(image.describe(built))
     sandbox.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(sandbox.state_dir, 0o700)
-    report["machine"] += machine.claim(sandbox)
     _remove_extra_hosts(sandbox)
-    services.install_stand_in(sandbox)
     if sshd.ensure_client_key(sandbox):
-        report["machine"].append("client key")
-    mounts.ensure_ns_dir(sandbox)
+        report["machine"].append("client keys")
     if network.ensure_bridge(sandbox):
         report["machine"].append(f"bridge {sandbox.bridge}")
     for host, made in zip(sandbox.hosts, parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h)), strict=True):
@@ -56,22 +54,17 @@ def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
 
 
 def _ensure_host(sandbox: Sandbox, host: Host) -> list[str]:
-    config_changed = provision.prepare_host_files(sandbox, host)
-    made = network.ensure_host_network(sandbox, host)
-    if mounts.ensure_host_mounts(sandbox, host):
-        made.append("mount namespace")
-    running = sshd.sshd_pid(host)
-    if running is None:
-        sshd.start_sshd(host)
-        made.append("sshd")
-    elif config_changed:
-        os.kill(running, signal.SIGHUP)  # sshd re-executes itself with the new config
-        made.append("sshd reloaded (new config)")
+    made = container.ensure_layers(sandbox, image.path(sandbox), host)
+    changed = provision.prepare_host_files(sandbox, host)
+    made += network.ensure_host_network(sandbox, host)
+    if container.start(host):
+        made.append("booted")
+    elif changed:
+        in_host(host, ["systemctl", "reload-or-restart", *sorted(changed)])
+        made.append("reloaded " + ", ".join(sorted(changed)))
+    container.wait_booted(host)
+    made += provision.ensure_essentials(sandbox, host)
     if host.is_db:
-        if dbhost.initialise(sandbox, host):
-            made.append("postgresql cluster")
-        if dbhost.start(host):
-            made.append("postgresql started")
         dbhost.ensure_app_database(sandbox, host)
     provision.provision_server(sandbox, host)
     sshd.wait_for_port(host.address, 22)
@@ -100,10 +93,19 @@ def _remove_extra_hosts(sandbox: Sandbox) -> None:
             shutil.rmtree(host.root, ignore_errors=True)
 
 
-def _kill_all(host: Host, keep: set[int] = frozenset(), attempts: int = 20) -> None:
-    """SIGKILL every process in the host but `keep`, until none is left."""
+def _remove_host(host: Host) -> None:
+    container.stop(host)
+    if host.netns in network.netns_names():
+        _kill_all(host)
+    container.remove_layers(host)
+    container.remove_cgroups(host)
+    network.remove_host_network(host)
+
+
+def _kill_all(host: Host, attempts: int = 20) -> None:
+    """SIGKILL whatever still runs in the host's network namespace, until nothing does."""
     for _ in range(attempts):
-        victims = [pid for pid in pids_in(host) if pid not in keep]
+        victims = pids_in(host)
         if not victims:
             return
         for pid in victims:
@@ -115,13 +117,6 @@ def _kill_all(host: Host, keep: set[int] = frozenset(), attempts: int = 20) -> N
     raise SandboxError(f"processes keep appearing in {host.name}: {pids_in(host)}")
 
 
-def _remove_host(host: Host) -> None:
-    if host.netns in network.netns_names():
-        _kill_all(host)
-    mounts.remove_host_mounts(host)
-    network.remove_host_network(host)
-
-
 def down(sandbox: Sandbox) -> list[str]:
     """Remove everything `up` made; raise when something is still there afterwards."""
     require_root()
@@ -130,24 +125,29 @@ def down(sandbox: Sandbox) -> list[str]:
         if name.startswith(f"{sandbox.prefix}-") and name[len(sandbox.prefix) + 1:] not in known:
             stray = name[len(sandbox.prefix) + 1:]
             known[stray] = sandbox.host(stray, (), 0)
+    _stop_strays(sandbox)
     parallel(list(known.values()), _remove_host)
     origin.stop_daemon(sandbox)
     network.remove_bridge(sandbox)
-    mounts.remove_ns_dir(sandbox)
-    mounts.remove_strays(sandbox)
+    umount_under(sandbox.state_dir)
     shutil.rmtree(sandbox.state_dir, ignore_errors=True)
-    removed = machine.release(sandbox)
     deadline = time.monotonic() + 3  # links of deleted namespaces go away asynchronously
     while (left := leftovers(sandbox)) and time.monotonic() < deadline:
         time.sleep(0.05)
     if left:
         raise SandboxError("`down` left these behind: " + ", ".join(left), hint="run `inv sandbox.down` again")
-    return removed
+    return []
+
+
+def _stop_strays(sandbox: Sandbox) -> None:
+    """Containers of this prefix that no host of the state folder names (state lost, setup killed)."""
+    for loop in container.supervisors(lambda name: name.startswith(f"{sandbox.prefix}-")):
+        os.kill(loop, signal.SIGKILL)
 
 
 def leftovers(sandbox: Sandbox) -> list[str]:
     """Anything of the sandbox still on this machine (empty after a clean `down`)."""
-    left = network.leftovers(sandbox) + mounts.leftovers(sandbox)
+    left = network.leftovers(sandbox) + container.leftovers(sandbox)
     if sandbox.state_dir.exists():
         left.append(f"folder {sandbox.state_dir}")
     if origin.daemon_pid(sandbox):
@@ -183,33 +183,24 @@ def reset(sandbox: Sandbox, keep: tuple[str, ...] = ()) -> None:
 
 def _reset_host(sandbox: Sandbox, host: Host, keep: tuple[str, ...]) -> None:
     network.set_link(host, up=True)
-    mounts.free_disk(sandbox, host)
-    _kill_all(host, _server_pids(host))
+    container.free_disk(sandbox, host)
+    if not container.is_running(host):
+        container.start(host)
+        container.wait_booted(host)
+    units = provision.installed_units(host)
+    user = sandbox.settings.user
     in_host(host, script([
+        *([["systemctl", "disable", "--now", "--quiet", *units]] if units else []),
+        *([["rm", "-f", *(f"/etc/systemd/system/{u}" for u in units)]] if units else []),
+        ["sh", "-c", 'pkill -KILL -u "$1" || true; pkill -KILL -u "$2" || true', "kill", user, admin_name(user)],
         ["python3", "-c", WIPE_SRV, *keep],
         ["find", "/tmp", "/var/tmp", "-mindepth", "1", "-delete"],
-        ["find", "/run", "-mindepth", "1", "-maxdepth", "1", "!", "-name", "sshd", "!", "-name", "sshd.pid",
-         "!", "-name", "postgresql", "-exec", "rm", "-rf", "{}", "+"],
     ]))
-    for folder, keep_names in (("systemd", ()), ("log", ("sshd.log", "postgresql", "journal")),
-                               ("log/journal", ()), ("home", (".ssh",))):
-        for entry in (host.root / folder).iterdir():
-            if entry.name not in keep_names:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    provision.install_units(sandbox, host)
+    provision.prepare_host_files(sandbox, host)
+    in_host(host, ["sh", "-c", "systemctl daemon-reload && systemctl reset-failed"])
     if host.is_db:
         dbhost.start(host)
         dbhost.reset(host)
+    if host.is_lb:
+        lbhost.ready_all(sandbox, host)
     provision.provision_server(sandbox, host)
-
-
-def _server_pids(host: Host) -> set[int]:
-    """The host's own daemons, which a reset keeps: the sshd listener and PostgreSQL."""
-    listener = sshd.sshd_pid(host)
-    postgres_uid = pwd.getpwnam("postgres").pw_uid
-    keep = set()
-    for pid in pids_in(host):
-        info = process_info(pid)
-        if info and (pid == listener or (host.is_db and info[1] == postgres_uid)):
-            keep.add(pid)
-    return keep

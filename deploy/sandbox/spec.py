@@ -13,35 +13,72 @@ from pathlib import Path
 from ..config import SandboxSettings
 
 DB_HOST = "db"
+LB_HOST = "lb"
 ORIGIN_REPO = "origin.git"
 GIT_PORT = 9418
 POSTGRES_PORT = 5432
 DATABASE = "app"        # the application's database and role on the db host
+LB_PORT = 80            # where the load balancer takes the users' traffic
+# The hosts' shared, read-only image: one cache for every project and sandbox this toolkit makes.
+IMAGES = Path(__file__).resolve().parents[2] / ".local" / "images"
+
+
+def admin_name(user: str) -> str:
+    """The operator account beside the deploy user: full sudo, used only by `fab setup`."""
+    return f"{user}-admin"
 
 
 @dataclass(frozen=True)
 class Host:
-    """One server: its own network, mount and hostname namespaces, and a folder of state."""
+    """One server: a container booted with systemd from the shared image, with a
+    writable layer, a network namespace and a /srv of its own."""
 
     name: str
     roles: tuple[str, ...]
     address: str
-    netns: str          # `ip netns` name
+    netns: str          # `ip netns` name, also the container's machine name
     link: str           # this machine's end of the host's veth, on the sandbox bridge
-    root: Path          # the host's private folders, bind-mounted into its mount namespace
-    mount_ns: Path      # bind mount that keeps the mount namespace alive
-    uts_ns: Path        # bind mount that keeps the hostname namespace alive
+    root: Path          # the host's folder of state on this machine
 
     @property
     def is_db(self) -> bool:
         return "db" in self.roles
 
-    def nsenter(self) -> list[str]:
-        """The argv prefix that runs a command inside this host."""
-        return [
-            "nsenter", f"--net=/run/netns/{self.netns}", f"--mount={self.mount_ns}",
-            f"--uts={self.uts_ns}", "--",
-        ]
+    @property
+    def is_lb(self) -> bool:
+        return "lb" in self.roles
+
+    @property
+    def machine(self) -> str:
+        """The container's name (systemd-nspawn --machine)."""
+        return self.netns
+
+    @property
+    def rootfs(self) -> Path:
+        """The host's / as this machine sees it: its layer over the image (overlayfs)."""
+        return self.root / "fs"
+
+    @property
+    def upper(self) -> Path:
+        """What the host wrote over the image."""
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def srv(self) -> Path:
+        """The host's /srv: a size-limited tmpfs on this machine (the disk-full fault shrinks it)."""
+        return self.root / "srv"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def console_log(self) -> Path:
+        return self.root / "console.log"
 
 
 @dataclass(frozen=True)
@@ -84,8 +121,9 @@ class Sandbox:
         return f"{self.prefix}-br"
 
     @property
-    def ns_dir(self) -> Path:
-        return self.state_dir / "ns"
+    def image_dir(self) -> Path:
+        """Where the image is built and cached (the toolkit's checkout, whichever project it serves)."""
+        return IMAGES
 
     def host(self, name: str, roles: tuple[str, ...], index: int) -> Host:
         return Host(
@@ -95,8 +133,6 @@ class Sandbox:
             netns=f"{self.prefix}-{name}",
             link=f"{self.prefix}-{name}",
             root=self.state_dir / "hosts" / name,
-            mount_ns=self.ns_dir / f"{self.prefix}-{name}.mnt",
-            uts_ns=self.ns_dir / f"{self.prefix}-{name}.uts",
         )
 
     @property
@@ -112,8 +148,17 @@ class Sandbox:
         ]
 
     @property
+    def lb(self) -> Host:
+        """The load balancer in front of the app hosts."""
+        return self.host(LB_HOST, ("lb",), 9)
+
+    @property
     def hosts(self) -> list[Host]:
-        return [*self.apps, self.db]
+        return [*self.apps, self.db, self.lb]
+
+    @property
+    def lb_url(self) -> str:
+        return f"http://{self.lb.address}:{LB_PORT}/"
 
     def find(self, name: str) -> Host | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -147,11 +192,6 @@ class Sandbox:
     @property
     def secrets_dir(self) -> Path:
         return self.state_dir / "secrets"
-
-    @property
-    def systemctl(self) -> Path:
-        """The stand-in for systemctl, mounted over /usr/bin/systemctl on every host."""
-        return self.state_dir / "bin" / "systemctl"
 
     @property
     def origin(self) -> Path:

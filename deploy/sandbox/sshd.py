@@ -4,41 +4,30 @@ file holding exactly the hosts' keys, and an ssh_config for `ssh -F`."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
 
-from .machine import admin_name
-from .spec import Host, Sandbox
-from .system import SandboxError, in_host, run, write_file
+from .hostfs import ids, write_as
+from .spec import Host, Sandbox, admin_name
+from .system import SandboxError, run, write_file
 
 SSHD_CONFIG = """\
 # Written by the sandbox for host {name}; `inv sandbox.up` rewrites it.
-ListenAddress {address}
-Port 22
+# Read before Debian's own sshd_config, so these settings win.
 HostKey /etc/ssh/ssh_host_ed25519_key
-PidFile /run/sshd.pid
 AuthenticationMethods publickey
-PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
 AllowUsers {user} {admin}
 AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
-# No PAM: its session modules expect a systemd host. The account's "*" password
-# cannot match anything but does not lock the account, so keys work.
-UsePAM no
-StrictModes yes
 X11Forwarding no
 AllowAgentForwarding no
-PrintMotd no
 ClientAliveInterval 5
 ClientAliveCountMax 3
 MaxStartups 64:30:128
 MaxSessions 64
-Subsystem sftp internal-sftp
-AcceptEnv LANG LC_*
 """
 
 SSH_CONFIG_HOST = """\
@@ -68,53 +57,25 @@ def ensure_client_key(sandbox: Sandbox) -> bool:
 
 
 def host_key(host: Host) -> Path:
-    return host.root / "etc-ssh" / "ssh_host_ed25519_key"
+    return host.rootfs / "etc" / "ssh" / "ssh_host_ed25519_key"
 
 
 def prepare_host(sandbox: Sandbox, host: Host) -> bool:
-    """The host's /etc/ssh (a host key kept across `up`s) and the users' authorized keys;
-    True when sshd_config changed (a running sshd must reload it)."""
-    etc = host.root / "etc-ssh"
-    etc.mkdir(mode=0o755, parents=True, exist_ok=True)
+    """The host's own key (kept across `up`s), sshd's settings and the users' authorized
+    keys; True when the settings changed (a running sshd must reload them)."""
     if not host_key(host).exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{host.name}-host-key",
              "-f", str(host_key(host))])
-    for name in ("moduli", "ssh_config"):
-        if Path("/etc/ssh", name).exists() and not (etc / name).exists():
-            shutil.copy(Path("/etc/ssh", name), etc / name)
-    user = sandbox.settings.user
-    config = SSHD_CONFIG.format(name=host.name, address=host.address, user=user, admin=admin_name(user))
-    changed = not (etc / "sshd_config").exists() or (etc / "sshd_config").read_text() != config
-    write_file(etc / "sshd_config", config)
-    home = host.root / "home"
-    home.mkdir(mode=0o755, parents=True, exist_ok=True)
-    shutil.chown(home, user, user)
-    os.chmod(home, 0o755)
-    dot_ssh = home / ".ssh"
-    dot_ssh.mkdir(mode=0o700, exist_ok=True)
-    shutil.chown(dot_ssh, user, user)
-    public = Path(f"{sandbox.key}.pub").read_text()
-    write_file(dot_ssh / "authorized_keys", public, 0o600, owner=user)
-    (etc / "authorized_keys").mkdir(mode=0o755, exist_ok=True)
-    write_file(etc / "authorized_keys" / admin_name(user), Path(f"{sandbox.admin_key}.pub").read_text(), 0o644)
+    user, admin = sandbox.settings.user, admin_name(sandbox.settings.user)
+    config = SSHD_CONFIG.format(name=host.name, user=user, admin=admin)
+    changed = write_as(host, "/etc/ssh/sshd_config.d/sandbox.conf", config, 0o644)
+    home = f"/home/{user}"
+    (host.rootfs / home.lstrip("/") / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    os.chown(host.rootfs / home.lstrip("/") / ".ssh", *ids(host, user))
+    write_as(host, f"{home}/.ssh/authorized_keys", Path(f"{sandbox.key}.pub").read_text(), 0o600, owner=user)
+    (host.rootfs / "etc" / "ssh" / "authorized_keys").mkdir(mode=0o755, exist_ok=True)
+    write_as(host, f"/etc/ssh/authorized_keys/{admin}", Path(f"{sandbox.admin_key}.pub").read_text(), 0o644)
     return changed
-
-
-def sshd_pid(host: Host) -> int | None:
-    """The host's running sshd, from its pid file; None when it is not running."""
-    pid_file = in_host(host, ["cat", "/run/sshd.pid"], check=False)
-    try:
-        pid = int(pid_file.stdout.strip())
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-            return pid
-    except (ValueError, OSError):
-        pass
-    return None
-
-
-def start_sshd(host: Host) -> None:
-    in_host(host, ["/usr/sbin/sshd", "-t"], hint=f"the sshd_config of {host.name} is invalid")
-    in_host(host, ["/usr/sbin/sshd", "-E", "/var/log/sshd.log"])
 
 
 def wait_for_port(address: str, port: int, timeout: float = 10.0) -> None:

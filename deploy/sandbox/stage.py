@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .machine import admin_name
 from .provision import env_file
-from .spec import Sandbox
+from .spec import Sandbox, admin_name
 from .system import write_file
 
 
@@ -32,9 +31,11 @@ def stage_text(sandbox: Sandbox) -> str:
         f"service = {_toml(s.service)}",
         f"env_file = {_toml(env_file(sandbox))}",
     ]
-    for host in sandbox.hosts:
+    for host in (h for h in sandbox.hosts if not h.is_lb):  # the load balancer is not a deploy target
         lines += ["", "[[stage.hosts]]", f"name = {_toml(host.name)}",
                   f"address = {_toml(host.address)}", f"roles = {_toml(list(host.roles))}"]
+    lines += ["", "# HAProxy in front of the app hosts: drained through its runtime API over SSH.",
+              "[stage.lb]", f"address = {_toml(sandbox.lb.address)}", f"name = {_toml(sandbox.lb.name)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,14 @@
 """What the sandbox looks like right now, read from the machine (never from memory):
-hosts, their links, sshd, disk, processes; the database; the origin."""
+hosts, their links, systemd's state, sshd, disk, processes; the database; the load
+balancer; the origin."""
 from __future__ import annotations
 
-import pwd
 from collections import Counter
 
 from ..local.git import git
-from . import dbhost, mounts, network, origin, sshd
+from . import container, dbhost, image, network, origin
 from .spec import Host, Sandbox
-from .system import pids_in, process_info
+from .system import in_host, pids_in, process_info
 
 
 def parse_size(text: str) -> int:
@@ -17,25 +17,28 @@ def parse_size(text: str) -> int:
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+def _users(host: Host) -> dict[int, str]:
+    """uid -> name from the host's own /etc/passwd."""
+    names = {}
+    for line in (host.rootfs / "etc" / "passwd").read_text(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2].isdigit():
+            names[int(fields[2])] = fields[0]
+    return names
 
 
 def processes(host: Host) -> list[dict]:
     """What runs in the host, as (command, user, count), busiest first."""
-    seen = Counter()
+    users, seen = _users(host), Counter()
     for pid in pids_in(host):
         info = process_info(pid)
         if info:
-            seen[(info[0], _user(info[1]))] += 1
+            seen[(info[0], users.get(info[1], str(info[1])))] += 1
     return [{"command": c, "user": u, "count": n} for (c, u), n in seen.most_common()]
 
 
 def host_status(sandbox: Sandbox, host: Host) -> dict:
-    running = host.netns in network.netns_names() and mounts.has_namespace(host)
+    running = container.is_running(host)
     link = network.link_is_up(host)
     entry: dict = {
         "name": host.name, "roles": list(host.roles), "address": host.address,
@@ -43,8 +46,11 @@ def host_status(sandbox: Sandbox, host: Host) -> dict:
         "network": "missing" if link is None else ("up" if link else "cut"),
     }
     if running:
-        used, size = mounts.disk_usage(host)
-        entry["sshd"] = "running" if sshd.sshd_pid(host) else "stopped"
+        used, size = container.disk_usage(host)
+        state = in_host(host, ["sh", "-c", "systemctl is-system-running; ps -p 1 -o comm=; "
+                                           "systemctl is-active ssh.service"], check=False).stdout.split()
+        entry["system"], entry["pid1"], entry["sshd"] = (state + ["?"] * 3)[:3]
+        entry["sshd"] = "running" if entry["sshd"] == "active" else "stopped"
         entry["disk"] = {"used": used, "size": size,
                          "full": size < parse_size(sandbox.settings.disk_size)}
         entry["processes"] = processes(host)
@@ -70,7 +76,7 @@ def sandbox_status(sandbox: Sandbox) -> dict:
         return {"up": False, "prefix": sandbox.prefix, "state_dir": str(sandbox.state_dir)}
     hosts = [host_status(sandbox, h) for h in sandbox.hosts]
     db = sandbox.db
-    db_running = hosts[-1]["running"] and dbhost.is_running(db)
+    db_running = container.is_running(db) and dbhost.is_running(db)
     return {
         "up": all(h["running"] for h in hosts),
         "prefix": sandbox.prefix,
@@ -82,5 +88,7 @@ def sandbox_status(sandbox: Sandbox) -> dict:
         "hosts": hosts,
         "database": {"host": db.name, "running": db_running,
                      "url": sandbox.database_url_template.format(password="***")},
+        "load_balancer": {"host": sandbox.lb.name, "url": sandbox.lb_url},
+        "image": image.info(sandbox),
         "origin": origin_status(sandbox),
     }

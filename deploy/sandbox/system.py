@@ -6,6 +6,7 @@ with shlex.join, so no value is ever spliced into a shell string unquoted.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,9 +20,11 @@ from .spec import Host
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Debian packages the hosts need: what a plain Debian server with sshd, sudo,
-# git and Python has (python3-venv: the release environments are made there).
-PACKAGES = ("openssh-server", "openssh-client", "sudo", "iproute2", "util-linux", "git", "python3-venv")
+# Debian packages this machine needs to make the fleet: containers booted with
+# systemd (systemd-nspawn), their image (debootstrap), and the ssh client.
+PACKAGES = ("systemd-container", "debootstrap", "openssh-client", "iproute2", "util-linux", "git")
+# The environment of a command run inside a host: its own PATH, nothing of this machine's.
+HOST_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 
 
 class SandboxError(DeployError):
@@ -38,9 +41,25 @@ def run(argv: list[str], *, input: str | None = None, check: bool = True,
 
 
 def in_host(host: Host, argv: list[str], *, user: str | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run `argv` inside `host` (its network, mounts and hostname), as root or `user`."""
+    """Run `argv` inside the running `host` (all of its namespaces), as root or `user`."""
+    init = leader(host)
+    if init is None:
+        raise SandboxError(f"{host.name} is not running", hint="inv sandbox.up (repairs the fleet)")
     as_user = ["runuser", "-u", user, "--"] if user else []
-    return run([*host.nsenter(), *as_user, *argv], **kwargs)
+    return run(["nsenter", f"--target={init}", "--all", "--", *HOST_ENV, *as_user, *argv], **kwargs)
+
+
+def leader(host: Host) -> int | None:
+    """The host's PID 1 (systemd) as this machine numbers it; None when it is not running."""
+    for pid in pids_in(host):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        ns_pids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(ns_pids) == 2 and ns_pids[1] == "1":
+            return pid
+    return None
 
 
 def script(commands: Iterable[list[str]]) -> list[str]:
@@ -110,3 +129,19 @@ def process_info(pid: int) -> tuple[str, int] | None:
         return None
     uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
     return comm, uid
+
+
+def mount_points() -> list[str]:
+    """Mount points of this process's mount namespace, in mount order."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point))
+    return points
+
+
+def umount_under(folder: Path) -> None:
+    """Unmount everything at or below `folder`, innermost first."""
+    inside = [p for p in mount_points() if p == str(folder) or p.startswith(f"{folder}/")]
+    for point in reversed(inside):
+        run(["umount", "--lazy", point], check=False)
