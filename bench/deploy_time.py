@@ -139,7 +139,7 @@ def _notes(got: dict[int, dict[str, list]]) -> str:
         f"while each host restarts (see the zero-downtime table). The project's deploy takes {same:.1f} s "
         f"to one host with nothing changed; where it goes is in the step rows: the build includes loading the "
         f"new release's app once (`gunicorn --check-config`, about 0.5 s), the switch a graceful reload "
-        f"(of which the sandbox's stand-in systemctl sleeps 0.5 s) and the new workers' boot; `fab` itself "
+        f"through systemd (each host is a container booted with systemd) and the new workers' boot; `fab` itself "
         f"starts in about 0.6 s (Python, Fabric, Alembic). Why more hosts cost more here: every host is on this "
         f"machine's {cores} CPUs. A no-change deploy used {cpu_first:.1f} CPU-seconds with {first} host(s) and "
         f"{cpu_last:.1f} with {last} (each host loads the app for the boot check and boots its new workers), "

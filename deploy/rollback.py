@@ -11,12 +11,12 @@ import getpass
 import re
 from dataclasses import dataclass, field
 
-from . import backups, console, pipeline
+from . import backups, console, pipeline, rolling
 from .config import ProjectConfig
 from .errors import DeployError
 from .migrations import MIGRATION_LOCK_KEY
 from .remote import build, dbops, deploylog, guard, lock, server_tools, service
-from .remote.connection import Remote, StageRemotes, connect, on_hosts
+from .remote.connection import Remote, connect, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig, load_stage
 
@@ -24,7 +24,7 @@ RELEASE_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
 
 
 @dataclass
-class Rollback(StageRemotes):
+class Rollback(rolling.Switching):
     stage: StageConfig
     remotes: dict[str, Remote]
     layout: Layout
@@ -40,6 +40,8 @@ class Rollback(StageRemotes):
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)
     reached: str = ""
+    batch: int = 0             # the stage's batch size: hosts switched at once (0 = all)
+    switched: list[str] = field(default_factory=list)
 
     RECORDED = ("requested", "source", "target", "app", "db_now", "target_revision", "backup", "moved", "mover")
 
@@ -88,12 +90,13 @@ def back_up(r: Rollback) -> None:
 
 
 def _switch_all(r: Rollback, release: str) -> None:
-    def on_host(m: Remote) -> None:
-        service.switch(m, r.layout, release)
-        service.reload(m, r.stage.service)
-        service.wait_healthy(m, r.stage.health_url, release, None, r.stage.health_timeout,
-                             any_revision=True, service=r.stage.service)
-    on_hosts(f"switching to {release}", r.apps, on_host)
+    """Every app host to `release`, checked for answering only (the schema may not match yet): a
+    reload, or a restart drained at the load balancer where a reload cannot load it."""
+    try:
+        rolling.switch_all(r, lambda m: release, None, undo=True, what=f"switching to {release}",
+                           report=lambda name, how: console.say(f"  [{name}] {how}; answering on {release}"))
+    finally:
+        rolling.undrain(r)
 
 
 def switch_code(r: Rollback) -> None:
@@ -152,10 +155,13 @@ STEPS = [
 def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = None) -> str:
     """Roll the stage back to `to` (default: the previous good release)."""
     stage = load_stage(project, stage_name)
-    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to, app=project.app)
+    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to, app=project.app, batch=stage.batch)
     console.heading(f"rollback on {stage.name}")
-    with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
-        guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
+    try:
+        with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
+            guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
+    finally:
+        r.close()
     console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
     return r.target
 
@@ -172,10 +178,14 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
     """Undo a rollback whose controller died: the database back where it was (after ending a
     migration it left running), the code back to the release that served, checked healthy."""
     r = Rollback.from_record(stage, remotes, record)
+    r.batch = stage.batch
     names = [s.name for s in STEPS]
     r.moved = r.db_now != r.target_revision and (r.reached not in names
                                                  or names.index(r.reached) >= names.index("database"))
-    pipeline.undo_from(STEPS, r, r.reached, stage.name)
+    try:
+        pipeline.undo_from(STEPS, r, r.reached, stage.name)
+    finally:
+        r.close()
     _log(r, "recovered", f"the controller stopped during '{record.get('step')}'")
     if r.source:
         on_hosts("health", r.apps, lambda m: service.wait_healthy(

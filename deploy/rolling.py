@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Callable
 
 from . import console
 from .remote import balancer, service
-from .remote.connection import HostsFailed, Remote, on_hosts
+from .remote.connection import HostsFailed, Remote, StageRemotes, on_hosts
 from .remote.layout import Layout
 
 if TYPE_CHECKING:
-    from .steps import Deploy
+    from .stages import StageConfig
 
 RESTART_MARKER = "restart-needed"  # in shared/: written by `fab setup` when the app's unit changed
 GUNICORN_VERSIONS = """cd "$1"
@@ -31,6 +31,30 @@ for release in "$3" "$4"; do
   fi
 done"""
 _lb_lock = threading.Lock()  # one runtime API exchange at a time over the LB host's connection
+
+
+class Switching(StageRemotes):
+    """What switches app hosts (a deploy, a rollback): its stage, hosts, batch size, the hosts it
+    switched, notes for the operator, and its connection to the stage's load balancer."""
+
+    stage: StageConfig
+    layout: Layout
+    batch: int
+    switched: list[str]
+    notes: list[str]
+    _lb: Remote | None = None
+
+    @property
+    def lb_remote(self) -> Remote:
+        """The load balancer's host, connected on first use."""
+        if self._lb is None:
+            self._lb = Remote(self.stage, self.stage.lb.host)
+        return self._lb
+
+    def close(self) -> None:
+        """The connections opened beyond the stage's hosts."""
+        if self._lb is not None:
+            self._lb.close()
 
 
 def restart_reason(remote: Remote, layout: Layout, previous: str | None, release: str) -> str | None:
@@ -53,20 +77,23 @@ def _clear_marker(remote: Remote, layout: Layout) -> None:
     remote.run(["rm", "-f", f"{layout.shared}/{RESTART_MARKER}"])
 
 
-def batches(d: Deploy, hosts: list[Remote], restarts: bool) -> list[list[Remote]]:
-    """`hosts` in the order and groups they switch. Restarts, and drained batches, never take
-    every app host out at once."""
-    size = d.batch or len(hosts)
+def batches(d: Switching, hosts: list[Remote], restarts: bool) -> list[list[Remote]]:
+    """`hosts` in the order and groups they switch: restarts one host at a time unless a batch
+    size is given, and never every app host at once."""
+    if not hosts:
+        return []
+    size = d.batch or (1 if restarts else len(hosts))
     if (restarts or (d.stage.lb and d.batch)) and len(d.apps) > 1:
         size = min(size, len(d.apps) - 1)
     return [hosts[i:i + size] for i in range(0, len(hosts), size)]
 
 
-def switch_all(d: Deploy, to: Callable[[Remote], str | None], revision: str | None, *, undo: bool = False,
-               report: Callable[[str, str], None] = lambda name, how: None) -> None:
+def switch_all(d: Switching, to: Callable[[Remote], str | None], revision: str | None, *, undo: bool = False,
+               report: Callable[[str, str], None] = lambda name, how: None, what: str = "switching back") -> None:
     """Switch every app host `to` gives a release for, batch by batch; `report` hears how each went.
     A switch stops at the first batch that failed; an undo goes on with the others (a host that
-    cannot be reached must not keep the rest on the new release) and then reports every failure."""
+    cannot be reached must not keep the rest on the new release) and then reports every failure,
+    as `what` failed. An undo checks only that the release answers, at any revision."""
     targets = {r.name: to(r) for r in d.apps}
     hosts = [r for r in d.apps if targets[r.name]]
     reasons = _restart_reasons(d, hosts, targets)
@@ -81,7 +108,7 @@ def switch_all(d: Deploy, to: Callable[[Remote], str | None], revision: str | No
             return switch_host(d, r, targets[r.name], revision, reason, drained, undo)
 
         try:
-            results = on_hosts("switching back" if undo else f"switch (batch {number})", batch, on_host)
+            results = on_hosts(what if undo else f"switch (batch {number})", batch, on_host)
         except HostsFailed as failed:
             if not undo:
                 raise
@@ -91,10 +118,10 @@ def switch_all(d: Deploy, to: Callable[[Remote], str | None], revision: str | No
             if isinstance(how, str):
                 report(name, how)
     if any(isinstance(v, BaseException) for v in outcomes.values()):
-        raise HostsFailed("switching back", outcomes)
+        raise HostsFailed(what, outcomes)
 
 
-def _restart_reasons(d: Deploy, hosts: list[Remote], targets: dict[str, str | None]) -> dict[str, object]:
+def _restart_reasons(d: Switching, hosts: list[Remote], targets: dict[str, str | None]) -> dict[str, object]:
     """Per host: why it must restart (a string), None, or the error that kept it from being asked."""
     def reason(r: Remote) -> str | None:
         return restart_reason(r, d.layout, service.current_release(r, d.layout), targets[r.name])
@@ -104,13 +131,15 @@ def _restart_reasons(d: Deploy, hosts: list[Remote], targets: dict[str, str | No
         return failed.results
 
 
-def switch_host(d: Deploy, r: Remote, release: str, revision: str | None, reason: str | None,
+def switch_host(d: Switching, r: Remote, release: str, revision: str | None, reason: str | None,
                 drained: bool, undo: bool) -> str:
     """One host: out of rotation if `drained`, switched, reloaded or restarted, healthy, back in."""
     if not undo:
         d.switched.append(r.name)
     if drained:
-        _at_lb(d, lambda lb: balancer.drain(lb, d.stage.lb, r.name))
+        drained = _at_lb(d, lambda lb: balancer.drain(lb, d.stage.lb, r.name))
+        if not drained:
+            console.warn(f"{r.name}: not drained: no other app host is in the load balancer's rotation")
     service.switch(r, d.layout, release)
     how = service.restart(r, d.stage.service) if reason else service.reload(r, d.stage.service)
     service.wait_healthy(r, d.stage.health_url, release, revision, d.stage.health_timeout,
@@ -122,7 +151,7 @@ def switch_host(d: Deploy, r: Remote, release: str, revision: str | None, reason
     return how + (f" ({reason})" if reason else "") + (", drained at the load balancer" if drained else "")
 
 
-def undrain(d: Deploy) -> None:
+def undrain(d: Switching) -> None:
     """After an undo: no app host stays out of rotation because the switch stopped half-way."""
     if d.stage.lb:
         back = _at_lb(d, lambda lb: balancer.undrain_all(lb, d.stage.lb, [h.name for h in d.stage.app_hosts]))
@@ -130,13 +159,13 @@ def undrain(d: Deploy) -> None:
             d.notes.append(f"put {', '.join(back)} back in the load balancer's rotation")
 
 
-def check_balancer(d: Deploy) -> None:
+def check_balancer(d: Switching) -> None:
     """Preflight: the load balancer answers and knows every app host."""
     if d.stage.lb:
         summary = _at_lb(d, lambda lb: balancer.check_servers(lb, d.stage.lb, [h.name for h in d.stage.app_hosts]))
         console.say(f"  [{d.stage.lb.host.name}] load balancer: {summary}")
 
 
-def _at_lb(d: Deploy, work: Callable[[Remote], object]):
+def _at_lb(d: Switching, work: Callable[[Remote], object]):
     with _lb_lock:
         return work(d.lb_remote)

@@ -21,13 +21,13 @@ from .console import indent
 from .migrations import MIGRATION_LOCK_KEY, MigrationGraph, Revision, error_summary
 from .pipeline import Step
 from .remote import build, cleanup, dbops, deploylog, guard, server_tools, service
-from .remote.connection import HostError, Remote, StageRemotes, on_hosts
+from .remote.connection import HostError, Remote, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
 
 
 @dataclass
-class Deploy(StageRemotes):
+class Deploy(rolling.Switching):
     """What the steps share: decided once on the controller, the same for every host."""
 
     project: ProjectConfig
@@ -55,7 +55,6 @@ class Deploy(StageRemotes):
     reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)  # the stage lock's holder: this deploy's identity
-    _lb: Remote | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
@@ -70,18 +69,6 @@ class Deploy(StageRemotes):
     @classmethod
     def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
         return guard.read_back(cls(project, stage, remotes, record.get("ref") or "?", 0), record, cls.RECORDED)
-
-    @property
-    def lb_remote(self) -> Remote:
-        """The load balancer's host, connected on first use."""
-        if self._lb is None:
-            self._lb = Remote(self.stage, self.stage.lb.host)
-        return self._lb
-
-    def close(self) -> None:
-        """The connections this deploy opened beyond the stage's hosts."""
-        if self._lb is not None:
-            self._lb.close()
 
     def remove_scratch(self) -> None:
         if self.scratch:
@@ -321,14 +308,21 @@ def undo_switch(d: Deploy) -> None:
     def first_release(r: Remote) -> None:  # nothing was deployed before: stop it and remove `current`
         service.systemctl(r, "stop", d.stage.service, check=False)
         service.unswitch(r, d.layout)
-    on_hosts("stopping the first release", [d.remotes[n] for n in d.switched if d.previous.get(n) is None],
-             first_release)
-    try:
-        rolling.switch_all(d, lambda r: d.previous.get(r.name) if r.name in d.switched else None, None, undo=True)
-    finally:
-        rolling.undrain(d)
+    failures = []  # every part is tried: one unreachable host must not keep the others switched or drained
+    for part in (lambda: on_hosts("stopping the first release",
+                                  [d.remotes[n] for n in d.switched if d.previous.get(n) is None], first_release),
+                 lambda: rolling.switch_all(d, lambda r: d.previous.get(r.name) if r.name in d.switched else None,
+                                            None, undo=True),
+                 lambda: rolling.undrain(d)):
+        try:
+            part()
+        except DeployError as exc:
+            failures.append(exc)
     if d.switched:
         d.notes.append(f"switched back on {', '.join(d.switched)}")
+    if failures:
+        raise failures[0] if len(failures) == 1 else DeployError(
+            "\n".join(str(f) for f in failures), hint="; ".join(f.hint for f in failures if f.hint) or None)
 
 
 # finish ---------------------------------------------------------------------

@@ -79,6 +79,16 @@ def main_pid(project, host: str) -> int:
     return int(ssh(project, host, "systemctl show --property=MainPID --value app.service").stdout)
 
 
+def deploy_under_load(project, *args: str):
+    """`fab deploy` while users' requests go through the load balancer; its result and the load."""
+    load = Load(through_lb(project, "/boards"))
+    load.start()
+    try:
+        return deploy(project, *args), load
+    finally:
+        load.stop()
+
+
 def switch_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if "; healthy on " in line]
 
@@ -93,12 +103,7 @@ def test_a_changed_unit_restarts_each_host_in_turn_drained_at_the_load_balancer_
     assert output(setup).count("app.service changed: the next deploy restarts the app on this host "
                                "(drained at the load balancer first)") == 2, output(setup)
     masters = {h: main_pid(deployed, h) for h in ("app1", "app2")}
-    load = Load(through_lb(deployed, "/boards"))
-    load.start()
-    try:
-        proc = deploy(deployed)
-    finally:
-        load.stop()
+    proc, load = deploy_under_load(deployed)
     assert proc.returncode == 0, output(proc)
     lines = switch_lines(proc.stdout)
     assert [line.split("]")[0] for line in lines] == ["[app1", "[app2"]  # one at a time: the other serves
@@ -127,12 +132,7 @@ def test_a_new_gunicorn_version_restarts_the_hosts_drained_which_a_reload_could_
     lock.write_text(text[:start] + GUNICORN_23 + text[end:])
     deployed.commit_all("gunicorn 23")
     deployed.push()
-    load = Load(through_lb(deployed, "/boards"))
-    load.start()
-    try:
-        proc = deploy(deployed)
-    finally:
-        load.stop()
+    proc, load = deploy_under_load(deployed)
     assert proc.returncode == 0, output(proc)
     lines = switch_lines(proc.stdout)
     assert len(lines) == 2 and all("restarted (gunicorn 27.0.1 -> 23.0.0), drained" in line for line in lines), lines
@@ -144,12 +144,7 @@ def test_a_new_gunicorn_version_restarts_the_hosts_drained_which_a_reload_could_
 
 def test_batches_drain_each_host_and_a_failed_switch_puts_every_host_back_in_rotation(deployed):
     break_the_app(deployed)
-    load = Load(through_lb(deployed, "/boards"))
-    load.start()
-    try:
-        proc = deploy(deployed, "--batch", "1")
-    finally:
-        load.stop()
+    proc, load = deploy_under_load(deployed, "--batch", "1")
     text = output(proc)
     assert proc.returncode == 1 and "step 'switch' failed" in text, text
     assert "put app1 back in the load balancer's rotation" in text or "switched back on app1" in text, text

@@ -18,6 +18,7 @@ ASK = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.arg
        "s.sendall(sys.argv[2].encode() + b'\\n'); "
        "print(b''.join(iter(lambda: s.recv(65536), b'')).decode(), end='')")
 IN_ROTATION = ("UP",)
+FORCED_DRAIN = 0x08  # srv_admin_state bit of `show servers state`: drained through the API
 
 
 class BalancerError(DeployError):
@@ -61,18 +62,27 @@ def check_servers(remote: Remote, lb: LoadBalancer, hosts: list[str]) -> str:
         raise BalancerError(f"{remote.name}: HAProxy's backend {lb.backend!r} has no server for "
                             f"{', '.join(missing)}; it has: {', '.join(known) or 'none'}",
                             hint="name each app host's server in [stages.NAME.lb] servers, or fix backend")
+    unchecked = [h for h in hosts if known[lb.server(h)]["status"].startswith("no check")]
+    if unchecked:
+        raise BalancerError(f"{remote.name}: HAProxy does not health-check {', '.join(unchecked)}: a drained host "
+                            "could never be seen healthy again", hint="add `check` to those server lines (docs/load-balancer.md)")
     return ", ".join(f"{h} {known[lb.server(h)]['status']}" for h in hosts)
 
 
-def drain(remote: Remote, lb: LoadBalancer, host: str) -> None:
-    """No new requests to `host`; returns once its open ones have finished (or drain_timeout)."""
+def drain(remote: Remote, lb: LoadBalancer, host: str) -> bool:
+    """No new requests to `host`, then until its open ones have finished (or drain_timeout).
+    Refused (False, nothing done) when no other server of the backend is up to take its
+    traffic: the last host in rotation is never taken out."""
     name = lb.server(host)
+    if not any(s["status"] in IN_ROTATION for other, s in servers(remote, lb).items() if other != name):
+        return False
     ask(remote, lb, f"set server {lb.backend}/{name} state drain")
     deadline = time.monotonic() + lb.drain_timeout
     while time.monotonic() < deadline:
         if servers(remote, lb)[name]["scur"] in ("0", ""):
-            return
+            break
         time.sleep(0.1)
+    return True
 
 
 def put_back(remote: Remote, lb: LoadBalancer, host: str, timeout: float) -> None:
@@ -91,9 +101,20 @@ def put_back(remote: Remote, lb: LoadBalancer, host: str, timeout: float) -> Non
 
 
 def undrain_all(remote: Remote, lb: LoadBalancer, hosts: list[str]) -> list[str]:
-    """Put back every one of `hosts` left draining (an interrupted switch); the ones it put back."""
-    found = servers(remote, lb)
-    left = [h for h in hosts if found.get(lb.server(h), {}).get("status", "").startswith("DRAIN")]
+    """Put back every one of `hosts` left drained (an interrupted switch), whatever its check
+    says now; the ones it put back."""
+    left = [h for h in hosts if lb.server(h) in drained(remote, lb)]
     for host in left:
         ask(remote, lb, f"set server {lb.backend}/{lb.server(host)} state ready")
     return left
+
+
+def drained(remote: Remote, lb: LoadBalancer) -> set[str]:
+    """The backend's servers drained through the API (a failing check shows them DOWN, not DRAIN)."""
+    lines = [line.split() for line in ask(remote, lb, f"show servers state {lb.backend}").splitlines()]
+    header = next((line[1:] for line in lines if line[:1] == ["#"]), [])
+    if "srv_name" not in header or "srv_admin_state" not in header:
+        return set()
+    name, admin = header.index("srv_name"), header.index("srv_admin_state")
+    return {row[name] for row in lines if len(row) > max(name, admin) and row[0] != "#"
+            and row[admin].isdigit() and int(row[admin]) & FORCED_DRAIN}

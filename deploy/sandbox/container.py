@@ -144,20 +144,16 @@ def stop(host: Host) -> None:
 
 def nspawn_pids(wanted: Callable[[str], bool]) -> list[int]:
     """systemd-nspawn processes on this machine whose machine name is `wanted`."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        names = [a.removeprefix("--machine=") for a in argv if a.startswith("--machine=")]
-        if argv[0].endswith("systemd-nspawn") and names and wanted(names[0]):
-            found.append(int(proc.name))
-    return found
+    return _processes(wanted, lambda argv: argv[0].endswith("systemd-nspawn"))
 
 
 def supervisors(wanted: Callable[[str], bool]) -> list[int]:
     """Supervisor loops on this machine whose container's machine name is `wanted`."""
+    return _processes(wanted, lambda argv: argv[3:4] == ["supervise"])
+
+
+def _processes(wanted: Callable[[str], bool], kind: Callable[[list[str]], bool]) -> list[int]:
+    """Processes of `kind` whose command line names a machine (`--machine=NAME`) that is `wanted`."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -165,7 +161,7 @@ def supervisors(wanted: Callable[[str], bool]) -> list[int]:
         except OSError:
             continue
         names = [a.removeprefix("--machine=") for a in argv if a.startswith("--machine=")]
-        if argv[3:4] == ["supervise"] and names and wanted(names[0]):
+        if names and kind(argv) and wanted(names[0]):
             found.append(int(proc.name))
     return found
 

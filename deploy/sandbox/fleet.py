@@ -44,7 +44,9 @@ def up(sandbox: Sandbox, checkout: Path | None = None) -> dict[str, list[str]]:
         report["machine"].append("client keys")
     if network.ensure_bridge(sandbox):
         report["machine"].append(f"bridge {sandbox.bridge}")
-    for host, made in zip(sandbox.hosts, parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h)), strict=True):
+    with image.in_use(sandbox):
+        made_hosts = parallel(sandbox.hosts, lambda h: _ensure_host(sandbox, h))
+    for host, made in zip(sandbox.hosts, made_hosts, strict=True):
         report[host.name] = made
     report["origin"] = _ensure_origin(sandbox, checkout)
     sshd.write_client_files(sandbox)

@@ -18,9 +18,19 @@ def ids(host: Host, name: str) -> tuple[int, int]:
 
 
 def write_as(host: Host, path: str, text: str, mode: int, owner: str = "root") -> bool:
-    """Write the host's file `path` (owned by the host's `owner`); True when its text changed."""
-    target = host.rootfs / path.lstrip("/")
+    """Write the host's file `path` (owned by the host's `owner`); True when its text changed.
+    A link in the host's layer that leads out of it is refused, never followed."""
+    target = inside(host, path)
     changed = not target.exists() or target.read_text() != text
     write_file(target, text, mode)
     os.chown(target, *ids(host, owner))
     return changed
+
+
+def inside(host: Host, path: str) -> Path:
+    """This machine's path of the host's `path`, refusing one a symbolic link leads out of the host."""
+    target = host.rootfs / path.lstrip("/")
+    resolved = target.resolve()
+    if resolved != host.rootfs.resolve() and host.rootfs.resolve() not in resolved.parents:
+        raise SandboxError(f"{host.name}: {path} leads out of the host ({resolved}): not written")
+    return target

@@ -67,12 +67,18 @@ def info(sandbox: Sandbox) -> dict | None:
 
 
 @contextmanager
-def _build_lock(sandbox: Sandbox) -> Iterator[None]:
-    """One build at a time (the demo's `up` and the tests' may start together)."""
+def _build_lock(sandbox: Sandbox, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """One build at a time (the demo's `up` and the tests' may start together), and none while
+    an `up` mounts hosts on the image (they hold it shared)."""
     sandbox.image_dir.mkdir(parents=True, exist_ok=True)
-    with open(sandbox.image_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(sandbox.image_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, mode)
         yield
+
+
+def in_use(sandbox: Sandbox):
+    """Held while hosts are mounted on the image: a rebuild waits, then sees them."""
+    return _build_lock(sandbox, fcntl.LOCK_SH)
 
 
 def ensure(sandbox: Sandbox, rebuild: bool = False) -> dict | None:

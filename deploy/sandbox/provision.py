@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..templates import app_unit, sudo_rule
 from . import dbhost, lbhost, sshd
-from .hostfs import write_as
+from .hostfs import inside, write_as
 from .spec import Host, Sandbox, admin_name
 from .system import SandboxError, in_host, run, write_file
 
@@ -71,7 +71,7 @@ def _in_group(host: Host, group: str, user: str) -> bool:
 
 
 def _write_sudoers(host: Host, name: str, rule: str) -> None:
-    path = host.rootfs / "etc" / "sudoers.d" / name
+    path = inside(host, f"/etc/sudoers.d/{name}")
     if path.exists() and path.read_text() == rule:
         return
     candidate = path.with_name(f".{name}.new")

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from .hostfs import ids, write_as
+from .hostfs import ids, inside, write_as
 from .spec import Host, Sandbox, admin_name
 from .system import SandboxError, run, write_file
 
@@ -70,10 +70,11 @@ def prepare_host(sandbox: Sandbox, host: Host) -> bool:
     config = SSHD_CONFIG.format(name=host.name, user=user, admin=admin)
     changed = write_as(host, "/etc/ssh/sshd_config.d/sandbox.conf", config, 0o644)
     home = f"/home/{user}"
-    (host.rootfs / home.lstrip("/") / ".ssh").mkdir(mode=0o700, exist_ok=True)
-    os.chown(host.rootfs / home.lstrip("/") / ".ssh", *ids(host, user))
+    dot_ssh = inside(host, f"{home}/.ssh")
+    dot_ssh.mkdir(mode=0o700, exist_ok=True)
+    os.chown(inside(host, f"{home}/.ssh"), *ids(host, user))
     write_as(host, f"{home}/.ssh/authorized_keys", Path(f"{sandbox.key}.pub").read_text(), 0o600, owner=user)
-    (host.rootfs / "etc" / "ssh" / "authorized_keys").mkdir(mode=0o755, exist_ok=True)
+    inside(host, "/etc/ssh/authorized_keys").mkdir(mode=0o755, exist_ok=True)
     write_as(host, f"/etc/ssh/authorized_keys/{admin}", Path(f"{sandbox.admin_key}.pub").read_text(), 0o644)
     return changed
 

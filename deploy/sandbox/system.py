@@ -141,7 +141,11 @@ def mount_points() -> list[str]:
 
 
 def umount_under(folder: Path) -> None:
-    """Unmount everything at or below `folder`, innermost first."""
-    inside = [p for p in mount_points() if p == str(folder) or p.startswith(f"{folder}/")]
-    for point in reversed(inside):
+    """Unmount everything at or below `folder`, innermost first; raise when something stays
+    mounted (removing the folder would then reach into what is mounted there)."""
+    inside = lambda: [p for p in mount_points() if p == str(folder) or p.startswith(f"{folder}/")]  # noqa: E731
+    for point in reversed(inside()):
         run(["umount", "--lazy", point], check=False)
+    if inside():
+        raise SandboxError(f"still mounted under {folder}: {', '.join(inside())}",
+                           hint="unmount them by hand, then run the command again")
