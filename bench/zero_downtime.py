@@ -22,6 +22,7 @@ TITLE = "Zero downtime: requests during deploys, against plain restarts"
 RATE = 50            # requests a second per app host, all through the load balancer
 BASELINE_SECONDS = 10
 SETTLE_SECONDS = 2   # after the last deploy or restart, for requests still queued
+RESTART_EVERY = 2.5  # seconds between two plain restarts of one host (systemd's start limit)
 
 
 def _no_change(bench: BenchProject) -> None:
@@ -83,8 +84,12 @@ def _round(bench: BenchProject, urls: list[str], deploys: int) -> dict[str, Summ
         deploys_end = time.monotonic()
         time.sleep(SETTLE_SECONDS)
         restarts_start = time.monotonic()
+        last: dict[str, float] = {}
         for _ in range(deploys):
             for host in bench.sandbox.apps:
+                # systemd refuses a 6th start of a unit within 10 s (StartLimitBurst): one in 2.5 s per host
+                time.sleep(max(0.0, last.get(host.name, 0.0) + RESTART_EVERY - time.monotonic()))
+                last[host.name] = time.monotonic()
                 bench.ssh(host.name, "sudo -n systemctl restart app.service")
         restarts_end = time.monotonic() + SETTLE_SECONDS
         time.sleep(SETTLE_SECONDS)
@@ -139,8 +144,10 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
         f"Load: an open-loop client on this machine (bench/load.py), {2 * RATE} GET /boards ({SEED_BOARDS} boards) "
         f"a second through the sandbox's HAProxy (round robin over the 2 app hosts, health-checked with GET /livez "
         f"every second), each on a new connection, latency counted from when the request was due. Deploys, in turn: "
-        f"{', '.join(KINDS)}. Failures in the last round's plain restarts: {kinds}. A plain restart stops the "
-        "old master before the new one listens, so connections are refused meanwhile; the deploy's graceful "
+        f"{', '.join(KINDS)}. Failures in the last round's plain restarts: {kinds}. A plain restart (paced to one per host "
+        f"every {RESTART_EVERY} s, under systemd's start limit) stops the old master before the new one listens, so "
+        "the host refuses connections meanwhile (HAProxy sends a request whose connection was refused to the "
+        "other host, until its check takes the restarting one out); the deploy's graceful "
         "reload (HUP) keeps the listening socket, and an old worker keeps serving until the new ones have loaded "
         "the app (the hooks in app/gunicorn.conf.py), so no request fails and none waits for a worker to boot. "
         f"What raises the p99 here is CPU: every host, the database, the controller and this client share this "
