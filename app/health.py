@@ -40,9 +40,12 @@ def database_revisions() -> tuple[str, ...]:
         return ()
 
 
-def _unreachable(exc: DBAPIError) -> str:
+def _unreachable(body: dict, exc: DBAPIError):
+    """503 with the database's own first line of error; the session is left clean."""
+    db.session.rollback()
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-    return f"database unreachable: {reason}"
+    body.update(status="unavailable", reason=f"database unreachable: {reason}")
+    return jsonify(body), 503
 
 
 @health.get("/livez")
@@ -51,9 +54,7 @@ def livez():
     try:
         db.session.execute(text("SELECT 1"))
     except DBAPIError as exc:
-        db.session.rollback()
-        body.update(status="unavailable", reason=_unreachable(exc))
-        return jsonify(body), 503
+        return _unreachable(body, exc)
     finally:
         db.session.remove()
     return jsonify(body), 200
@@ -71,9 +72,7 @@ def healthz():
     try:
         current = database_revisions()
     except DBAPIError as exc:
-        db.session.rollback()
-        body.update(status="unavailable", reason=_unreachable(exc))
-        return jsonify(body), 503
+        return _unreachable(body, exc)
     finally:
         db.session.remove()
     body["revision"] = current[0] if len(current) == 1 else (list(current) or None)

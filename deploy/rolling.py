@@ -22,9 +22,13 @@ if TYPE_CHECKING:
 RESTART_MARKER = "restart-needed"  # in shared/: written by `fab setup` when the app's unit changed
 GUNICORN_VERSIONS = """cd "$1"
 if [ -e "shared/$2" ]; then echo marker; else echo none; fi
-for release in "$3" "$4"; do
+serving=$(readlink current 2>/dev/null || true)
+[ -n "$serving" ] || echo nothing-serving
+for release in "${serving#releases/}" "$3"; do
   python="releases/$release/.venv/bin/python"
-  if [ -n "$release" ] && [ -x "$python" ]; then
+  if [ -z "$release" ]; then
+    continue
+  elif [ -x "$python" ]; then
     "$python" -c 'import importlib.metadata as m; print(m.version("gunicorn"))' 2>/dev/null || echo none
   else
     echo none
@@ -57,14 +61,14 @@ class Switching(StageRemotes):
             self._lb.close()
 
 
-def restart_reason(remote: Remote, layout: Layout, previous: str | None, release: str) -> str | None:
-    """Why a reload cannot load `release` on this host (None: it can)."""
+def restart_reason(remote: Remote, layout: Layout, release: str) -> str | None:
+    """Why a reload cannot load `release` on this host, where `current` serves (None: it can)."""
     out = remote.run(["sh", "-c", GUNICORN_VERSIONS, "how-to-switch", layout.root, RESTART_MARKER,
-                      previous or "", release]).stdout.split()
+                      release]).stdout.split()
     marker, old, new = (out + ["none"] * 3)[:3]
     if marker == "marker":
         return "the app's unit file changed (fab setup)"
-    if previous and old != new:
+    if old != "nothing-serving" and old != new:
         return f"gunicorn {old} -> {new}"
     return None
 
@@ -124,7 +128,7 @@ def switch_all(d: Switching, to: Callable[[Remote], str | None], revision: str |
 def _restart_reasons(d: Switching, hosts: list[Remote], targets: dict[str, str | None]) -> dict[str, object]:
     """Per host: why it must restart (a string), None, or the error that kept it from being asked."""
     def reason(r: Remote) -> str | None:
-        return restart_reason(r, d.layout, service.current_release(r, d.layout), targets[r.name])
+        return restart_reason(r, d.layout, targets[r.name])
     try:
         return on_hosts("checking how to switch", hosts, reason)
     except HostsFailed as failed:

@@ -8,13 +8,18 @@ from .spec import Host
 from .system import SandboxError, write_file
 
 
+def entries(host: Host, table: str) -> dict[str, list[str]]:
+    """The host's own /etc/passwd or /etc/group: each name and its fields."""
+    rows = (line.split(":") for line in (host.rootfs / "etc" / table).read_text(errors="replace").splitlines())
+    return {fields[0]: fields for fields in rows if len(fields) > 3}
+
+
 def ids(host: Host, name: str) -> tuple[int, int]:
     """(uid, gid) of the user `name` in the host's own /etc/passwd."""
-    for line in (host.rootfs / "etc" / "passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2]), int(fields[3])
-    raise SandboxError(f"{host.name} has no user {name!r}")
+    fields = entries(host, "passwd").get(name)
+    if fields is None:
+        raise SandboxError(f"{host.name} has no user {name!r}")
+    return int(fields[2]), int(fields[3])
 
 
 def write_as(host: Host, path: str, text: str, mode: int, owner: str = "root") -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..templates import app_unit, sudo_rule
 from . import dbhost, lbhost, sshd
-from .hostfs import inside, write_as
+from .hostfs import entries, inside, write_as
 from .spec import Host, Sandbox, admin_name
 from .system import SandboxError, in_host, run, write_file
 
@@ -50,9 +50,9 @@ def prepare_host_files(sandbox: Sandbox, host: Host) -> set[str]:
 def _ensure_users(sandbox: Sandbox, host: Host) -> None:
     """The deploy user (its own home) and the admin account (full sudo, keys in /etc/ssh)."""
     user, admin = sandbox.settings.user, admin_name(sandbox.settings.user)
-    passwd = (host.rootfs / "etc" / "passwd").read_text()
+    passwd = entries(host, "passwd")
     for name, home in ((user, f"/home/{user}"), (admin, "/")):
-        if f"\n{name}:" not in f"\n{passwd}":
+        if name not in passwd:
             # "*": no password can ever match, yet the account is not locked, so key login works.
             run(["chroot", str(host.rootfs), "useradd", "--create-home" if home != "/" else "--no-create-home",
                  "--home-dir", home, "--shell", "/bin/bash", "--password", "*", "--user-group", name])
@@ -63,11 +63,7 @@ def _ensure_users(sandbox: Sandbox, host: Host) -> None:
 
 
 def _in_group(host: Host, group: str, user: str) -> bool:
-    for line in (host.rootfs / "etc" / "group").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == group:
-            return user in fields[3].split(",")
-    return False
+    return user in entries(host, "group").get(group, ["", "", "", ""])[3].split(",")
 
 
 def _write_sudoers(host: Host, name: str, rule: str) -> None:

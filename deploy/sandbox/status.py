@@ -7,6 +7,7 @@ from collections import Counter
 
 from ..local.git import git
 from . import container, dbhost, image, network, origin
+from .hostfs import entries
 from .spec import Host, Sandbox
 from .system import in_host, pids_in, process_info
 
@@ -19,12 +20,7 @@ def parse_size(text: str) -> int:
 
 def _users(host: Host) -> dict[int, str]:
     """uid -> name from the host's own /etc/passwd."""
-    names = {}
-    for line in (host.rootfs / "etc" / "passwd").read_text(errors="replace").splitlines():
-        fields = line.split(":")
-        if len(fields) > 2 and fields[2].isdigit():
-            names[int(fields[2])] = fields[0]
-    return names
+    return {int(fields[2]): name for name, fields in entries(host, "passwd").items() if fields[2].isdigit()}
 
 
 def processes(host: Host) -> list[dict]:
