@@ -1,8 +1,8 @@
 """A small Flask app (boards and their cards) that the toolkit deploys.
 
-Configured from the environment: DATABASE_URL (PostgreSQL through psycopg2)
-and RELEASE (the release id; else the RELEASE file the deploy writes into the
-release folder, so that workers started by a reload report the new release).
+Configured from the environment: DATABASE_URL (PostgreSQL through psycopg2).
+It has no code for the deploy: the toolkit answers /healthz and /livez in front
+of it and makes its reloads stall-free (deploy_runtime).
 """
 import os
 from pathlib import Path
@@ -22,20 +22,11 @@ def psycopg2_url(url: str) -> str:
     return url
 
 
-def release_from_file() -> str:
-    """The release id the deploy wrote beside the code, or "dev"."""
-    try:
-        return (Path(__file__).resolve().parent.parent / "RELEASE").read_text().strip() or "dev"
-    except OSError:
-        return "dev"
-
-
 def create_app(config: dict | None = None) -> Flask:
     """Build the app; `config` overrides what the environment says."""
     app = Flask(__name__)
     app.config.update(
         SQLALCHEMY_DATABASE_URI=psycopg2_url(os.environ.get("DATABASE_URL", "")),
-        RELEASE=os.environ.get("RELEASE") or release_from_file(),
         MIGRATIONS_DIR=os.environ.get("MIGRATIONS_DIR", str(MIGRATIONS_DIR)),
         SQLALCHEMY_ENGINE_OPTIONS={
             "pool_pre_ping": True,
@@ -56,8 +47,6 @@ def create_app(config: dict | None = None) -> Flask:
 
     from . import models  # noqa: F401  (autogenerate must see every model)
     from .api import api
-    from .health import health
 
     app.register_blueprint(api)
-    app.register_blueprint(health)
     return app

@@ -17,7 +17,7 @@ from deploy.migrations import MigrationGraph
 from deploy.remote import trace
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.scratch import add_column_migration, copy_project, retarget
+from deploy.sandbox.scratch import BREAK_SERVING, add_column_migration, copy_project, retarget
 
 PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
 
@@ -116,9 +116,8 @@ class BenchProject:
             self.head = revision
 
     def break_health(self) -> None:
-        """A release that boots but fails its health check (500 without its release id)."""
-        self._edit("app/health.py", "    heads = expected_heads()\n",
-                   '    return jsonify(status="broken by the benchmark"), 500\n    heads = expected_heads()\n')
+        """A release that boots and migrates but fails its health check (its workers reach no database)."""
+        self._edit("app/__init__.py", *BREAK_SERVING)
         self.commit("break the health check")
 
     def undo_commits(self, count: int) -> None:

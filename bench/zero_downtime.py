@@ -150,7 +150,7 @@ def _section(rounds: list[dict[str, Summary]], deploys: int, runs: int) -> str:
         "refused connection on the other host, but a connection that was accepted and then reset is a 502 it "
         "cannot retry); the deploy's graceful "
         "reload (HUP) keeps the listening socket, and an old worker keeps serving until the new ones have loaded "
-        "the app (the hooks in app/gunicorn.conf.py), so no request fails and none waits for a worker to boot. "
+        "the app (the hooks in deploy_runtime/reloads.py), so no request fails and none waits for a worker to boot. "
         f"What raises the p99 here is CPU: every host, the database, the controller and this client share this "
         f"machine's {os.cpu_count()} CPUs, and at the switch both hosts boot 2 new workers at once (each "
         "imports the app: about 0.4 CPU-s) beside the serving ones. The deploys that fail at the migration "

@@ -161,7 +161,7 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
         units = {}
         if "app" in r.host.roles:
             units[f"{stage.service}.service"] = app_unit(stage.service, stage.user, stage.deploy_to, stage.bind,
-                                                         stage.gunicorn_config)
+                                                         project.gunicorn_config)
         if r.host == stage.backup_host:
             server_tools.tool(r, layout, "list")  # installs the backup tool the timers run
             units.update(backup_units(stage.service, stage.user, stage.deploy_to, stage.backups))

@@ -17,12 +17,20 @@ from typing import Any
 from .errors import ConfigError
 
 CONFIG_NAME = "deploy.toml"
+GENERATED_GUNICORN_CONFIG = ".deploy/gunicorn.conf.py"  # written into each release by the deploy
+URL_PATH = r"/[A-Za-z0-9_./-]*"
+# squawk's advice on types and style: printed as warnings by default (`[lint] warn`), since a new
+# table with them blocks nobody. Rules about locks, rewrites and compatibility fail the gate.
+STYLE_RULES = ("prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-big-int", "prefer-identity",
+               "prefer-text-field", "prefer-timestamp-tz", "ban-char-field", "prefer-robust-stmts")
 
 
 @dataclass(frozen=True)
 class LintSettings:
     pg_version: str
     exclude: tuple[str, ...]
+    warn: tuple[str, ...]         # reported, never failing: style advice, not locking risk
+    baseline: str | None          # this revision and those before it are never linted (an adopted history)
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,14 @@ class ProjectConfig:
 
     root: Path
     path: Path
-    app: str
+    app: str                      # what `flask --app` loads, on the controller and the servers
     migrations_dir: Path
     models: tuple[str, ...]
+    lock: str                     # the hashed lock of what runs on the servers, in the commit
+    health_path: str              # the deploy's health answer (the toolkit's, in front of the app)
+    live_path: str                # the load balancer's liveness answer
+    gunicorn_config: str          # in the release; the default is the one the toolkit writes there
+    env: tuple[str, ...]          # the settings the app reads from its environment, besides DATABASE_URL
     lint: LintSettings
     local_database_dir: Path
     local_database_name: str
@@ -132,14 +145,29 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         app=project.text("app"),
         migrations_dir=migrations_dir,
         models=project.texts("models", []),
+        lock=project.matching("lock", "requirements/app.lock", r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_./-]*",
+                              "a path in the project"),
+        health_path=project.matching("health_path", "/healthz", URL_PATH, "a URL path such as /healthz"),
+        live_path=project.matching("live_path", "/livez", URL_PATH, "a URL path such as /livez"),
+        gunicorn_config=project.matching("gunicorn_config", GENERATED_GUNICORN_CONFIG, r"(?!.*\.\.)[A-Za-z0-9_.][A-Za-z0-9_./-]*\.py",
+                                         "a .py path in the project"),
+        env=tuple(_env_key(project, key) for key in project.texts("env", [])),
         lint=LintSettings(
             pg_version=lint.text("pg_version", "15"),
             exclude=lint.texts("exclude", []),
+            warn=lint.texts("warn", list(STYLE_RULES)),
+            baseline=lint.matching("baseline", None, r"[0-9A-Za-z_]+", "a revision id") if "baseline" in lint.data else None,
         ),
         local_database_dir=root / local.text("database_dir", ".local/postgres"),
         local_database_name=local.text("database_name", "app"),
         sandbox=sandbox_settings(root, sandbox),
     )
+
+
+def _env_key(table: _Table, key: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise table.fail("env", f"environment variable names, got {key!r}")
+    return key
 
 
 def sandbox_settings(root: Path, table: _Table) -> SandboxSettings:

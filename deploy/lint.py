@@ -6,7 +6,10 @@ A migration may waive a rule only in its own file, with a reason:
 
     # lint: waive require-concurrent-index-creation because the table is new and empty
 
-Waivers are shown in the report; a waiver without a reason is itself a failure.
+Waivers are shown in the report; a waiver without a reason is itself a failure. Rules in
+`[lint] warn` (by default squawk's advice on types and style) are reported and never fail:
+the gate is for locks, rewrites and compatibility. Revisions up to `[lint] baseline` (an
+adopted project's history, long applied) are not linted.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deploy_runtime.migrations import offline_settings
 
 from .config import ProjectConfig
 from .errors import DeployError, MigrationError
@@ -42,6 +47,11 @@ class Finding:
     help: str
     statement: str
     waiver: Waiver | None = None
+    warning: bool = False  # style advice: reported, never failing
+
+    @property
+    def fails(self) -> bool:
+        return self.waiver is None and not self.warning
 
 
 @dataclass
@@ -52,13 +62,13 @@ class LintReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors) or any(f.waiver is None for f in self.findings)
+        return bool(self.errors) or any(f.fails for f in self.findings)
 
     def problems(self) -> list[str]:
         """One line per reason the lint failed."""
         lines = list(self.errors)
         for f in self.findings:
-            if f.waiver is None:
+            if f.fails:
                 lines.append(f"{f.revision.path.name} ({f.revision.id}): {f.rule}: {f.message}")
         return lines
 
@@ -68,10 +78,10 @@ class LintReport:
         out = []
         for rev in self.revisions:
             found = [f for f in self.findings if f.revision.id == rev.id]
-            status = "FAIL" if any(f.waiver is None for f in found) else "ok"
+            status = "FAIL" if any(f.fails for f in found) else "ok"
             out.append(f"{status:4} {_relative(rev.path, root)}  revision {rev.id}: {rev.message}")
             for f in found:
-                tag = "waived" if f.waiver else "error"
+                tag = "waived" if f.waiver else "warning" if f.warning else "error"
                 out.append(f"     {tag}: [{f.rule}] {f.message}")
                 out.append(f"       statement: {f.statement}")
                 if f.help:
@@ -80,10 +90,11 @@ class LintReport:
                     out.append(f"       waived at line {f.waiver.line}: {f.waiver.reason}")
         for err in self.errors:
             out.append(f"error: {err}")
-        unwaived = sum(f.waiver is None for f in self.findings)
-        waived = len(self.findings) - unwaived
+        failing = sum(f.fails for f in self.findings)
+        waived = sum(f.waiver is not None for f in self.findings)
+        warnings = len(self.findings) - failing - waived
         out.append(
-            f"lint: {len(self.revisions)} revision(s), {unwaived} finding(s), "
+            f"lint: {len(self.revisions)} revision(s), {failing} finding(s), {warnings} warning(s), "
             f"{waived} waived, {len(self.errors)} error(s): {'FAILED' if self.failed else 'passed'}"
         )
         return "\n".join(out)
@@ -139,18 +150,26 @@ def run_squawk(sql: str, filename: str, project: ProjectConfig) -> list[dict]:
 
 
 def render_revisions(project: ProjectConfig, graph: MigrationGraph) -> tuple[str, dict[str, str]]:
-    """The timeout settings and every revision's upgrade SQL, one offline render per head."""
+    """The timeout settings and every revision's upgrade SQL, one offline render per head. A stock
+    env.py emits no settings offline; its online runs set them (migration_connection), so they
+    are judged as set."""
     flask_db = FlaskDb(project, OFFLINE_URL)
     settings, chunks = "", {}
     for head in graph.heads():
         head_settings, head_chunks = split_offline_sql(flask_db.offline_sql(head))
         settings = settings or head_settings
         chunks.update(head_chunks)
-    return settings, chunks
+    return settings or offline_settings().strip(), chunks
 
 
 def lint_revisions(project: ProjectConfig, graph: MigrationGraph, revisions: list[Revision]) -> LintReport:
-    """Lint the upgrade SQL of `revisions`; every problem ends up in the report."""
+    """Lint the upgrade SQL of `revisions` (those after the baseline); every problem ends up in the report."""
+    baseline = project.lint.baseline
+    if baseline and baseline not in graph:
+        return LintReport(revisions=revisions, errors=[f"[lint] baseline {baseline} is not a revision of {graph.directory}"])
+    if baseline:
+        after = {r.id for r in graph.pending((baseline,))}
+        revisions = [r for r in revisions if r.id in after]
     report = LintReport(revisions=revisions)
     if not revisions:
         return report
@@ -175,5 +194,6 @@ def lint_revisions(project: ProjectConfig, graph: MigrationGraph, revisions: lis
             report.findings.append(Finding(
                 revision=rev, rule=rule, message=item.get("message", ""),
                 help=item.get("help") or "", statement=statement, waiver=waivers.get(rule),
+                warning=rule in project.lint.warn,
             ))
     return report

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from deploy_runtime.migrations import ADVISORY_LOCK_KEY
 
 from .config import ProjectConfig
 from .errors import CommandFailed, MigrationError
 
+# The session advisory lock a migration holds (deploy_runtime.migrations.migration_connection).
+MIGRATION_LOCK_KEY = ADVISORY_LOCK_KEY
 # Alembic's offline output marks where each revision starts.
-# The session advisory lock migrations/env.py holds while it migrates (its ADVISORY_LOCK_KEY).
-MIGRATION_LOCK_KEY = 0x616C656D626963
 _RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 _TRANSACTION = re.compile(r"^(BEGIN|START|COMMIT|ROLLBACK|END)\b.*;$", re.M | re.I)
 _TIMEOUT_SETTING = re.compile(r"^SET (lock_timeout|statement_timeout) = .*;$", re.M)

@@ -1,29 +1,24 @@
 """The controller's side of the release source: a mirror of the stage's repository,
-refs resolved there (never on a shell), a commit exported to read its migrations
-and lock file, and the wheels its lock needs for the servers' Python."""
+refs resolved there (never on a shell), and a commit exported to read its migrations,
+config and lock file."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 from .config import ProjectConfig
 from .errors import CommandFailed, DeployError
 from .local.git import git, resolve_commit
 
-APP_LOCK = "requirements/app.lock"
 
-
-def _cache(project: ProjectConfig, *parts: str) -> Path:
+def cache(project: ProjectConfig, *parts: str) -> Path:
     return project.root / ".local" / "deploy" / Path(*parts)
 
 
 def mirror(project: ProjectConfig, stage: str, repo_url: str) -> Path:
     """A bare mirror of the stage's repository, fetched now."""
-    path = _cache(project, stage, "repo.git")
+    path = cache(project, stage, "repo.git")
     if not (path / "HEAD").exists():
         path.mkdir(parents=True, exist_ok=True)
         git(path, "init", "--quiet", "--bare")
@@ -58,31 +53,14 @@ def export(mirror_path: Path, commit: str, dest: Path) -> Path:
     return dest
 
 
-def lock_hash(export_dir: Path) -> str:
+# Bump when the way an environment is made from a lock changes, so that no host reuses an old one.
+ENVIRONMENT_RECIPE = "2"
+
+
+def lock_hash(export_dir: Path, lock_path: str) -> str:
     """Names the Python environment a release needs: same lock file, same environment."""
-    lock = export_dir / APP_LOCK
+    lock = export_dir / lock_path
     if not lock.is_file():
-        raise DeployError(f"the commit has no {APP_LOCK}", hint="compile it (see README, Dependencies)")
-    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
-
-
-def wheelhouse(project: ProjectConfig, export_dir: Path, digest: str, python: str, arch: str) -> Path:
-    """A tarball of the wheels the lock needs, for the servers' Python and CPU (cached)."""
-    tarball = _cache(project, "wheels", f"{digest}-cp{python.replace('.', '')}-{arch}.tar")
-    if tarball.exists():
-        return tarball
-    folder = tarball.with_suffix("")
-    shutil.rmtree(folder, ignore_errors=True)
-    platforms = [f"--platform={p}_{arch}" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014")]
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--only-binary=:all:", *platforms, f"--python-version={python}", "--implementation=cp",
-            f"--abi=cp{python.replace('.', '')}", "--require-hashes", "-r", str(export_dir / APP_LOCK), "-d", str(folder)]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, proc.stdout + proc.stderr,
-                            hint="the controller needs the package index (or a wheel cache) to prepare the servers' wheels")
-    with tarfile.open(tarball, "w") as tar:
-        for wheel in sorted(folder.iterdir()):
-            tar.add(wheel, arcname=wheel.name)
-    shutil.rmtree(folder)
-    return tarball
+        raise DeployError(f"the commit has no {lock_path} ([project] lock in its deploy.toml)",
+                          hint="make it from your requirements (docs/adopting.md, Dependencies), commit and push it")
+    return hashlib.sha256(ENVIRONMENT_RECIPE.encode() + lock.read_bytes()).hexdigest()[:16]

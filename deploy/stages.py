@@ -85,7 +85,7 @@ class StageConfig:
     service: str
     keep_releases: int
     batch: int                 # app hosts switched at once; 0 = all
-    health_url: str            # asked on each app host, from the host itself
+    health_url: str            # asked on each app host, from the host itself ([project] health_path)
     health_timeout: float
     lock_timeout: str          # for migrations: PostgreSQL lock_timeout
     statement_timeout: str
@@ -94,7 +94,6 @@ class StageConfig:
     admin_user: str | None     # an account with sudo, used only by `fab setup` (units, sudo rule)
     admin_key: Path | None     # its own key: never the deploy user's
     bind: str                  # where gunicorn listens (the unit's BIND)
-    gunicorn_config: str       # in the release
     backups: BackupSettings
     lb: LoadBalancer | None = None
 
@@ -175,7 +174,8 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         service=table.matching("service", "app", r"[A-Za-z0-9_.@-]+", "a unit name without .service"),
         keep_releases=table.integer("keep_releases", 5, 1, 100),
         batch=table.integer("batch", 0, 0, 1000),
-        health_url=table.matching("health_url", "http://127.0.0.1:8000/healthz", r"https?://\S+", "an http(s) URL"),
+        health_url=table.matching("health_url", _local_url(table, project.health_path), r"https?://\S+",
+                                  "an http(s) URL"),
         health_timeout=float(table.integer("health_timeout", 30, 1, 600)),
         lock_timeout=table.matching("lock_timeout", "5s", r"\d+(ms|s|min)?", "a PostgreSQL duration like 5s"),
         statement_timeout=table.matching("statement_timeout", "10min", r"\d+(ms|s|min|h)?", "a duration like 10min"),
@@ -185,11 +185,16 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
                     if "admin_user" in table.data else None),
         admin_key=_admin_key(project, table),
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
-        gunicorn_config=table.matching("gunicorn_config", "app/gunicorn.conf.py", r"[A-Za-z0-9_./-]+\.py",
-                                       "a .py path in the release"),
         backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
         lb=_load_balancer(table.table("lb"), hosts) if "lb" in table.data else None,
     )
+
+
+def _local_url(table: _Table, path: str) -> str:
+    """`path` on the app as each host reaches it: at its bind address (a wildcard one through loopback)."""
+    host, _, port = str(table.data.get("bind", "127.0.0.1:8000")).rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
+    return f"http://{host}:{port}{path}"
 
 
 def _load_balancer(table: _Table, hosts: tuple[StageHost, ...]) -> LoadBalancer:
@@ -260,7 +265,7 @@ def _admin_key(project: ProjectConfig, table: _Table) -> Path | None:
 
 
 def _existing(project: ProjectConfig, table: _Table, key: str) -> Path:
-    path = (project.root / table.text(key)).expanduser()
+    path = project.root / Path(table.text(key)).expanduser()  # ~/.ssh/... as well as a project path
     if not path.is_file():
         raise table.fail(key, f"an existing file, but {path} does not exist")
     return path

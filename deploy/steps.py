@@ -24,6 +24,8 @@ from .remote import build, cleanup, dbops, deploylog, guard, server_tools, servi
 from .remote.connection import HostError, Remote, on_hosts
 from .remote.layout import Layout
 from .stages import StageConfig
+from .templates import release_files
+from .wheels import wheelhouse
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Deploy(rolling.Switching):
     scratch: Path | None = None
     export_dir: Path | None = None
     app: str = ""  # the commit's deploy.toml [project] app, read in preflight
+    target: ProjectConfig | None = None  # the commit's deploy.toml, read in preflight
     graph: MigrationGraph | None = None
     head: str | None = None
     digest: str = ""
@@ -107,14 +110,14 @@ def preflight(d: Deploy) -> None:
     d.commit = source.resolve(mirror, d.ref, d.stage.repo)
     d.scratch = Path(tempfile.mkdtemp(prefix="deploy-export-"))
     d.export_dir = source.export(mirror, d.commit, d.scratch / "src")
-    target = load_project(d.export_dir)
+    d.target = target = load_project(d.export_dir)
     d.app = target.app
     d.graph = MigrationGraph(target.migrations_dir)
     try:
         d.head = d.graph.single_head()
     except MigrationError as exc:
         raise DeployError(f"{d.ref} ({d.commit[:12]}): {exc}", hint=exc.hint) from None
-    d.digest = source.lock_hash(d.export_dir)
+    d.digest = source.lock_hash(d.export_dir, target.lock)
     d.release_id = new_release_id(d.commit, set(d.previous.values()))
     console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
     facts = dbops.database_facts(d.migrator, d.layout)
@@ -144,7 +147,10 @@ def _check_database(d: Deploy, target: ProjectConfig) -> None:
         raise DeployError(f"the database is at {d.db_before}, which {d.commit[:12]} does not know",
                           hint="deploy a commit that contains that revision, or check the database")
     d.pending = d.graph.pending((d.db_before,) if d.db_before else ())
-    if d.pending:
+    if d.pending and d.db_before is None:
+        console.say("  the database has no revision yet: its history runs into an empty database, which blocks "
+                    "nobody (not linted)")
+    elif d.pending:
         report = lint_revisions(target, d.graph, d.pending)
         if report.failed:
             raise DeployError("lint failed for the migrations this deploy would run:\n" + report.render(target.root),
@@ -179,7 +185,9 @@ def print_plan(d: Deploy) -> None:
 def build_release(d: Deploy) -> None:
     version, machine = build.server_python(d.migrator)
     needs_env = [r for r in d.build_remotes if not build.environment_ready(r, d.layout, d.digest)]
-    wheels = source.wheelhouse(d.project, d.export_dir, d.digest, version, machine) if needs_env else None
+    wheels = (wheelhouse(source.cache(d.project, "wheels"), d.export_dir / d.target.lock, d.digest, version, machine)
+              if needs_env else None)
+    files = release_files(d.target.app, d.target.health_path, d.target.live_path, d.stage.service)
     meta = {"release": d.release_id, "ref": d.ref, "commit": d.commit, "revision": d.head,
             "lock": d.digest, "status": "building", "user": getpass.getuser(),
             "time": deploylog.now()}
@@ -189,11 +197,10 @@ def build_release(d: Deploy) -> None:
         build.fetch_and_export(r, d.layout, d.stage.repo, d.commit, d.release_id)
         installed = "environment reused (no dependency change)"
         if r in needs_env:
-            build.install_environment(r, d.layout, d.digest, wheels,
-                                      f"{d.layout.release(d.release_id)}/{source.APP_LOCK}")
+            build.install_environment(r, d.layout, d.digest, wheels)
             installed = f"environment {d.digest} installed from uploaded wheels"
-        build.finish_release(r, d.layout, d.release_id, d.digest, meta)
-        build.check_boot(r, d.layout, d.release_id, d.stage.gunicorn_config)
+        build.finish_release(r, d.layout, d.release_id, d.digest, meta, files)
+        build.check_boot(r, d.layout, d.release_id, d.target.gunicorn_config)
         return installed + "; the app loads"
 
     for name, text in on_hosts("build", d.build_remotes, on_host).items():

@@ -17,7 +17,7 @@ from conftest import output
 
 from deploy.remote.dbops import LAUNCHER
 from deploy.sandbox import lbhost
-from deploy.sandbox.scratch import add_column_migration
+from deploy.sandbox.scratch import BREAK_SERVING, add_column_migration
 
 
 HEAD = "e2b8f4a6c913"
@@ -159,9 +159,8 @@ class Load(threading.Thread):
 
 
 def break_the_app(project) -> None:
-    """A release that boots but whose health check fails (500, without its release id)."""
-    project.edit("app/health.py", "    heads = expected_heads()\n",
-                 '    return jsonify(status="broken"), 500\n    heads = expected_heads()\n')
+    """A release that boots and migrates but whose health check fails (its workers reach no database)."""
+    project.edit("app/__init__.py", *BREAK_SERVING)
     project.commit_all("break the app")
     project.push()
 

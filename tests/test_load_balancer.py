@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import time
 
@@ -15,6 +14,7 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, add_migration, assert_serving, 
                            Load, run_until, sql, ssh, through_lb)
 
 from deploy.sandbox import lbhost
+from deploy.templates import release_files
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -94,8 +94,9 @@ def switch_lines(text: str) -> list[str]:
 
 
 def test_a_changed_unit_restarts_each_host_in_turn_drained_at_the_load_balancer_without_a_failed_request(deployed):
-    shutil.copy(deployed.root / "app" / "gunicorn.conf.py", deployed.root / "app" / "gunicorn_prod.conf.py")
-    deployed.edit("deploy.toml", "health_timeout = 10", 'health_timeout = 10\ngunicorn_config = "app/gunicorn_prod.conf.py"')
+    own = release_files("app:create_app", "/healthz", "/livez", "app")[".deploy/gunicorn.conf.py"]
+    (deployed.root / "gunicorn_prod.conf.py").write_text(own)  # the project's own config, from then on
+    deployed.edit("deploy.toml", 'models = ["app/models.py"]', 'models = ["app/models.py"]\ngunicorn_config = "gunicorn_prod.conf.py"')
     deployed.commit_all("serve with another gunicorn config")
     deployed.push()
     setup = deployed.fab("setup", db=False)

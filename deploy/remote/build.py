@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import DeployError
+from ..wheels import SERVER_LOCK
 from . import dbops
 from .connection import Remote
 from .layout import Layout
@@ -88,8 +89,10 @@ def environment_ready(remote: Remote, layout: Layout, digest: str) -> bool:
     return remote.run(["test", "-f", f"{layout.venv(digest)}/.complete"], check=False).exited == 0
 
 
-def install_environment(remote: Remote, layout: Layout, digest: str, wheels_tar: Path, lock_file: str) -> None:
-    """Upload the wheels (unless there) and make the environment from them, offline."""
+def install_environment(remote: Remote, layout: Layout, digest: str, wheels_tar: Path) -> None:
+    """Upload the wheels and their lock (unless there) and make the environment from them, offline.
+    --no-deps: the lock is complete, and pip's resolver would refuse one in which a package asks
+    for another with extras (requests[socks]) under --require-hashes."""
     wheels = layout.wheels(digest)
     if remote.run(["test", "-f", f"{wheels}/.complete"], check=False).exited != 0:
         remote.run(["mkdir", "-p", wheels])
@@ -99,22 +102,35 @@ def install_environment(remote: Remote, layout: Layout, digest: str, wheels_tar:
 venv=$1 wheels=$2 lock=$3
 rm -rf "$venv"
 nice -n 10 python3 -m venv "$venv"
-nice -n 10 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --require-hashes -r "$lock"
+nice -n 10 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \\
+    --no-deps --require-hashes -r "$wheels/$lock"
 touch "$venv/.complete"
 """
-    remote.run([*BASH, script, "venv", layout.venv(digest), wheels, lock_file], timeout=600)
+    remote.run([*BASH, script, "venv", layout.venv(digest), wheels, SERVER_LOCK], timeout=600)
 
 
-def finish_release(remote: Remote, layout: Layout, release_id: str, digest: str, meta: dict) -> None:
-    """Link the environment and the shared env file; record the release's facts."""
-    script = """set -euo pipefail
-dest=$1 digest=$2 id=$3 meta=$4
-ln -sfn "../../shared/venvs/$digest" "$dest/.venv"
-ln -sfn ../../shared/env "$dest/.env"
-printf '%s\\n' "$id" > "$dest/RELEASE"
-printf '%s\\n' "$meta" > "$dest/.release.json"
+FINISH = """import json, os, sys
+dest, digest, release_id, meta = sys.argv[1:5]
+for link, target in ((".venv", "../../shared/venvs/" + digest), (".env", "../../shared/env")):
+    if os.path.lexists(os.path.join(dest, link)):
+        os.unlink(os.path.join(dest, link))
+    os.symlink(target, os.path.join(dest, link))
+files = json.load(sys.stdin)
+files.update({"RELEASE": release_id + "\\n", ".release.json": meta + "\\n"})
+for name, text in files.items():
+    path = os.path.join(dest, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
 """
-    remote.run([*BASH, script, "finish", layout.release(release_id), digest, release_id, json.dumps(meta)])
+
+
+def finish_release(remote: Remote, layout: Layout, release_id: str, digest: str, meta: dict,
+                   files: dict[str, str]) -> None:
+    """Link the environment and the shared env file; add the toolkit's `files` (the app's side
+    of the contract, under .deploy/); record the release's facts."""
+    remote.run(["python3", "-c", FINISH, layout.release(release_id), digest, release_id, json.dumps(meta)],
+               input=json.dumps(files))
 
 
 def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config: str) -> None:

@@ -81,6 +81,10 @@ def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None
     code, body, polls = 0, "not asked yet", 0
     while time.monotonic() < deadline:
         code, body = health(remote, url)
+        if code == 404:  # no app answers there: waiting will not make one
+            raise Unhealthy(f"{remote.name}: {url} answers 404: nothing serves the health path there",
+                            hint="set [project] health_path in deploy.toml to the path the toolkit answers "
+                                 "(default /healthz), or the stage's health_url to where the app is served")
         if isinstance(body, dict) and body.get("release") == release_id:
             if any_revision or (code == 200 and body.get("revision") == revision):
                 return body

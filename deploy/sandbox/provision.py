@@ -10,6 +10,7 @@ need not be running); what needs the running host goes through `in_host`.
 """
 from __future__ import annotations
 
+from ..config import GENERATED_GUNICORN_CONFIG
 from ..templates import app_unit, sudo_rule
 from . import dbhost, lbhost, sshd
 from .hostfs import entries, inside, write_as
@@ -82,7 +83,7 @@ def install_units(sandbox: Sandbox, host: Host) -> None:
     enable = {"db": [dbhost.ENABLED], "lb": [lbhost.UNIT]}.get(host.roles[0], [])
     if "app" in host.roles:
         s = sandbox.settings
-        unit = app_unit(s.service, s.user, s.deploy_to, APP_BIND, "app/gunicorn.conf.py")
+        unit = app_unit(s.service, s.user, s.deploy_to, APP_BIND, GENERATED_GUNICORN_CONFIG)
         write_as(host, f"/etc/systemd/system/{s.service}.service", unit, 0o644)
         enable.append(f"{s.service}.service")
     if enable:

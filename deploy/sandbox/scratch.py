@@ -40,6 +40,14 @@ def retarget(deploy_toml: str, sandbox: Sandbox) -> str:
     return deploy_toml
 
 
+# An edit of the demo's app/__init__.py: a release that boots and migrates, but whose served
+# workers cannot reach the database, so its health check fails (a broken release).
+BREAK_SERVING = ("    db.init_app(app)\n",
+                 '    if "gunicorn" in __import__("sys").modules:  # broken on purpose: served, it reaches no database\n'
+                 '        app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg2://nobody@127.0.0.1:9/none"\n'
+                 "    db.init_app(app)\n")
+
+
 def add_column_migration(revision: str, down_revision: str, column: str, message: str, *,
                          then: str = "", downgrade: str = "") -> str:
     """An Alembic migration file adding a nullable text column to boards, then running the

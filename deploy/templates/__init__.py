@@ -5,10 +5,13 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import deploy_runtime
+
 if TYPE_CHECKING:
     from ..stages import BackupSettings
 
 FOLDER = Path(__file__).resolve().parent
+RUNTIME = Path(deploy_runtime.__file__).resolve().parent  # shipped into each release
 
 
 def render(name: str, **values: str) -> str:
@@ -34,6 +37,15 @@ def sudo_rule(user: str, service: str) -> str:
 def app_unit(service: str, user: str, deploy_to: str, bind: str, gunicorn_config: str) -> str:
     return render("app.service", service=service, user=user, deploy_to=deploy_to, bind=bind,
                   gunicorn_config=gunicorn_config)
+
+
+def release_files(app: str, health_path: str, live_path: str, service: str) -> dict[str, str]:
+    """Path in the release -> text of what the toolkit adds to every release (under .deploy/): the
+    app's side of the contract (deploy_runtime) and the gunicorn config that serves the app with it."""
+    wsgi_app = f"deploy_runtime.wsgi:serve({app!r}, {health_path!r}, {live_path!r})"
+    files = {f".deploy/deploy_runtime/{p.name}": p.read_text() for p in sorted(RUNTIME.glob("*.py"))}
+    files[".deploy/gunicorn.conf.py"] = render("gunicorn.conf.py", wsgi_app=wsgi_app, proc_name=service)
+    return files
 
 
 def tool_command(deploy_to: str, args: list[str]) -> list[str]:

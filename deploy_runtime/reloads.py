@@ -1,7 +1,17 @@
-"""Gunicorn settings for serving the app; each can be set from the environment.
+"""Gunicorn hooks that make a graceful reload (HUP) overlap instead of stall.
 
-`chdir` points at the `current` symlink path, not the folder it resolves to,
-so that a graceful reload (HUP) loads the newly switched release.
+On a reload gunicorn forks the new workers and at once tells the old ones to stop, so
+requests would wait in the socket's backlog while the new workers import the app. With
+these hooks an old worker told to stop keeps serving until the workers forked after it have
+loaded the app (or half of graceful_timeout has passed). A stop with no newer worker forked
+(a shutdown, a restart) is not delayed.
+
+The toolkit's gunicorn config imports them; a project with its own config adds:
+
+    from deploy_runtime.reloads import on_reload, pre_fork, post_fork, post_worker_init, worker_exit
+
+Standard library only: the master imports this module, and importing the app there would
+make every worker inherit the old code.
 """
 import os
 import signal
@@ -9,26 +19,8 @@ import tempfile
 import threading
 import time
 
-bind = os.environ.get("BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
-timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
-keepalive = 2
-preload_app = False  # workers import the app themselves, so HUP picks up new code
-chdir = os.environ.get("APP_ROOT", os.getcwd())
-wsgi_app = "app:create_app()"
-accesslog = os.environ.get("ACCESS_LOG", "-")
-errorlog = "-"
-proc_name = os.environ.get("PROC_NAME", "app")
+__all__ = ["on_reload", "pre_fork", "post_fork", "post_worker_init", "worker_exit"]
 
-
-# Overlapping reloads. On a reload (HUP) gunicorn forks the new workers and at once tells
-# the old ones to stop, so requests would wait in the socket's backlog while the new
-# workers import the app. Here an old worker told to stop keeps serving until the workers
-# forked after it have loaded the app (or half of graceful_timeout has passed). A stop
-# with no newer worker forked (a shutdown, a restart) is not delayed. Standard library
-# only: importing the app here would make every worker inherit the old code.
 
 def _marks(worker) -> str:
     return os.path.join(tempfile.gettempdir(), f"gunicorn-{worker.ppid}-workers")

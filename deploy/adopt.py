@@ -1,0 +1,211 @@
+"""`flask-pg-deploy init`: add the toolkit to an existing Flask-Migrate project.
+
+It writes what the project lacks (deploy.toml, the thin task files, the hashed lock) and
+makes the one-line change the project's `env.py` needs. It never overwrites a file the
+project has: a file it would change differently is reported with what to do by hand. Run
+again, it changes nothing.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CONFIG_NAME
+from .errors import ConfigError, DeployError
+from .templates import render
+
+FABFILE = '''"""Remote half of the workflow (flask-pg-deploy): `fab --list`."""
+from deploy.fab_tasks import ns  # noqa: F401
+'''
+TASKS = '''"""Local half of the workflow (flask-pg-deploy): `inv --list`."""
+from deploy.inv_tasks import ns  # noqa: F401
+'''
+ENV_IMPORT = "from deploy_runtime.migrations import migration_connection\n"
+STOCK_CONNECT = re.compile(r"^(?P<indent>\s*)with (?P<engine>\w+)\.connect\(\) as (?P<name>\w+):\s*$", re.M)
+ENV_READ = re.compile(r"""os\.(?:environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
+SKIPPED = {".venv", "venv", ".git", ".local", "migrations", "node_modules", "tests", "__pycache__"}
+
+
+@dataclass
+class Step:
+    path: str
+    action: str      # wrote, changed, kept, todo
+    detail: str = ""
+
+
+def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_version: str = "15") -> list[Step]:
+    """Everything `flask-pg-deploy init` does in the project at `root`; what it did, step by step."""
+    migrations = root / "migrations"
+    if not (migrations / "env.py").is_file():
+        raise ConfigError(f"{root} has no migrations/env.py: this is for a Flask-Migrate project",
+                          hint="run `flask --app YOURAPP db init` first (and commit it)")
+    sources = python_files(root)
+    app = app or detect_app(root, sources)
+    steps = [
+        write_new(root / CONFIG_NAME, deploy_toml(root, app, sources, pg_version)),
+        write_new(root / "fabfile.py", FABFILE, needs="deploy.fab_tasks"),
+        write_new(root / "tasks.py", TASKS, needs="deploy.inv_tasks"),
+        patch_env_py(migrations / "env.py"),
+        *make_lock(root, server_python),
+        ignore_local(root),
+    ]
+    for step in steps:
+        step.path = str(Path(step.path).relative_to(root)) if Path(step.path).is_absolute() else step.path
+    return steps
+
+
+def python_files(root: Path) -> list[Path]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if not SKIPPED.intersection(path.relative_to(root).parts[:-1]):
+            found.append(path)
+    return found
+
+
+def detect_app(root: Path, sources: list[Path]) -> str:
+    """The import path `flask --app` needs: FLASK_APP from .flaskenv/.env, else the one module
+    that makes a Flask app (`app = Flask(...)`) or the one package with a create_app factory."""
+    for name in (".flaskenv", ".env"):
+        match = re.search(r"^FLASK_APP\s*=\s*['\"]?([^'\"\s]+)", _read(root / name), re.M)
+        if match:
+            return match.group(1)
+    found = []
+    for path in sources:
+        text = _read(path)
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        if re.search(r"^def create_app\(", text, re.M):
+            found.append(f"{module}:create_app")
+        elif (match := re.search(r"^(\w+)\s*=\s*Flask\(", text, re.M)):
+            found.append(f"{module}:{match.group(1)}")
+    if len(found) != 1:
+        raise ConfigError("cannot tell which app to deploy: " + (f"found {', '.join(found)}" if found
+                                                                  else "no module makes a Flask app"),
+                          hint="pass it: flask-pg-deploy init --app MODULE:APP (what `flask --app` takes)")
+    return found[0]
+
+
+def deploy_toml(root: Path, app: str, sources: list[Path], pg_version: str) -> str:
+    models = [str(p.relative_to(root)) for p in sources if re.search(r"\(\s*(db\.)?Model\s*\)", _read(p))]
+    env = sorted({key for p in sources for key in ENV_READ.findall(_read(p))} - {"DATABASE_URL"})
+    heads = _heads(root / "migrations")
+    baseline = (f'\nbaseline = "{heads[0]}"            # the history before init is applied everywhere: not linted'
+                if len(heads) == 1 else "")
+    name = re.sub(r"[^a-z0-9_]", "_", root.name.lower()) or "app"
+    return render("deploy.toml", app=app, app_note="          # what `flask --app` loads (found by init)",
+                  migrations="migrations", models=_toml_list(models), env=_toml_list(env),
+                  pg_version=pg_version, baseline=baseline, database_name=name)
+
+
+def write_new(path: Path, text: str, needs: str | None = None) -> Step:
+    """`text` into `path` unless the project has that file: then say what it should hold."""
+    if not path.exists():
+        path.write_text(text)
+        return Step(str(path), "wrote")
+    if path.read_text() == text or (needs and needs in path.read_text()):
+        return Step(str(path), "kept", "already set up")
+    return Step(str(path), "todo", "yours, left as it is; it should hold:\n" + _indent(text))
+
+
+def patch_env_py(path: Path) -> Step:
+    """The one changed line (and its import) that runs migrations under the lock and timeouts."""
+    text = path.read_text()
+    if "migration_connection(" in text:
+        return Step(str(path), "kept", "already takes its connection from migration_connection")
+    match = STOCK_CONNECT.search(text)
+    if not match or len(STOCK_CONNECT.findall(text)) != 1:
+        return Step(str(path), "todo", "no single `with <engine>.connect() as connection:` line to change; in "
+                    "run_migrations_online(), take the connection from migration_connection(engine):\n"
+                    + _indent(ENV_IMPORT + "with migration_connection(connectable) as connection:"))
+    changed = (text[:match.start()] + f"{match['indent']}with migration_connection({match['engine']}) as {match['name']}:"
+               + text[match.end():])
+    anchor = re.search(r"^from alembic import context\s*$", changed, re.M)
+    at = anchor.end() + 1 if anchor else 0
+    changed = changed[:at] + ENV_IMPORT + changed[at:]
+    diff = "".join(difflib.unified_diff(text.splitlines(True), changed.splitlines(True), "env.py", "env.py", n=0))
+    path.write_text(changed)
+    return Step(str(path), "changed", diff)
+
+
+def make_lock(root: Path, server_python: str) -> list[Step]:
+    """requirements/app.in (the project's requirements, and gunicorn) and its hashed lock for the servers."""
+    folder = root / "requirements"
+    folder.mkdir(exist_ok=True)
+    wanted = folder / "app.in"
+    steps = [write_new(wanted, requirements_in(root))]
+    lock = folder / "app.lock"
+    if lock.exists():
+        return steps + [Step(str(lock), "kept", f"remake it after changing app.in: {' '.join(_compile_argv(server_python))}")]
+    proc = subprocess.run([_uv(), *_compile_argv(server_python)[1:]], cwd=folder, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DeployError(f"could not lock requirements/app.in:\n{proc.stderr.strip()[-2000:]}",
+                          hint="fix the requirement it names, then run init again")
+    return steps + [Step(str(lock), "wrote", f"hashed, for Python {server_python} on x86_64 Linux servers")]
+
+
+def requirements_in(root: Path) -> str:
+    lines = ["# What runs on the servers (written by flask-pg-deploy init). The lock is made from it:",
+             f"#   {' '.join(_compile_argv('3.11'))}"]
+    if (root / "requirements.txt").is_file():
+        lines.append("-r ../requirements.txt")
+        known = _read(root / "requirements.txt")
+    elif (root / "pyproject.toml").is_file():
+        deps = tomllib.loads(_read(root / "pyproject.toml")).get("project", {}).get("dependencies", [])
+        lines += deps
+        known = "\n".join(deps)
+    else:
+        raise ConfigError(f"{root} has neither requirements.txt nor pyproject.toml dependencies",
+                          hint="list what the app needs in requirements.txt, then run init again")
+    if not re.search(r"^\s*gunicorn\b", known, re.M | re.I):
+        lines.append("gunicorn>=23  # serves the app on the servers (added by init)")
+    return "\n".join(lines) + "\n"
+
+
+def ignore_local(root: Path) -> Step:
+    path = root / ".gitignore"
+    text = _read(path)
+    if re.search(r"^/?\.local/?$", text, re.M):
+        return Step(str(path), "kept")
+    path.write_text(text + ("" if text.endswith("\n") or not text else "\n") +
+                    "# flask-pg-deploy: the local database, the sandbox, caches\n.local/\n")
+    return Step(str(path), "changed", "added .local/")
+
+
+def _compile_argv(server_python: str) -> list[str]:
+    return ["uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", server_python,
+            "--python-platform", "x86_64-manylinux_2_28", "app.in", "-o", "app.lock"]
+
+
+def _uv() -> str:
+    beside = Path(sys.executable).parent / "uv"
+    found = str(beside) if beside.exists() else shutil.which("uv")
+    if not found:
+        raise DeployError("uv is not installed (it makes the hashed lock)", hint="pip install uv")
+    return found
+
+
+def _heads(migrations: Path) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    return list(ScriptDirectory(str(migrations)).get_heads())
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
