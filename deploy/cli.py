@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             console.say(indent(step.detail, "         "))
     if any(step.action == "todo" for step in steps):
         console.warn("some files are yours and were left as they are: make the changes shown above")
-    console.say(NEXT)
+    if all(step.action == "kept" for step in steps):
+        console.say("the project is set up already: nothing changed")
+    else:
+        console.say(NEXT)
     return 0
 
 

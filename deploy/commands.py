@@ -5,9 +5,9 @@ import json
 import time
 
 from . import console, pipeline, rolling, steps
-from .config import ProjectConfig
+from .config import GENERATED_GUNICORN_CONFIG, ProjectConfig
 from .errors import DeployError
-from .remote import build, guard, lock, server_tools, service
+from .remote import build, dbops, guard, lock, server_tools, service
 from .remote.connection import HostError, Remote, connect, on_hosts
 from .remote.layout import Layout
 from .stages import load_stage
@@ -149,7 +149,9 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
     admin account, the units and the deploy user's sudo rule installed (else it says how)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    template = render("env.example")
+    template = render("env.example") + "".join(
+        f"# {key}=    (the app reads it: deploy.toml [project] env)\n" for key in project.env)
+    _warn_missing_gunicorn_config(project)
 
     def prepare(r) -> str:
         r.run(["mkdir", "-p", layout.releases, layout.shared, f"{layout.shared}/venvs", f"{layout.shared}/wheels"])
@@ -158,6 +160,8 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
         if wrote:  # (stdin is only sent to a command that reads it all)
             r.run(["sh", "-c", 'umask 077 && cat > "$1"', "env", layout.env_file], input=template)
         notes = ["wrote an env file template (fill it in)" if wrote else "env file kept"]
+        lacking = _env_lacks(r, layout, ("DATABASE_URL", *project.env)) if "app" in r.host.roles else []
+        notes += [f"its env file does not set {', '.join(lacking)}: edit {layout.env_file}"] if lacking else []
         units = {}
         if "app" in r.host.roles:
             units[f"{stage.service}.service"] = app_unit(stage.service, stage.user, stage.deploy_to, stage.bind,
@@ -177,6 +181,23 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
 
     for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
         console.ok(f"{name}: {text}")
+
+
+MISSING_KEYS = "import os, sys; print(' '.join(k for k in sys.argv[1:] if not os.environ.get(k)))"
+
+
+def _env_lacks(remote: Remote, layout: Layout, keys: tuple[str, ...]) -> list[str]:
+    """Which of `keys` the host's env file leaves unset or empty (read as systemd reads it; no value
+    leaves the host)."""
+    out = remote.run(["env", "-i", "python3", "-c", dbops.LAUNCHER, layout.env_file, layout.root,
+                      "python3", "-c", MISSING_KEYS, *keys], check=False)
+    return out.stdout.split() if out.exited == 0 else []
+
+
+def _warn_missing_gunicorn_config(project: ProjectConfig) -> None:
+    if project.gunicorn_config != GENERATED_GUNICORN_CONFIG and not (project.root / project.gunicorn_config).is_file():
+        console.warn(f"[project] gunicorn_config names {project.gunicorn_config}, which this checkout does not have: "
+                     "the unit would not start. Add it, or remove the key to use the toolkit's own config")
 
 
 def _install_units(stage, remote: Remote, units: dict[str, str]) -> str:
