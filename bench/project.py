@@ -17,7 +17,7 @@ from deploy.migrations import MigrationGraph
 from deploy.remote import trace
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.scratch import BREAK_SERVING, add_column_migration, copy_project, retarget
+from bench.scratch import BREAK_SERVING, add_column_migration, copy_project, retarget
 
 PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
 

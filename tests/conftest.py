@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.scratch import copy_project, retarget
 from deploy.database import create_database, drop_database
 from deploy.local.database import LocalCluster
 from deploy.local.git import git
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.sandbox.scratch import copy_project, retarget
 
 REPO = Path(__file__).resolve().parent.parent
 # Test clusters live in a folder the `postgres` user can reach (as root, the

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from conftest import output
 
+from bench.scratch import BREAK_SERVING, add_column_migration
 from deploy.remote.dbops import LAUNCHER
 from deploy.sandbox import lbhost
-from deploy.sandbox.scratch import BREAK_SERVING, add_column_migration
 
 
 HEAD = "e2b8f4a6c913"

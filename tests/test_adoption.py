@@ -78,6 +78,8 @@ def test_init_writes_what_the_project_lacks_changes_one_line_of_env_py_and_is_id
     assert 'app = "notes:app"' in toml and 'models = ["notes.py"]' in toml and 'env = ["SECRET_KEY"]' in toml
     lock = (adopted.root / "requirements" / "app.lock").read_text()
     assert "docopt==0.6.2" in lock and "gunicorn==" in lock and "--hash=sha256:" in lock
+    version = adopted.tool("flask-pg-deploy", "--version")
+    assert version.returncode == 0 and version.stdout.startswith("flask-pg-deploy 0."), output(version)
     before = {p: p.read_text() for p in adopted.root.rglob("*") if p.is_file() and ".git" not in p.parts}
     again = adopted.tool("flask-pg-deploy", "init")
     assert again.returncode == 0 and "the project is set up already: nothing changed" in again.stdout, output(again)

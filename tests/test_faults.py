@@ -20,8 +20,8 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, a
                            break_the_app, current, deploy, health, Holding, Load, pids_running,
                            run_until, sql, ssh, wait_for_lock_waiter)
 
+from bench.scratch import add_column_migration
 from deploy.sandbox import faults
-from deploy.sandbox.scratch import add_column_migration
 from deploy.sandbox.system import in_host, leader, pids_in
 
 pytestmark = pytest.mark.timeout(300)

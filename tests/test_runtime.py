@@ -1,19 +1,23 @@
 """The app's side of the contract, from the toolkit (deploy_runtime): the health and liveness
 answers in front of an app that has none, and the gunicorn config a release is served with."""
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, text
 from werkzeug.test import Client
 
 from deploy.local.database import free_port
+from deploy.remote.service import Unhealthy, wait_healthy
 from deploy.templates import release_files
 from deploy_runtime.wsgi import serve
 
@@ -128,3 +132,36 @@ def test_gunicorn_serves_the_app_with_the_config_the_deploy_writes_into_a_releas
         server.terminate()
         out = server.communicate(timeout=30)[0].decode()
     assert "Worker ready" in out  # the toolkit's reload hooks are installed
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(404)
+        self.end_headers()
+        self.wfile.write(b"<h1>Not Found</h1>")
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalRemote:
+    """The one faked seam: the host's command runs here instead of over SSH."""
+    name = "here"
+
+    def run(self, argv, check=True, **kw):
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        return SimpleNamespace(stdout=proc.stdout, stderr=proc.stderr, exited=proc.returncode)
+
+
+def test_a_health_path_that_answers_404_fails_the_deploy_at_once_naming_it():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/healthz"
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unhealthy, match="answers 404: nothing serves the health path") as raised:
+            wait_healthy(LocalRemote(), url, "r1", "abc", timeout=60)
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 10  # not the 60 s timeout
+    assert url in str(raised.value) and "health_path" in str(raised.value)

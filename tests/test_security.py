@@ -12,8 +12,8 @@ import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import GOOD_MIGRATION, add_migration, command_lines, deploy, health, pids_running, sql, ssh
 
+from bench.scratch import add_column_migration
 from deploy.sandbox import dbhost
-from deploy.sandbox.scratch import add_column_migration
 from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(300)

@@ -7,6 +7,7 @@ switches always agree on what belongs to the sandbox.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,16 @@ GIT_PORT = 9418
 POSTGRES_PORT = 5432
 DATABASE = "app"        # the application's database and role on the db host
 LB_PORT = 80            # where the load balancer takes the users' traffic
-# The hosts' shared, read-only image: one cache for every project and sandbox this toolkit makes.
-IMAGES = Path(__file__).resolve().parents[2] / ".local" / "images"
+def _images() -> Path:
+    """The hosts' shared, read-only images: one cache for every project and sandbox this toolkit
+    makes. In a checkout of the toolkit, its .local/; installed with pip, the user's cache."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "deploy_runtime").is_dir():
+        return checkout / ".local" / "images"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flask-pg-deploy" / "images"
+
+
+IMAGES = _images()
 
 
 def admin_name(user: str) -> str:

@@ -1,12 +1,13 @@
-"""A scratch copy of the project, with its own git repository, that deploys to a
-throwaway sandbox: what the tests and the benchmarks change, commit and deploy."""
+"""A scratch copy of this repository's demo project (app/, its boards), with its own git
+repository, that deploys to a throwaway sandbox: what the tests and the benchmarks change,
+commit and deploy. Demo-specific, so it lives here and not in the toolkit."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ..local.git import git
-from .spec import Sandbox
+from deploy.local.git import git
+from deploy.sandbox.spec import Sandbox
 
 PROJECT_FILES = ["app", "migrations", "tasks.py", "fabfile.py", "deploy.toml", "requirements"]
 
