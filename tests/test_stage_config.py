@@ -1,6 +1,12 @@
-"""Stage configuration errors name the file, the key and what was expected, before any SSH."""
+"""Configuration errors name the file, the key and what was expected, before any SSH."""
+import shutil
+
 import pytest
-from conftest import assert_clean_failure
+from conftest import REPO, assert_clean_failure
+
+from deploy.config import load_project
+from deploy.errors import ConfigError
+from deploy.stages import load_stage
 
 STAGE = '''
 [stages.bad]
@@ -38,11 +44,46 @@ ONE_HOST = 'hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrati
     (f'{ONE_HOST}\nadmin_user = "root-ish"\nadmin_key = "./deploy.toml"',
      "admin_key: expected a key of its own, but it is the deploy user's key"),
 ])
-def test_a_malformed_stage_is_refused_with_the_file_and_the_key(project, extra, message):
-    with open(project.root / "deploy.toml", "a") as config:
+def test_a_malformed_stage_is_refused_with_the_file_and_the_key(config_root, extra, message):
+    with open(config_root / "deploy.toml", "a") as config:
         config.write(STAGE.format(extra=extra))
+    with pytest.raises(ConfigError) as refused:
+        load_stage(load_project(config_root), "bad")
+    assert "deploy.toml" in str(refused.value) and message in str(refused.value)
+
+
+@pytest.fixture
+def config_root(tmp_path):
+    """The demo's deploy.toml in a folder of its own: read in-process, no database, no fab."""
+    shutil.copy(REPO / "deploy.toml", tmp_path / "deploy.toml")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "env.py").write_text("")
+    return tmp_path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('app = "app:create_app"', '# no app', "[project] app: expected a non-empty string (it is missing)"),
+    ('models = ["app/models.py"]', 'models = []\nhealth_path = "healthz"', "health_path: expected a URL path such as /healthz"),
+    ('models = ["app/models.py"]', 'models = []\nlock = "../secrets/app.lock"', "[project] lock: expected a path in the project"),
+    ('models = ["app/models.py"]', 'models = []\ngunicorn_config = "../x.py"', "gunicorn_config: expected a .py path in the project"),
+    ('models = ["app/models.py"]', 'models = []\nenv = ["SECRET KEY"]', "[project] env: expected environment variable names"),
+    ('exclude = []', 'exclude = []\nbaseline = "abc; rm"', "[lint] baseline: expected a revision id"),
+    ('exclude = []', 'exclude = []\nwarn = "prefer-identity"', "[lint] warn: expected a list of strings"),
+])
+def test_a_malformed_project_table_is_refused_with_the_key(config_root, old, new, message):
+    path = config_root / "deploy.toml"
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ConfigError) as refused:
+        load_project(config_root)
+    assert "deploy.toml" in str(refused.value) and message in str(refused.value), str(refused.value)
+
+
+def test_fab_reports_a_malformed_stage_as_a_message_not_a_traceback(project):
+    with open(project.root / "deploy.toml", "a") as config:
+        config.write(STAGE.format(extra='hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]'))
     text = assert_clean_failure(project.fab("status", "--stage", "bad", db=False))
-    assert "deploy.toml" in text and message in text
+    assert "deploy.toml" in text and "roles: expected roles among app, migrations, db, got 'web'" in text
 
 
 def test_a_missing_ssh_key_is_named(project):
