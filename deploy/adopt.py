@@ -26,8 +26,10 @@ from deploy.fab_tasks import ns  # noqa: F401
 TASKS = '''"""Local half of the workflow (flask-pg-deploy): `inv --list`."""
 from deploy.inv_tasks import ns  # noqa: F401
 '''
-ENV_IMPORT = "from deploy_runtime.migrations import migration_connection\n"
-STOCK_CONNECT = re.compile(r"^(?P<indent>\s*)with (?P<engine>\w+)\.connect\(\) as (?P<name>\w+):\s*$", re.M)
+HELPERS = "migration_connection, locked_connection"
+# The stock template's `with engine.connect() as connection:`, and an older one's `connection = engine.connect()`.
+WITH_CONNECT = re.compile(r"^(?P<indent>\s*)with (?P<engine>\w+)\.connect\(\) as (?P<name>\w+):[ \t]*$", re.M)
+OPEN_CONNECT = re.compile(r"^(?P<indent>\s*)(?P<name>\w+) = (?P<engine>\w+)\.connect\(\)[ \t]*$", re.M)
 ENV_READ = re.compile(r"""os\.(?:environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
 SKIPPED = {".venv", "venv", ".git", ".local", "migrations", "node_modules", "tests", "__pycache__"}
 
@@ -116,18 +118,24 @@ def write_new(path: Path, text: str, needs: str | None = None) -> Step:
 def patch_env_py(path: Path) -> Step:
     """The one changed line (and its import) that runs migrations under the lock and timeouts."""
     text = path.read_text()
-    if "migration_connection(" in text:
-        return Step(str(path), "kept", "already takes its connection from migration_connection")
-    match = STOCK_CONNECT.search(text)
-    if not match or len(STOCK_CONNECT.findall(text)) != 1:
-        return Step(str(path), "todo", "no single `with <engine>.connect() as connection:` line to change; in "
-                    "run_migrations_online(), take the connection from migration_connection(engine):\n"
-                    + _indent(ENV_IMPORT + "with migration_connection(connectable) as connection:"))
-    changed = (text[:match.start()] + f"{match['indent']}with migration_connection({match['engine']}) as {match['name']}:"
-               + text[match.end():])
-    anchor = re.search(r"^from alembic import context\s*$", changed, re.M)
+    if "migration_connection(" in text or "locked_connection(" in text:
+        return Step(str(path), "kept", "already takes its connection from deploy_runtime.migrations")
+    found = [(pattern, m) for pattern in (WITH_CONNECT, OPEN_CONNECT) for m in pattern.finditer(text)]
+    if len(found) != 1:
+        return Step(str(path), "todo", "found no single line that opens the migration connection "
+                    "(`with ENGINE.connect() as connection:` or `connection = ENGINE.connect()`). In "
+                    "run_migrations_online(), open it with the toolkit's helper instead:\n" + _indent(
+                        f"from deploy_runtime.migrations import {HELPERS}\n"
+                        "with migration_connection(ENGINE) as connection:     # a `with` block\n"
+                        "connection = locked_connection(ENGINE)               # closed by your own `finally`"))
+    pattern, match = found[0]
+    line = (f"{match['indent']}with migration_connection({match['engine']}) as {match['name']}:" if pattern is WITH_CONNECT
+            else f"{match['indent']}{match['name']} = locked_connection({match['engine']})")
+    helper = "migration_connection" if pattern is WITH_CONNECT else "locked_connection"
+    changed = text[:match.start()] + line + text[match.end():]
+    anchor = re.search(r"^from alembic import context[ \t]*$", changed, re.M)
     at = anchor.end() + 1 if anchor else 0
-    changed = changed[:at] + ENV_IMPORT + changed[at:]
+    changed = changed[:at] + f"from deploy_runtime.migrations import {helper}\n" + changed[at:]
     diff = "".join(difflib.unified_diff(text.splitlines(True), changed.splitlines(True), "env.py", "env.py", n=0))
     path.write_text(changed)
     return Step(str(path), "changed", diff)
@@ -168,13 +176,21 @@ def requirements_in(root: Path) -> str:
 
 
 def ignore_local(root: Path) -> Step:
+    """`.local/` (the local database, the sandbox, caches) and a virtualenv kept in the project
+    (the one running this) in .gitignore, so that `git add -A` takes neither."""
     path = root / ".gitignore"
     text = _read(path)
-    if re.search(r"^/?\.local/?$", text, re.M):
+    wanted = [".local/"]
+    venv = Path(sys.prefix).resolve()
+    if venv != root.resolve() and root.resolve() in venv.parents:
+        wanted.append(venv.relative_to(root.resolve()).as_posix() + "/")
+    missing = [entry for entry in wanted if not re.search(rf"^/?{re.escape(entry.rstrip('/'))}/?$", text, re.M)]
+    if not missing:
         return Step(str(path), "kept")
     path.write_text(text + ("" if text.endswith("\n") or not text else "\n") +
-                    "# flask-pg-deploy: the local database, the sandbox, caches\n.local/\n")
-    return Step(str(path), "changed", "added .local/")
+                    "# flask-pg-deploy: the local database, the sandbox, caches; the virtualenv\n" +
+                    "".join(entry + "\n" for entry in missing))
+    return Step(str(path), "changed", "added " + ", ".join(missing))
 
 
 def _compile_argv(server_python: str) -> list[str]:

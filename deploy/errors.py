@@ -58,3 +58,7 @@ class CommandFailed(DeployError):
         self.argv = argv
         self.returncode = returncode
         self.output = output
+
+
+class AppNotLoaded(DeployError):
+    """`flask --app` could not load the project's app: nothing ran (a missing package, a wrong path)."""

@@ -19,10 +19,13 @@ from alembic.util import CommandError
 from deploy_runtime.migrations import ADVISORY_LOCK_KEY
 
 from .config import ProjectConfig
-from .errors import CommandFailed, MigrationError
+from .errors import AppNotLoaded, CommandFailed, MigrationError
 
 # The session advisory lock a migration holds (deploy_runtime.migrations.migration_connection).
 MIGRATION_LOCK_KEY = ADVISORY_LOCK_KEY
+# Raised while `flask --app` loads the app, before any migration runs.
+_APP_NOT_LOADED = re.compile(r"^.*(No module named \S+|Could not import \S+|Failed to find Flask application[^\n]*|"
+                             r"Could not locate a Flask application[^\n]*).*$", re.M)
 # Alembic's offline output marks where each revision starts.
 _RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 _TRANSACTION = re.compile(r"^(BEGIN|START|COMMIT|ROLLBACK|END)\b.*;$", re.M | re.I)
@@ -150,6 +153,11 @@ class FlaskDb:
             proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
                                   capture_output=True)
             output = proc.stdout + proc.stderr
+        if proc.returncode != 0 and _APP_NOT_LOADED.search(output) and not in_traceback_of_migration(output):
+            line = _APP_NOT_LOADED.search(output).group(0)
+            raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: {line}",
+                               hint="install the project's requirements in this virtualenv (pip install -r "
+                                    "requirements.txt), and check [project] app in deploy.toml")
         if proc.returncode != 0:
             shown = output
             if in_traceback:  # the frames go to a log; the message keeps the exception
@@ -185,6 +193,11 @@ def error_summary(output: str) -> str:
     tail = output[output.rfind("Traceback "):].splitlines()[1:]
     summary = [line for line in tail if line and not line.startswith(" ")]
     return "\n".join(summary[-6:]) or output.strip().splitlines()[-1]
+
+
+def in_traceback_of_migration(output: str) -> bool:
+    """Whether the failure came from inside a migration (its module imports, say), not the app's loading."""
+    return "Running upgrade" in output or "Running downgrade" in output
 
 
 def split_offline_sql(sql: str) -> tuple[str, dict[str, str]]:

@@ -6,6 +6,9 @@ In a stock Flask-Migrate `env.py`, change one line of `run_migrations_online()`:
     ...
     with migration_connection(connectable) as connection:   # was: connectable.connect()
 
+An older template opens it without `with` (`connection = engine.connect()`, closed in a
+`finally`): there, `connection = locked_connection(engine)` does the same.
+
 The connection then
 - sets `lock_timeout` and `statement_timeout`, so that an ALTER waiting behind a long
   transaction gives up instead of stalling every query queued behind it;
@@ -57,13 +60,8 @@ def migration_connection(engine) -> Iterator:
     released when the block ends (and by PostgreSQL if the process dies)."""
     from sqlalchemy import text
 
-    lock_timeout, statement_timeout, wait = settings()
     with engine.connect() as connection:
-        for name, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout),
-                            ("application_name", "migrations")):
-            connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": value})
-        connection.commit()
-        _take_lock(connection, wait)
+        _prepare(connection)
         try:
             yield connection
         finally:
@@ -73,6 +71,31 @@ def migration_connection(engine) -> Iterator:
                 connection.commit()
             except Exception:  # the connection is gone; so is its lock
                 pass
+
+
+def locked_connection(engine):
+    """A connection of `engine` prepared as by migration_connection, for an env.py that closes
+    it itself; the lock ends with the session (the close of a NullPool engine's connection, as
+    that template makes, or the process's end)."""
+    connection = engine.connect()
+    try:
+        _prepare(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _prepare(connection) -> None:
+    """The timeouts and the application name set for the session, then the lock taken."""
+    from sqlalchemy import text
+
+    lock_timeout, statement_timeout, wait = settings()
+    for name, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout),
+                        ("application_name", "migrations")):
+        connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": value})
+    connection.commit()
+    _take_lock(connection, wait)
 
 
 def _take_lock(connection, wait: float) -> None:

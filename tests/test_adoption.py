@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO, Project, assert_clean_failure, output, point_at_sandbox
 from fleet_helpers import current, health, sql, through_lb
+from deploy import adopt
 from deploy.local.git import git
 
 pytestmark = pytest.mark.slow
@@ -190,3 +191,49 @@ def _head(project) -> str:
 def through_lb_get(project, path: str) -> str:
     with urllib.request.urlopen(through_lb(project, path)[0], timeout=10) as answer:
         return answer.read().decode()
+
+
+OLDER_ENV_PY = '''from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+
+def run_migrations_online():
+    engine = engine_from_config(config.get_section(config.config_ini_section), prefix="sqlalchemy.",
+                                poolclass=pool.NullPool)
+    connection = engine.connect()
+    context.configure(connection=connection, target_metadata=target_metadata)
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.close()
+'''
+
+
+def test_an_older_env_py_that_opens_its_connection_without_with_gets_the_one_line_helper_too(tmp_path):
+    env_py = tmp_path / "env.py"
+    env_py.write_text(OLDER_ENV_PY)
+    step = adopt.patch_env_py(env_py)
+    assert step.action == "changed", step.detail
+    assert "+    connection = locked_connection(engine)" in step.detail
+    assert env_py.read_text() == OLDER_ENV_PY.replace(
+        "from alembic import context\n", "from alembic import context\nfrom deploy_runtime.migrations import locked_connection\n"
+    ).replace("    connection = engine.connect()", "    connection = locked_connection(engine)")
+    assert adopt.patch_env_py(env_py).action == "kept"
+
+
+def test_an_env_py_with_no_single_connect_line_is_left_with_what_to_write(tmp_path):
+    env_py = tmp_path / "env.py"
+    env_py.write_text("def run():\n    with a.connect() as c:\n        pass\n    with b.connect() as d:\n        pass\n")
+    before = env_py.read_text()
+    step = adopt.patch_env_py(env_py)
+    assert step.action == "todo" and "with migration_connection(ENGINE) as connection:" in step.detail
+    assert env_py.read_text() == before
+
+
+def test_a_virtualenv_inside_the_project_is_ignored_beside_local(tmp_path, monkeypatch):
+    (tmp_path / ".gitignore").write_text("venv\n")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / ".venv"))
+    step = adopt.ignore_local(tmp_path)
+    assert step.action == "changed" and (tmp_path / ".gitignore").read_text().endswith(".local/\n.venv/\n")
+    assert adopt.ignore_local(tmp_path).action == "kept"

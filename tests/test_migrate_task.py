@@ -124,3 +124,10 @@ def test_a_failing_upgrade_reports_the_revision_the_database_is_left_at(project)
     # Its upgrade is idempotent (IF NOT EXISTS), so once the broken revision is gone, upgrade works.
     next(p for p in project.versions() if "fa11fa11fa11" in p.name).unlink()
     assert project.inv("upgrade").returncode == 0
+
+
+def test_an_app_that_does_not_load_is_named_with_what_to_install_not_blamed_on_a_migration(project):
+    project.edit("deploy.toml", 'app = "app:create_app"', 'app = "no_such_module:create_app"')
+    text = assert_clean_failure(project.inv("upgrade"))
+    assert "could not load the app, so nothing ran" in text and "no_such_module" in text
+    assert "pip install -r requirements.txt" in text and "fix the migration" not in text

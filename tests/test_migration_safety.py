@@ -5,6 +5,7 @@ import time
 from contextlib import closing
 
 import psycopg2
+import pytest
 
 from conftest import output
 from deploy.database import current_revisions
@@ -74,3 +75,24 @@ def test_a_bad_timeout_setting_is_refused_before_connecting(project, database_ur
     assert "is not a PostgreSQL duration" in output(proc)
     assert "Traceback" not in output(proc)
     assert current_revisions(database_url) == ()
+
+
+def test_locked_connection_holds_the_lock_and_timeouts_until_it_closes_for_an_older_env_py(database_url, monkeypatch):
+    """The helper for env.py files that open the connection without `with` (older Flask-Migrate
+    templates, with a NullPool engine): the same lock and settings, ended by its close."""
+    from sqlalchemy import create_engine, pool, text
+
+    from deploy_runtime.migrations import locked_connection
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"), poolclass=pool.NullPool)
+    monkeypatch.setenv("MIGRATION_LOCK_WAIT", "0.5")
+    first = locked_connection(engine)
+    try:
+        assert first.execute(text("SHOW lock_timeout")).scalar() == "5s"
+        assert first.execute(text("SHOW statement_timeout")).scalar() == "10min"
+        with pytest.raises(SystemExit, match="another migration is running"):
+            locked_connection(engine)
+    finally:
+        first.close()
+    second = locked_connection(engine)  # the lock ended with the first session
+    second.close()
