@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .config import CONFIG_NAME
 from .errors import ConfigError, DeployError
+from .local.tools import installed_tool
 from .templates import render
 
 FABFILE = '''"""Remote half of the workflow (flask-pg-deploy): `fab --list`."""
@@ -150,7 +150,7 @@ def make_lock(root: Path, server_python: str) -> list[Step]:
     lock = folder / "app.lock"
     if lock.exists():
         return steps + [Step(str(lock), "kept", f"remake it after changing app.in: {' '.join(_compile_argv(server_python))}")]
-    proc = subprocess.run([_uv(), *_compile_argv(server_python)[1:]], cwd=folder, capture_output=True, text=True)
+    proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *_compile_argv(server_python)[1:]], cwd=folder, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DeployError(f"could not lock requirements/app.in:\n{proc.stderr.strip()[-2000:]}",
                           hint="fix the requirement it names, then run init again")
@@ -196,14 +196,6 @@ def ignore_local(root: Path) -> Step:
 def _compile_argv(server_python: str) -> list[str]:
     return ["uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", server_python,
             "--python-platform", "x86_64-manylinux_2_28", "app.in", "-o", "app.lock"]
-
-
-def _uv() -> str:
-    beside = Path(sys.executable).parent / "uv"
-    found = str(beside) if beside.exists() else shutil.which("uv")
-    if not found:
-        raise DeployError("uv is not installed (it makes the hashed lock)", hint="pip install uv")
-    return found
 
 
 def _heads(migrations: Path) -> list[str]:

@@ -3,7 +3,6 @@ Each task parses its arguments and calls one function of the toolkit."""
 from invoke import Collection
 
 from .config import load_project
-from .errors import ConfigError
 from .local import checks, commands, workflow
 from .sandbox import commands as sandbox
 from .sandbox.faults import FAULTS

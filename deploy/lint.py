@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from deploy_runtime.migrations import offline_settings
 
 from .config import ProjectConfig
 from .errors import DeployError, MigrationError
+from .local.tools import installed_tool
 from .migrations import FlaskDb, MigrationGraph, Revision, split_offline_sql
 
 WAIVER = re.compile(r"#\s*lint:\s*waive\s+(?P<rule>[\w-]+)(?:\s+because\s+(?P<reason>.*\S))?", re.I)
@@ -126,11 +125,7 @@ def read_waivers(path: Path) -> tuple[dict[str, Waiver], list[str]]:
 
 
 def squawk_binary() -> str:
-    beside = Path(sys.executable).parent / "squawk"
-    found = str(beside) if beside.exists() else shutil.which("squawk")
-    if not found:
-        raise DeployError("squawk is not installed", hint="pip install squawk-cli (it is in requirements/dev.lock)")
-    return found
+    return installed_tool("squawk", "it lints the migrations' SQL", "squawk-cli")
 
 
 def run_squawk(sql: str, filename: str, project: ProjectConfig) -> list[dict]:
