@@ -8,6 +8,7 @@ again, it changes nothing.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import subprocess
 import sys
@@ -63,10 +64,12 @@ def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_ver
 
 
 def python_files(root: Path) -> list[Path]:
+    """The project's own Python files: not its migrations, tests, hidden folders or any virtualenv."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        if not SKIPPED.intersection(path.relative_to(root).parts[:-1]):
-            found.append(path)
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in SKIPPED and not d.startswith(".")
+                               and not (Path(folder) / d / "pyvenv.cfg").exists())
+        found += [Path(folder) / name for name in sorted(files) if name.endswith(".py")]
     return found
 
 

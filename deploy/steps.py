@@ -122,7 +122,7 @@ def preflight(d: Deploy) -> None:
     console.say(f"  ref {d.ref} = {d.commit[:12]}; release {d.release_id}; migrations head {d.head}")
     facts = dbops.database_facts(d.migrator, d.layout)
     d.db_before = facts["revision"]
-    _check_database(d, target)
+    _check_database(d, target, empty=facts.get("tables") == 0)
     on_backup_host = facts if d.backup_remote is d.migrator else dbops.database_facts(d.backup_remote, d.layout)
     old = dbops.old_clients(on_backup_host)
     if old and d.pending:
@@ -141,15 +141,15 @@ def new_release_id(commit: str, taken: set[str | None]) -> str:
         time.sleep(0.2)
 
 
-def _check_database(d: Deploy, target: ProjectConfig) -> None:
-    """The database's revision is known to the commit; its pending revisions pass lint."""
+def _check_database(d: Deploy, target: ProjectConfig, empty: bool) -> None:
+    """The database's revision is known to the commit; its pending revisions pass lint, unless the
+    database is empty (no table at all): a history run into it blocks nobody."""
     if d.db_before is not None and d.db_before not in d.graph:
         raise DeployError(f"the database is at {d.db_before}, which {d.commit[:12]} does not know",
                           hint="deploy a commit that contains that revision, or check the database")
     d.pending = d.graph.pending((d.db_before,) if d.db_before else ())
-    if d.pending and d.db_before is None:
-        console.say("  the database has no revision yet: its history runs into an empty database, which blocks "
-                    "nobody (not linted)")
+    if d.pending and empty:
+        console.say("  the database is empty: its history runs into it, which blocks nobody (not linted)")
     elif d.pending:
         report = lint_revisions(target, d.graph, d.pending)
         if report.failed:

@@ -12,6 +12,8 @@ from conftest import assert_clean_failure, output
 from fleet_helpers import (FAILING_MIGRATION, GOOD_MIGRATION, HEAD, add_migration, assert_serving, break_the_app,
                            current, deploy, health, Load, sql, ssh, through_lb)
 
+from bench.scratch import add_column_migration
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -191,6 +193,22 @@ def test_refs_that_are_not_refs_are_refused_before_anything_changes(deployed):
 def test_an_unknown_stage_and_a_bad_batch_are_clear_errors(staged):
     assert "unknown stage 'nope'" in assert_clean_failure(staged.fab("deploy", "--stage", "nope", db=False))
     assert "--batch must be a whole number" in assert_clean_failure(deploy(staged, "--batch", "x"))
+
+
+INDEX_WITHOUT_CONCURRENTLY = add_column_migration(
+    "1d1d1d1d1d1d", HEAD, "note", "add a note, indexed the blocking way",
+    then='op.create_index("ix_boards_note", "boards", ["note"])')
+
+
+def test_a_history_run_into_an_empty_database_is_not_linted_but_one_with_tables_is(staged):
+    add_migration(staged, INDEX_WITHOUT_CONCURRENTLY, "1d1d1d1d1d1d_note.py")
+    empty = deploy(staged, "--dry-run")
+    assert empty.returncode == 0, output(empty)
+    assert "the database is empty: its history runs into it, which blocks nobody (not linted)" in empty.stdout
+    sql(staged, "CREATE TABLE legacy (id bigint)")  # made outside Alembic: no revision, but not empty
+    text = assert_clean_failure(deploy(staged, "--dry-run"))
+    assert "lint failed for the migrations this deploy would run" in text
+    assert "[require-concurrent-index-creation]" in text and "1d1d1d1d1d1d" in text
 
 
 def test_rollback_after_a_good_deploy_puts_code_and_database_back(deployed):

@@ -31,7 +31,7 @@ import reports
 import retention
 import unwritten
 from pgenv import (ToolError, database_name, end_sessions_holding, psql, revision_xids, revisions,
-                   server_version_num)
+                   server_version_num, table_count)
 
 
 def _serving_release(deploy_to: str) -> str | None:
@@ -132,7 +132,8 @@ COMMANDS = {
     "unwritten": cmd_unwritten,
     "pin": lambda a: locks.pin(a.folder, a.id, a.owner),
     "unpin": lambda a: locks.unpin(a.folder, a.id, a.owner),
-    "revision": lambda a: {"revisions": revisions(), "xids": revision_xids(), **client_versions()},
+    "revision": lambda a: {"revisions": revisions(), "xids": revision_xids(), "tables": table_count(),
+                           **client_versions()},
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
 }
 

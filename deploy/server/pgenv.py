@@ -171,6 +171,14 @@ def revisions() -> list[str]:
     return [row[0] for row in psql(REVISIONS)]
 
 
+def table_count() -> int:
+    """How many tables the database has outside PostgreSQL's own schemas: 0 for an empty one."""
+    rows = psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg_toast%';")
+    return int(rows[0][0])
+
+
 def revision_xids() -> list[int]:
     """The transaction(s) that last wrote alembic_version: after an upgrade, the migration's own."""
     rows = psql("SELECT 'SELECT xmin FROM alembic_version' WHERE to_regclass('alembic_version') IS NOT NULL\n\\gexec\n")
