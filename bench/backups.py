@@ -11,10 +11,10 @@ import statistics
 import subprocess
 
 from deploy.config import ProjectConfig
-from deploy.remote.dbops import LAUNCHER
+from deploy.ssh.dbops import LAUNCHER
 from deploy.sandbox import dbhost, fleet
 from deploy.sandbox.spec import Sandbox
-from deploy.server import BOOT, ENTRY, sources
+from deploy.servertool import BOOT, ENTRY, sources
 
 from .results import Measure, section, timed
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deploy.local.git import git
 from deploy.migrations import MigrationGraph
-from deploy.remote import trace
+from deploy.ssh import trace
 from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
 from bench.scratch import BREAK_SERVING, add_column_migration, copy_project, retarget

@@ -12,7 +12,7 @@ import shlex
 import statistics
 
 from deploy.config import ProjectConfig
-from deploy.remote.dbops import LAUNCHER
+from deploy.ssh.dbops import LAUNCHER
 
 from .project import BenchError, BenchProject
 from .results import Measure, section, verdict

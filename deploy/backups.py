@@ -1,5 +1,5 @@
 """`fab backup`, `fab backups`, `fab backups.check`: logical backups of the stage's
-database, taken and kept on its backup host by the server-side tool (deploy/server).
+database, taken and kept on its backup host by the server-side tool (deploy/servertool).
 `fab restore` is in restore.py."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import paramiko
 from . import console
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
-from .remote import build, lock, server_tools, service
-from .remote.connection import Remote, connect
-from .remote.layout import Layout
-from .server import reports
-from .server.digests import checksums
+from .ssh import build, lock, server_tools, service
+from .ssh.connection import Remote, connect
+from .ssh.layout import Layout
+from .servertool import reports
+from .servertool.digests import checksums
 from .stages import StageConfig, load_stage
 
 BACKUP_ID = re.compile(r"\d{14}-[A-Za-z0-9_.-]{1,60}")

@@ -7,9 +7,9 @@ import time
 from . import console, pipeline, rolling, steps
 from .config import GENERATED_GUNICORN_CONFIG, ProjectConfig
 from .errors import DeployError
-from .remote import build, dbops, guard, lock, server_tools, service
-from .remote.connection import HostError, Remote, connect, on_hosts
-from .remote.layout import Layout
+from .ssh import build, dbops, guard, lock, server_tools, service
+from .ssh.connection import HostError, Remote, connect, on_hosts
+from .ssh.layout import Layout
 from .stages import load_stage
 from .templates import app_unit, backup_units, render, sudo_rule
 

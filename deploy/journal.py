@@ -10,9 +10,9 @@ from __future__ import annotations
 from . import console, pipeline, restore, rollback, steps
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import guard, lock, service
-from .remote.connection import Remote, connect
-from .remote.layout import Layout
+from .ssh import guard, lock, service
+from .ssh.connection import Remote, connect
+from .ssh.layout import Layout
 from .stages import load_stage
 
 

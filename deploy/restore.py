@@ -19,9 +19,9 @@ from . import console, pipeline
 from .backups import check_id, take
 from .config import ProjectConfig
 from .errors import DeployError
-from .remote import build, deploylog, guard, lock, server_tools, service
-from .remote.connection import Remote, StageRemotes, connect, on_hosts
-from .remote.layout import Layout
+from .ssh import build, deploylog, guard, lock, server_tools, service
+from .ssh.connection import Remote, StageRemotes, connect, on_hosts
+from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
 
 

@@ -15,9 +15,9 @@ from . import backups, console, pipeline, rolling
 from .config import ProjectConfig
 from .errors import DeployError
 from .migrations import MIGRATION_LOCK_KEY
-from .remote import build, dbops, deploylog, guard, lock, server_tools, service
-from .remote.connection import Remote, connect, on_hosts
-from .remote.layout import Layout
+from .ssh import build, dbops, deploylog, guard, lock, server_tools, service
+from .ssh.connection import Remote, connect, on_hosts
+from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
 
 RELEASE_ID = re.compile(r"\d{14}-[0-9a-f]{8}")

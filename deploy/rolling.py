@@ -12,9 +12,9 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from . import console
-from .remote import balancer, service
-from .remote.connection import HostsFailed, Remote, StageRemotes, on_hosts
-from .remote.layout import Layout
+from .ssh import balancer, service
+from .ssh.connection import HostsFailed, Remote, StageRemotes, on_hosts
+from .ssh.layout import Layout
 
 if TYPE_CHECKING:
     from .stages import StageConfig

@@ -20,9 +20,9 @@ from .lint import lint_revisions, render_revisions
 from .console import indent
 from .migrations import MIGRATION_LOCK_KEY, MigrationGraph, Revision, error_summary
 from .pipeline import Step
-from .remote import build, cleanup, dbops, deploylog, guard, server_tools, service
-from .remote.connection import HostError, Remote, on_hosts
-from .remote.layout import Layout
+from .ssh import build, cleanup, dbops, deploylog, guard, server_tools, service
+from .ssh.connection import HostError, Remote, on_hosts
+from .ssh.layout import Layout
 from .stages import StageConfig
 from .templates import release_files
 from .wheels import wheelhouse

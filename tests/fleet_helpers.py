@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import output
 
 from bench.scratch import BREAK_SERVING, add_column_migration
-from deploy.remote.dbops import LAUNCHER
+from deploy.ssh.dbops import LAUNCHER
 from deploy.sandbox import lbhost
 
 

@@ -29,9 +29,13 @@ SAMPLE = Path(__file__).resolve().parent / "samples" / "notes"
 def venv(tmp_path_factory) -> Path:
     """The project's own environment: its requirements and the toolkit, installed with pip from a path."""
     folder = tmp_path_factory.mktemp("notes") / "venv"
+    source = tmp_path_factory.mktemp("toolkit")  # what a package of it holds, built outside the checkout
+    shutil.copy(REPO / "pyproject.toml", source)
+    for package in ("deploy", "deploy_runtime"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     proc = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                           "-r", str(SAMPLE / "requirements.txt"), str(REPO)], capture_output=True, text=True)
+                           "-r", str(SAMPLE / "requirements.txt"), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from deploy.errors import DeployError
-from deploy.remote import balancer
-from deploy.remote.connection import Output
+from deploy.ssh import balancer
+from deploy.ssh.connection import Output
 from deploy.rolling import batches
 from deploy.stages import LoadBalancer, StageHost
 

@@ -1,5 +1,5 @@
 """Which releases cleanup removes: a pure function over the release list (no host needed)."""
-from deploy.remote.cleanup import plan
+from deploy.ssh.cleanup import plan
 
 
 def releases(*items: tuple[str, str]) -> list[dict]:

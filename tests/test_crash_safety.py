@@ -16,7 +16,7 @@ from fleet_helpers import (GOOD_MIGRATION, HEAD, SLOW_MIGRATION, add_migration, 
                            pids_running, run_until, sql, ssh)
 
 from deploy.config import load_project
-from deploy.remote.connection import HostError, connect, on_hosts
+from deploy.ssh.connection import HostError, connect, on_hosts
 from deploy.stages import load_stage
 
 pytestmark = pytest.mark.timeout(300)

@@ -11,8 +11,8 @@ import pytest
 
 from deploy.backups import fetch
 from deploy.errors import DeployError
-from deploy.remote.layout import Layout
-from deploy.server.digests import checksums
+from deploy.ssh.layout import Layout
+from deploy.servertool.digests import checksums
 
 LAYOUT = Layout("/srv/app")
 BACKUP_ID = "20261124120000-manual"

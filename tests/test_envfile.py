@@ -1,6 +1,6 @@
-"""The one reading of a server's env file (deploy/server/envfile.py): systemd's
+"""The one reading of a server's env file (deploy/servertool/envfile.py): systemd's
 EnvironmentFile= rules, never a shell's; and DATABASE_URL's parameters reaching
-PostgreSQL's programs (deploy/server/pgenv.py)."""
+PostgreSQL's programs (deploy/servertool/pgenv.py)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from deploy.remote.dbops import LAUNCHER
-from deploy.server import envfile
-from deploy.server.pgenv import ToolError, url_variables
+from deploy.ssh.dbops import LAUNCHER
+from deploy.servertool import envfile
+from deploy.servertool.pgenv import ToolError, url_variables
 
 NASTY = "p$HOME;rm -rf x&y'z\"q #w`id`\\"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "servertool"))
 import dumps  # noqa: E402  (a server script: its modules import each other by name)
 
 BEFORE = """

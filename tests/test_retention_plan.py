@@ -4,7 +4,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "servertool"))
 from retention import plan  # noqa: E402  (a server script: its modules import each other by name)
 
 NOW = calendar.timegm(time.strptime("2026-11-20T12:00:00Z", "%Y-%m-%dT%H:%M:%SZ"))

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from werkzeug.test import Client
 
 from deploy.local.database import free_port
-from deploy.remote.service import Unhealthy, wait_healthy
+from deploy.ssh.service import Unhealthy, wait_healthy
 from deploy.templates import release_files
 from deploy_runtime.wsgi import serve
 

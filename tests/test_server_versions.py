@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.remote import build, dbops
-from deploy.remote.connection import Output
-from deploy.remote.layout import Layout
+from deploy.ssh import build, dbops
+from deploy.ssh.connection import Output
+from deploy.ssh.layout import Layout
 
 
 class LocalHost:
@@ -79,7 +79,7 @@ def test_pg_dump_and_pg_restore_must_be_at_least_the_servers_version(answer, pro
     assert all("postgresql-client-" in p for p in found)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.joinpath("deploy", "server").glob("*.py")),
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.joinpath("deploy", "servertool").glob("*.py")),
                          ids=lambda p: p.name)
 def test_the_server_side_code_is_python_3_10_syntax(path):
     """What runs on the servers (with their own python3) parses with the oldest supported grammar."""

@@ -1,4 +1,4 @@
-"""The proof a restore after a failed downgrade needs (deploy/server/unwritten.py), on a real
+"""The proof a restore after a failed downgrade needs (deploy/servertool/unwritten.py), on a real
 PostgreSQL: the migration's own work (DDL, a backfill) is no write; any other transaction's
 insert, update, delete or open transaction is, whatever role made it."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "servertool"))
 import dumps  # noqa: E402  (a server script: its modules import each other by name)
 from pgenv import revision_xids  # noqa: E402
 from unwritten import reasons_not_to_restore  # noqa: E402

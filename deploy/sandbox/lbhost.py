@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..remote import balancer
+from ..ssh import balancer
 from .hostfs import write_as
 from .system import SandboxError, in_host
 from .spec import LB_PORT, Host, Sandbox

@@ -1,4 +1,4 @@
-"""The backup tool (deploy/server/) on a host, over SSH: each call refreshes its copy in
+"""The backup tool (deploy/servertool/) on a host, over SSH: each call refreshes its copy in
 deploy_to/tools/ and runs it, in one command; the tool reads the server's env file itself
 (as systemd does, never through a shell). The database password stays in that file; it is
 never on a command line."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from ..errors import DeployError
-from ..server import BOOT, ENTRY, sources
+from ..servertool import BOOT, ENTRY, sources
 from ..stages import StageConfig
 from .connection import HostError, Remote
 from .layout import Layout

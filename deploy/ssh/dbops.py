@@ -1,13 +1,13 @@
 """The database, from the migrations host: its revision, and upgrade and downgrade
 through a release's own code. The DATABASE_URL comes from the server's env file, read on
-the server as systemd reads it (deploy/server/envfile.py), never from a command line and
+the server as systemd reads it (deploy/servertool/envfile.py), never from a command line and
 never through a shell."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import DeployError
-from ..server import envfile
+from ..servertool import envfile
 from . import server_tools
 from .connection import Remote
 from .layout import Layout

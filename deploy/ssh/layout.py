@@ -7,7 +7,7 @@
     shared/wheels/     the wheels they were installed from (no package index needed)
     repo/              a bare git mirror of the stage's repository
     backups/           database backups (0700; files 0600) and check-history.jsonl
-    tools/             the backup tool the timers and fab run (deploy/server, refreshed by each use)
+    tools/             the backup tool the timers and fab run (deploy/servertool, refreshed by each use)
     deploy.log         one JSON line per deploy or rollback
     .lock/             the stage's deploy lock (on the migrations host), holder.json inside
 """
