@@ -1,5 +1,5 @@
 """`fab recover`: a deploy, rollback or restore whose controller was killed (kill -9, a
-lost laptop), or whose undo failed, is found from its journal (remote/guard.py) by the
+lost laptop), or whose undo failed, is found from its journal (ssh/guard.py) by the
 next `fab` command on the stage, and undone here.
 
 Recovery observes before it acts: which hosts serve the new release and where

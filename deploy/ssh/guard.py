@@ -1,4 +1,4 @@
-"""The guard of a stage's changes: its lock (remote/lock.py) and the journal of the
+"""The guard of a stage's changes: its lock (ssh/lock.py) and the journal of the
 operation in progress (`.journal.json` on the migrations host). An operation that
 changes the stage takes the lock and refuses to start while an earlier one is
 unfinished; an unfinished journal whose operation no longer holds a live lock is what
