@@ -39,19 +39,19 @@ def backup(project: ProjectConfig, stage_name: str | None, label: str | None = N
         raise DeployError(f"--label must be 1-40 letters, digits, '-' or '_', got {label[:60]!r}")
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remotes = connect(stage)
-    remote = remotes[stage.backup_host.name]
-    migrator = remotes[stage.migrations_host.name]
-    holder = lock.holder("backup", label)
-    lock.acquire(migrator, layout, holder, stage.name)  # never beside a deploy's migration or a restore
-    with lock.kept(migrator, layout, holder):  # (an unfinished deploy does not stop a backup: it helps)
-        manifest = take(stage, remotes, label or "manual")
-    console.ok(f"backup {manifest['id']}: {manifest['size']} bytes in {manifest['duration']}s, revision "
-               f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
-    say_pruned(manifest)
-    if download:
-        fetch(remote, layout, manifest, Path(download))
-    return manifest
+    with connect(stage) as remotes:
+        remote = remotes[stage.backup_host.name]
+        migrator = remotes[stage.migrations_host.name]
+        holder = lock.holder("backup", label)
+        lock.acquire(migrator, layout, holder, stage.name)  # never beside a deploy's migration or a restore
+        with lock.kept(migrator, layout, holder):  # (an unfinished deploy does not stop a backup: it helps)
+            manifest = take(stage, remotes, label or "manual")
+        console.ok(f"backup {manifest['id']}: {manifest['size']} bytes in {manifest['duration']}s, revision "
+                   f"{manifest['revision']}, sha256 {manifest['sha256'][:12]}")
+        say_pruned(manifest)
+        if download:
+            fetch(remote, layout, manifest, Path(download))
+        return manifest
 
 
 def take(stage: StageConfig, remotes: dict[str, Remote], label: str, backup_id: str | None = None,
@@ -126,17 +126,18 @@ def _download(remote: Remote, remote_path: str, target: Path) -> None:
 def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.backup_host.name]
-    found = server_tools.manifests(remote, layout)
-    if as_json:
-        console.say(json.dumps(found, indent=2))
+    with connect(stage) as remotes:
+        remote = remotes[stage.backup_host.name]
+        found = server_tools.manifests(remote, layout)
+        if as_json:
+            console.say(json.dumps(found, indent=2))
+            return found
+        for m in found:
+            checked = m.get("verified")
+            verdict = "never verified" if not checked else ("ok" if checked.get("ok") else "FAILED") + " " + checked.get("time", "")
+            console.say(f"{m['id']:<40} {m['time']:<21} {m['size']:>10} B  {m.get('format', '?'):<9} "
+                        f"rev {m.get('revision')}  release {m.get('release')}  {verdict}")
         return found
-    for m in found:
-        checked = m.get("verified")
-        verdict = "never verified" if not checked else ("ok" if checked.get("ok") else "FAILED") + " " + checked.get("time", "")
-        console.say(f"{m['id']:<40} {m['time']:<21} {m['size']:>10} B  {m.get('format', '?'):<9} "
-                    f"rev {m.get('revision')}  release {m.get('release')}  {verdict}")
-    return found
 
 
 def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
@@ -145,15 +146,16 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
     so it also writes the history and the Prometheus file. Exits 0, 1 or 2."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.backup_host.name]
-    forced = [] if restore_test is None else ["--restore-test" if restore_test else "--no-restore-test"]
-    report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced, exits=(0, 1, 2))
-    if as_json:
-        console.say(json.dumps(report, indent=2))
-    else:
-        console.say(reports.table(report))
-    if report["status"]:
-        failing = [f"{c['check']} {c['state']}" for c in report["checks"] if c["status"]]
-        raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
-                                hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
-    return report
+    with connect(stage) as remotes:
+        remote = remotes[stage.backup_host.name]
+        forced = [] if restore_test is None else ["--restore-test" if restore_test else "--no-restore-test"]
+        report = server_tools.tool(remote, layout, *stage.backups.check_args(), "--json", *forced, exits=(0, 1, 2))
+        if as_json:
+            console.say(json.dumps(report, indent=2))
+        else:
+            console.say(reports.table(report))
+        if report["status"]:
+            failing = [f"{c['check']} {c['state']}" for c in report["checks"] if c["status"]]
+            raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
+                                    hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
+        return report

@@ -49,8 +49,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
     finally:
         d.remove_scratch()
         d.close()
-        for remote in remotes.values():
-            remote.close()
+        remotes.close()
 
 
 def _after_success(d: steps.Deploy, outcome: pipeline.Outcome) -> None:
@@ -93,55 +92,54 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
     """Per host: current release, service state, health; the lock holder."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remotes = connect(stage)
+    with connect(stage) as remotes:
+        def host_state(r) -> dict:
+            state = {"current": service.current_release(r, layout)}
+            if "app" in r.host.roles:
+                state["service"] = service.systemctl(r, "is-active", stage.service, check=False).stdout.strip()
+                code, body = service.health(r, stage.health_url)
+                state["health"] = {"code": code, "body": body}
+            return state
 
-    def host_state(r) -> dict:
-        state = {"current": service.current_release(r, layout)}
-        if "app" in r.host.roles:
-            state["service"] = service.systemctl(r, "is-active", stage.service, check=False).stdout.strip()
-            code, body = service.health(r, stage.health_url)
-            state["health"] = {"code": code, "body": body}
-        return state
-
-    hosts = on_hosts("status", list(remotes.values()), host_state)
-    holder = lock.read(remotes[stage.migrations_host.name], layout)
-    stale = guard.interrupted(remotes[stage.migrations_host.name], layout)
-    result = {"stage": stage.name, "hosts": hosts, "lock": holder, "interrupted": stale}
-    if as_json:
-        console.say(json.dumps(result, indent=2))
+        hosts = on_hosts("status", list(remotes.values()), host_state)
+        holder = lock.read(remotes[stage.migrations_host.name], layout)
+        stale = guard.interrupted(remotes[stage.migrations_host.name], layout)
+        result = {"stage": stage.name, "hosts": hosts, "lock": holder, "interrupted": stale}
+        if as_json:
+            console.say(json.dumps(result, indent=2))
+            return result
+        console.heading(f"stage {stage.name}")
+        for name, state in hosts.items():
+            line = f"{name:<8} current {state['current'] or '(none)'}"
+            if "health" in state:
+                body = state["health"]["body"]
+                detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
+                line += f"  service {state['service']}  health {state['health']['code']} {detail}"
+            console.say(line)
+        console.say("lock     " + ("free" if holder is None else lock.describe(holder)
+                                   + ("" if lock.alive(holder) else " (no longer running: fab recover releases it)")))
+        if stale:
+            console.banner([f"INTERRUPTED: {guard.describe(stale)}",
+                            f"run: fab recover --stage {stage.name}"])
         return result
-    console.heading(f"stage {stage.name}")
-    for name, state in hosts.items():
-        line = f"{name:<8} current {state['current'] or '(none)'}"
-        if "health" in state:
-            body = state["health"]["body"]
-            detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
-            line += f"  service {state['service']}  health {state['health']['code']} {detail}"
-        console.say(line)
-    console.say("lock     " + ("free" if holder is None else lock.describe(holder)
-                               + ("" if lock.alive(holder) else " (no longer running: fab recover releases it)")))
-    if stale:
-        console.banner([f"INTERRUPTED: {guard.describe(stale)}",
-                        f"run: fab recover --stage {stage.name}"])
-    return result
 
 
 def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remotes = connect(stage)
-    found = build.list_releases(remotes[stage.migrations_host.name], layout)
-    current = service.current_release(remotes[stage.app_hosts[0].name], layout)
-    for r in found:
-        r["current"] = r["id"] == current
-    if as_json:
-        console.say(json.dumps(found, indent=2))
+    with connect(stage) as remotes:
+        found = build.list_releases(remotes[stage.migrations_host.name], layout)
+        current = service.current_release(remotes[stage.app_hosts[0].name], layout)
+        for r in found:
+            r["current"] = r["id"] == current
+        if as_json:
+            console.say(json.dumps(found, indent=2))
+            return found
+        for r in found:
+            mark = "current" if r["current"] else r.get("status", "?")
+            console.say(f"{r['id']:<28} {mark:<8} {r.get('time', ''):<21} {r.get('user', ''):<10} "
+                        f"{r.get('ref', '')} {str(r.get('commit', ''))[:12]} rev {r.get('revision')}")
         return found
-    for r in found:
-        mark = "current" if r["current"] else r.get("status", "?")
-        console.say(f"{r['id']:<28} {mark:<8} {r.get('time', ''):<21} {r.get('user', ''):<10} "
-                    f"{r.get('ref', '')} {str(r.get('commit', ''))[:12]} rev {r.get('revision')}")
-    return found
 
 
 def setup(project: ProjectConfig, stage_name: str | None) -> None:
@@ -179,8 +177,9 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
                       "(README, Backups)"] if backup_units_ else []
         return "; ".join(notes)
 
-    for name, text in on_hosts("setup", list(connect(stage).values()), prepare).items():
-        console.ok(f"{name}: {text}")
+    with connect(stage) as remotes:
+        for name, text in on_hosts("setup", list(remotes.values()), prepare).items():
+            console.ok(f"{name}: {text}")
 
 
 MISSING_KEYS = "import os, sys; print(' '.join(k for k in sys.argv[1:] if not os.environ.get(k)))"
@@ -252,34 +251,36 @@ def _unit_state(stage, r) -> str:
 
 def lock_stage(project: ProjectConfig, stage_name: str | None) -> None:
     stage = load_stage(project, stage_name)
-    remote = connect(stage)[stage.migrations_host.name]
-    lock.acquire(remote, Layout(stage.deploy_to), lock.holder(lock.MANUAL, None), stage.name)
-    console.ok(f"locked {stage.name}; `fab unlock --stage {stage.name}` releases it")
+    with connect(stage) as remotes:
+        remote = remotes[stage.migrations_host.name]
+        lock.acquire(remote, Layout(stage.deploy_to), lock.holder(lock.MANUAL, None), stage.name)
+        console.ok(f"locked {stage.name}; `fab unlock --stage {stage.name}` releases it")
 
 
 def unlock_stage(project: ProjectConfig, stage_name: str | None, force: bool = False) -> None:
     """Release a manual lock; with --force, a dead operation's lock (and its journal, undoing nothing)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remote = connect(stage)[stage.migrations_host.name]
-    holder = lock.read(remote, layout)
-    stale = guard.load(remote, layout)
-    stale = stale if guard.unfinished(stale) else None
-    if holder is None and not (stale and force):
-        console.ok(f"{stage.name} was not locked")
-        return
-    if holder is not None and holder.get("action") != lock.MANUAL:
-        if not force:
-            raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}",
-                              hint=f"if it is dead: fab recover --stage {stage.name} (undoes it), "
-                                   f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
-        if lock.alive(holder):
-            raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}, which is still running "
-                              "(its process, or a heartbeat seconds old): --force never removes a live lock",
-                              hint="wait for it to finish")
-    if force and stale:
-        guard.clear(remote, layout)  # the operator takes over what that deploy left
-        console.warn(f"dropped the journal of {guard.describe(stale)}; nothing was undone")
-    if holder is not None:
-        lock.release(remote, layout, holder)
-    console.ok(f"unlocked {stage.name}" + (f" (was: {lock.describe(holder)})" if holder else ""))
+    with connect(stage) as remotes:
+        remote = remotes[stage.migrations_host.name]
+        holder = lock.read(remote, layout)
+        stale = guard.load(remote, layout)
+        stale = stale if guard.unfinished(stale) else None
+        if holder is None and not (stale and force):
+            console.ok(f"{stage.name} was not locked")
+            return
+        if holder is not None and holder.get("action") != lock.MANUAL:
+            if not force:
+                raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}",
+                                  hint=f"if it is dead: fab recover --stage {stage.name} (undoes it), "
+                                       f"or fab unlock --stage {stage.name} --force (leaves things as they are)")
+            if lock.alive(holder):
+                raise DeployError(f"{stage.name} is locked by {lock.describe(holder)}, which is still running "
+                                  "(its process, or a heartbeat seconds old): --force never removes a live lock",
+                                  hint="wait for it to finish")
+        if force and stale:
+            guard.clear(remote, layout)  # the operator takes over what that deploy left
+            console.warn(f"dropped the journal of {guard.describe(stale)}; nothing was undone")
+        if holder is not None:
+            lock.release(remote, layout, holder)
+        console.ok(f"unlocked {stage.name}" + (f" (was: {lock.describe(holder)})" if holder else ""))

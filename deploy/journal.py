@@ -21,40 +21,40 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
     or its undo failed). Takes the lock itself; a lock of a live operation is never touched."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
-    remotes = connect(stage)
-    migrator = remotes[stage.migrations_host.name]
-    record = guard.load(migrator, layout)
-    holder = lock.read(migrator, layout)
-    if guard.unfinished(record) and not guard.needs_recovery(record, holder):
-        raise DeployError(f"the operation is still running: {guard.describe(record)}",
-                          hint="wait for it; `fab status` shows when it stops")
-    mine = lock.holder("recover", None)
-    if holder is not None and lock.alive(holder):
-        raise lock.held_error(holder, stage.name)
-    if holder is not None:
-        lock.take_over(migrator, layout, holder, mine, stage.name)
-        console.warn(f"took over the lock of {lock.describe(holder)}, which is no longer running")
-    else:
-        lock.acquire(migrator, layout, mine, stage.name)
-    with lock.kept(migrator, layout, mine):
-        record = guard.load(migrator, layout)  # again, under the lock: another recover may have finished it
-        if not guard.unfinished(record):
-            console.ok(f"nothing to recover on {stage.name}: no unfinished operation"
-                       + (f" (the last {record.get('action', 'deploy')} succeeded)" if record else ""))
-            return []
-        console.heading(f"recovering {guard.describe(record)}")
-        action = record.get("action", "deploy")
-        if action == "restore":
-            notes = restore.recover(stage, remotes, record)
-        elif action == "rollback":
-            notes = rollback.recover(stage, remotes, record)
+    with connect(stage) as remotes:
+        migrator = remotes[stage.migrations_host.name]
+        record = guard.load(migrator, layout)
+        holder = lock.read(migrator, layout)
+        if guard.unfinished(record) and not guard.needs_recovery(record, holder):
+            raise DeployError(f"the operation is still running: {guard.describe(record)}",
+                              hint="wait for it; `fab status` shows when it stops")
+        mine = lock.holder("recover", None)
+        if holder is not None and lock.alive(holder):
+            raise lock.held_error(holder, stage.name)
+        if holder is not None:
+            lock.take_over(migrator, layout, holder, mine, stage.name)
+            console.warn(f"took over the lock of {lock.describe(holder)}, which is no longer running")
         else:
-            notes = _undo_deploy(project, stage, remotes, record)
-        guard.clear(migrator, layout)
-    for note in notes:
-        console.say(f"  {note}")
-    console.ok(f"recovered {stage.name}: the {action} is undone; lock released")
-    return notes
+            lock.acquire(migrator, layout, mine, stage.name)
+        with lock.kept(migrator, layout, mine):
+            record = guard.load(migrator, layout)  # again, under the lock: another recover may have finished it
+            if not guard.unfinished(record):
+                console.ok(f"nothing to recover on {stage.name}: no unfinished operation"
+                           + (f" (the last {record.get('action', 'deploy')} succeeded)" if record else ""))
+                return []
+            console.heading(f"recovering {guard.describe(record)}")
+            action = record.get("action", "deploy")
+            if action == "restore":
+                notes = restore.recover(stage, remotes, record)
+            elif action == "rollback":
+                notes = rollback.recover(stage, remotes, record)
+            else:
+                notes = _undo_deploy(project, stage, remotes, record)
+            guard.clear(migrator, layout)
+        for note in notes:
+            console.say(f"  {note}")
+        console.ok(f"recovered {stage.name}: the {action} is undone; lock released")
+        return notes
 
 
 def _undo_deploy(project: ProjectConfig, stage, remotes: dict[str, Remote], record: dict) -> list[str]:

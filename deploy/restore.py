@@ -176,11 +176,12 @@ def restore_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], backup_
 def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
     """Restore BACKUP_ID into the stage's database (see the module docstring)."""
     stage = load_stage(project, stage_name)
-    r = Restore(stage, connect(stage), Layout(stage.deploy_to), check_id(backup_id))
-    console.heading(f"restore {backup_id} on {stage.name}")
-    with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name) as r.holder, r.pinned():
-        guard.run_journaled(r, "restore", STEPS, lambda outcome, error: _log(r, outcome, error))
-    _report_health(r)
+    with connect(stage) as remotes:
+        r = Restore(stage, remotes, Layout(stage.deploy_to), check_id(backup_id))
+        console.heading(f"restore {backup_id} on {stage.name}")
+        with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name) as r.holder, r.pinned():
+            guard.run_journaled(r, "restore", STEPS, lambda outcome, error: _log(r, outcome, error))
+        _report_health(r)
     return r.result or {}
 
 

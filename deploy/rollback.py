@@ -155,13 +155,14 @@ STEPS = [
 def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = None) -> str:
     """Roll the stage back to `to` (default: the previous good release)."""
     stage = load_stage(project, stage_name)
-    r = Rollback(stage, connect(stage), Layout(stage.deploy_to), requested=to, app=project.app, batch=stage.batch)
-    console.heading(f"rollback on {stage.name}")
-    try:
-        with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
-            guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
-    finally:
-        r.close()
+    with connect(stage) as remotes:
+        r = Rollback(stage, remotes, Layout(stage.deploy_to), requested=to, app=project.app, batch=stage.batch)
+        console.heading(f"rollback on {stage.name}")
+        try:
+            with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
+                guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
+        finally:
+            r.close()
     console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
     return r.target
 

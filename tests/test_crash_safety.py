@@ -163,10 +163,8 @@ def test_ctrl_c_during_the_migration_stops_the_remote_migration_before_the_undo(
 @pytest.fixture
 def remotes(staged):
     stage = load_stage(load_project(staged.root), "sandbox")
-    found = connect(stage)
-    yield found
-    for remote in found.values():
-        remote.close()
+    with connect(stage) as found:
+        yield found
 
 
 def test_a_command_past_its_timeout_is_stopped_on_the_host(remotes):

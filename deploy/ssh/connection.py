@@ -264,8 +264,24 @@ def _without_group(stderr: bytearray) -> bytearray:
     return stderr
 
 
-def connect(stage: StageConfig, hosts: tuple[StageHost, ...] | None = None) -> dict[str, Remote]:
-    return {h.name: Remote(stage, h) for h in (hosts if hosts is not None else stage.hosts)}
+class Connections(dict):
+    """The stage's hosts by name, each a Remote, connected when first used; leaving the `with`
+    block closes every connection (as Fabric's Connection does), however the block ends."""
+
+    def __enter__(self) -> "Connections":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for remote in self.values():
+            remote.close()
+
+
+def connect(stage: StageConfig, hosts: tuple[StageHost, ...] | None = None) -> Connections:
+    """`with connect(stage) as remotes:`, every host of the stage (or `hosts`) by name."""
+    return Connections({h.name: Remote(stage, h) for h in (hosts if hosts is not None else stage.hosts)})
 
 
 def on_hosts(what: str, remotes: list[Remote], work: Callable[[Remote], T]) -> dict[str, T]:
