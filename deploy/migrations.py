@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from deploy_runtime.migrations import ADVISORY_LOCK_KEY
 
+from . import console
 from .config import ProjectConfig
 from .errors import AppNotLoaded, CommandFailed, MigrationError
 
@@ -144,8 +145,7 @@ class FlaskDb:
                 for line in proc.stdout:
                     in_traceback = in_traceback or line.startswith("Traceback ")
                     if not in_traceback:
-                        sys.stdout.write(line)
-                        sys.stdout.flush()
+                        console.output.write(line, end="")
                     lines.append(line)
             output = "".join(lines)
         else:
