@@ -45,6 +45,7 @@ class SandboxSettings:
     service: str          # the systemd unit of the app
     deploy_to: str        # where releases live on the hosts
     disk_size: str        # size of each host's /srv (a tmpfs), e.g. "2g"
+    live_path: str = "/livez"  # what its load balancer asks each app host ([project] live_path)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def load_project(root: Path | None = None) -> ProjectConfig:
     migrations_dir = root / project.text("migrations", "migrations")
     if not (migrations_dir / "env.py").is_file():
         raise project.fail("migrations", f"a folder holding env.py; {migrations_dir} has none")
+    live_path = project.matching("live_path", "/livez", URL_PATH, "a URL path such as /livez")
     return ProjectConfig(
         root=root,
         path=path,
@@ -148,7 +150,7 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         lock=project.matching("lock", "requirements/app.lock", r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_./-]*",
                               "a path in the project"),
         health_path=project.matching("health_path", "/healthz", URL_PATH, "a URL path such as /healthz"),
-        live_path=project.matching("live_path", "/livez", URL_PATH, "a URL path such as /livez"),
+        live_path=live_path,
         gunicorn_config=project.matching("gunicorn_config", GENERATED_GUNICORN_CONFIG, r"(?!.*\.\.)[A-Za-z0-9_.][A-Za-z0-9_./-]*\.py",
                                          "a .py path in the project"),
         env=tuple(_env_key(project, key) for key in project.texts("env", [])),
@@ -160,7 +162,7 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         ),
         local_database_dir=root / local.text("database_dir", ".local/postgres"),
         local_database_name=local.text("database_name", "app"),
-        sandbox=sandbox_settings(root, sandbox),
+        sandbox=sandbox_settings(root, sandbox, live_path),
     )
 
 
@@ -170,7 +172,7 @@ def _env_key(table: _Table, key: str) -> str:
     return key
 
 
-def sandbox_settings(root: Path, table: _Table) -> SandboxSettings:
+def sandbox_settings(root: Path, table: _Table, live_path: str = "/livez") -> SandboxSettings:
     """[sandbox], validated: names short enough for Linux interface names, a private subnet."""
     subnet = table.text("subnet", "10.213.0.0/24")
     try:
@@ -188,6 +190,7 @@ def sandbox_settings(root: Path, table: _Table) -> SandboxSettings:
         service=table.matching("service", "app", r"[A-Za-z0-9_.@-]+", "a unit name without .service"),
         deploy_to=table.matching("deploy_to", "/srv/app", r"/srv(/[A-Za-z0-9_.-]+)+", "a folder under /srv"),
         disk_size=table.matching("disk_size", "2g", r"[1-9][0-9]*[kmg]", "a size such as 512m or 2g"),
+        live_path=live_path,
     )
 
 

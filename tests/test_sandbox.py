@@ -14,7 +14,7 @@ import pytest
 from bench import runner as bench_runner
 from deploy.config import load_project
 from deploy.local.git import git
-from deploy.sandbox import container, dbhost, faults, fleet, network, status
+from deploy.sandbox import container, dbhost, faults, fleet, lbhost, network, status
 from deploy.sandbox.spec import Sandbox
 from deploy.sandbox.system import in_host, leader
 from conftest import assert_clean_failure, output
@@ -299,3 +299,16 @@ def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
     assert "kept" in text
     rows = [line for line in text.splitlines() if line.startswith(("| up", "| down", "| memory"))]
     assert len(rows) == 6 and all("| 1 |" in row for row in rows), rows
+
+
+def test_the_load_balancer_asks_the_projects_own_live_path(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "migrations").mkdir()
+    (root / "migrations" / "env.py").write_text("")
+    text = (Path(__file__).resolve().parent.parent / "deploy.toml").read_text()
+    (root / "deploy.toml").write_text(text.replace('models = ["app/models.py"]',
+                                                   'models = []\nlive_path = "/-/deploy/live"'))
+    sandbox = fleet.sandbox_for(load_project(root), 2)
+    config = lbhost.config_text(sandbox, sandbox.lb)
+    assert "option httpchk GET /-/deploy/live\n" in config and "/livez" not in config

@@ -16,10 +16,9 @@ CONFIG = "/etc/haproxy/haproxy.cfg"
 SOCKET = "/run/haproxy/admin.sock"
 BACKEND = "app"
 APP_PORT = 8000
-# What the load balancer asks each app host: does the process serve, and does its database
-# answer? Never "is this release at this revision": that would take a healthy old release out
-# of rotation while the database is ahead of it (README, "Behind a load balancer").
-CHECK_PATH = "/livez"
+# The load balancer asks each app host [project] live_path: does the process serve, and does
+# its database answer? Never "is this release at this revision": that would take a healthy old
+# release out of rotation while the database is ahead of it (docs/load-balancer.md).
 
 HAPROXY_CFG = """\
 # Written by the sandbox; `inv sandbox.up` rewrites it.
@@ -59,7 +58,7 @@ backend {backend}
 def config_text(sandbox: Sandbox, lb: Host) -> str:
     servers = "\n".join(f"    server {h.name} {h.address}:{APP_PORT} check" for h in sandbox.apps)
     return HAPROXY_CFG.format(socket=SOCKET, address=lb.address, port=LB_PORT, backend=BACKEND,
-                              check=CHECK_PATH, servers=servers)
+                              check=sandbox.settings.live_path, servers=servers)
 
 
 def write_config(sandbox: Sandbox, lb: Host) -> bool:
