@@ -15,6 +15,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import CONFIG_NAME
 from .errors import ConfigError, DeployError
@@ -42,14 +43,17 @@ class Step:
     detail: str = ""
 
 
-def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_version: str = "15") -> list[Step]:
-    """Everything `flask-pg-deploy init` does in the project at `root`; what it did, step by step."""
+def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_version: str = "15",
+         ask: Callable[[list[str]], str] | None = None) -> list[Step]:
+    """Everything `flask-pg-deploy init` does in the project at `root`; what it did, step by step.
+    `ask` chooses the app's import path among the candidates when none is certain (a prompt)."""
     migrations = root / "migrations"
     if not (migrations / "env.py").is_file():
         raise ConfigError(f"{root} has no migrations/env.py: this is for a Flask-Migrate project",
                           hint="run `flask --app YOURAPP db init` first (and commit it)")
+    requirements_in(root)  # refused now, before anything is written, when there are no requirements
     sources = python_files(root)
-    app = app or detect_app(root, sources)
+    app = app or detect_app(root, sources, ask)
     steps = [
         write_new(root / CONFIG_NAME, deploy_toml(root, app, sources, pg_version)),
         write_new(root / "fabfile.py", FABFILE, needs="deploy.fab_tasks"),
@@ -73,7 +77,7 @@ def python_files(root: Path) -> list[Path]:
     return found
 
 
-def detect_app(root: Path, sources: list[Path]) -> str:
+def detect_app(root: Path, sources: list[Path], ask: Callable[[list[str]], str] | None = None) -> str:
     """The import path `flask --app` needs: FLASK_APP from .flaskenv/.env, else the one module
     that makes a Flask app (`app = Flask(...)`) or the one package with a create_app factory."""
     for name in (".flaskenv", ".env"):
@@ -89,6 +93,8 @@ def detect_app(root: Path, sources: list[Path]) -> str:
             found.append(f"{module}:create_app")
         elif (match := re.search(r"^(\w+)\s*=\s*Flask\(", text, re.M)):
             found.append(f"{module}:{match.group(1)}")
+    if len(found) != 1 and ask:
+        return ask(found)
     if len(found) != 1:
         raise ConfigError("cannot tell which app to deploy: " + (f"found {', '.join(found)}" if found
                                                                   else "no module makes a Flask app"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,20 @@ NEXT = """next:
   then: docs/adopting.md, for your own servers ([stages.production])"""
 
 
+def ask_app(candidates: list[str]) -> str:
+    """The app's import path, asked at the terminal (a candidate's number, or a path)."""
+    console.say("Which app does this project deploy? (what `flask --app` takes)")
+    for number, candidate in enumerate(candidates, start=1):
+        console.say(f"  {number}. {candidate}")
+    while True:
+        answer = input("app import path" + (f" [1-{len(candidates)} or MODULE:APP]" if candidates else " (MODULE:APP)")
+                       + ": ").strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(candidates):
+            return candidates[int(answer) - 1]
+        if re.fullmatch(r"[A-Za-z_][\w.]*(:[\w().,'\" =]+)?|[\w./-]+\.py", answer):
+            return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flask-pg-deploy", description="Deploy Flask + PostgreSQL apps "
                                      "with their migrations to your own Linux servers.")
@@ -28,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     adopt.add_argument("--pg-version", default="15", help="the servers' PostgreSQL major version, for lint (15)")
     args = parser.parse_args(argv)
     try:
-        steps = init(Path.cwd(), args.app, args.server_python, args.pg_version)
+        steps = init(Path.cwd(), args.app, args.server_python, args.pg_version,
+                     ask=ask_app if sys.stdin.isatty() else None)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
