@@ -49,15 +49,16 @@ class Restore(StageRemotes):
     holder: dict = field(default_factory=dict)
     reached: str = ""
 
-    RECORDED = ("backup_id", "release", "owner", "safety_id")
-
     def to_record(self) -> dict:
-        return {"subject": f"restore of {self.backup_id}", **{name: getattr(self, name) for name in self.RECORDED}}
+        """What the journal keeps of this restore: what `fab recover` needs to undo it (from_record)."""
+        return {"subject": f"restore of {self.backup_id}", "backup_id": self.backup_id, "release": self.release,
+                "owner": self.owner, "safety_id": self.safety_id}
 
     @classmethod
     def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Restore":
-        return guard.read_back(cls(stage, remotes, Layout(stage.deploy_to), check_id(record.get("backup_id", ""))),
-                               record, cls.RECORDED)
+        fields = {key: record[key] for key in ("owner", "safety_id") if record.get(key)}
+        return cls(stage, remotes, Layout(stage.deploy_to), check_id(record.get("backup_id", "")),
+                   release=record.get("release") or "", **fields, **guard.progress(record))
 
     @contextmanager
     def pinned(self) -> Iterator[None]:

@@ -43,15 +43,20 @@ class Rollback(rolling.Switching):
     batch: int = 0             # the stage's batch size: hosts switched at once (0 = all)
     switched: list[str] = field(default_factory=list)
 
-    RECORDED = ("requested", "source", "target", "app", "db_now", "target_revision", "backup", "moved", "mover")
-
     def to_record(self) -> dict:
-        return {"subject": f"rollback {self.source or '?'} -> {self.target or '?'}",
-                **{name: getattr(self, name) for name in self.RECORDED}}
+        """What the journal keeps of this rollback: what `fab recover` needs to undo it (from_record)."""
+        return {"subject": f"rollback {self.source or '?'} -> {self.target or '?'}", "requested": self.requested,
+                "source": self.source, "target": self.target, "app": self.app, "db_now": self.db_now,
+                "target_revision": self.target_revision, "backup": self.backup, "moved": self.moved,
+                "mover": self.mover}
 
     @classmethod
     def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Rollback":
-        return guard.read_back(cls(stage, remotes, Layout(stage.deploy_to)), record, cls.RECORDED)
+        return cls(stage, remotes, Layout(stage.deploy_to), requested=record.get("requested"),
+                   source=record.get("source") or "", target=record.get("target") or "", app=record.get("app") or "",
+                   db_now=record.get("db_now"), target_revision=record.get("target_revision"),
+                   backup=record.get("backup"), moved=bool(record.get("moved")), mover=record.get("mover") or "",
+                   **guard.progress(record))
 
 
 def choose(r: Rollback) -> None:

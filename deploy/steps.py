@@ -62,16 +62,20 @@ class Deploy(rolling.Switching):
     def __post_init__(self) -> None:
         self.layout = Layout(self.stage.deploy_to)
 
-    RECORDED = ("release_id", "commit", "ref", "app", "head", "digest", "db_before", "previous", "migrated",
-                "backup", "migration_xids")
-
     def to_record(self) -> dict:
-        """What the journal keeps of this deploy (read back by `from_record` in `fab recover`)."""
-        return {name: getattr(self, name) for name in self.RECORDED}
+        """What the journal keeps of this deploy: what `fab recover` needs to undo it (from_record)."""
+        return {"release_id": self.release_id, "commit": self.commit, "ref": self.ref, "app": self.app,
+                "head": self.head, "digest": self.digest, "db_before": self.db_before, "previous": self.previous,
+                "migrated": self.migrated, "backup": self.backup, "migration_xids": self.migration_xids}
 
     @classmethod
     def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
-        return guard.read_back(cls(project, stage, remotes, record.get("ref") or "?", 0), record, cls.RECORDED)
+        return cls(project, stage, remotes, record.get("ref") or "?", 0,
+                   release_id=record.get("release_id") or "", commit=record.get("commit") or "",
+                   app=record.get("app") or "", head=record.get("head"), digest=record.get("digest") or "",
+                   db_before=record.get("db_before"), previous=record.get("previous") or {},
+                   migrated=bool(record.get("migrated")), backup=record.get("backup"),
+                   migration_xids=record.get("migration_xids") or [], **guard.progress(record))
 
     def remove_scratch(self) -> None:
         if self.scratch:

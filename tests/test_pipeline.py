@@ -118,3 +118,28 @@ def test_ctrl_c_in_the_hook_after_the_last_step_is_undone_not_lost():
     with pytest.raises(DeployFailed) as failed:
         pipeline.run(rec.steps(NAMES), None, on_event, commit=lambda ctx: None)
     assert failed.value.outcome.undone == ["finish", "switch", "migrate", "build"]  # finish undone once
+
+
+def test_each_operations_journal_record_reads_back_as_the_same_operation():
+    """What `fab recover` rebuilds from the journal is the operation that was journaled."""
+    from types import SimpleNamespace
+
+    from deploy.restore import Restore
+    from deploy.rollback import Rollback
+    from deploy.steps import Deploy
+
+    stage = SimpleNamespace(deploy_to="/srv/app", name="s")
+    progress = {"holder": {"id": "h1"}, "reached": "switch"}
+    deploy = Deploy(None, stage, {}, "main", 0, release_id="20261124-abc", commit="c0ffee", app="notes:app",
+                    head="h2", digest="d1", db_before="h1", previous={"app1": "r0"}, migrated=True,
+                    backup={"id": "b1"}, migration_xids=[7], **progress)
+    rollback = Rollback(stage, {}, deploy.layout, requested=None, source="r2", target="r1", app="notes:app",
+                        db_now="h2", target_revision="h1", backup={"id": "b2"}, moved=True, mover="r2", **progress)
+    restore = Restore(stage, {}, deploy.layout, "20261124000000-manual", release="r1", **progress)
+    for op, read_back in ((deploy, lambda r: Deploy.from_record(None, stage, {}, r)),
+                          (rollback, lambda r: Rollback.from_record(stage, {}, r)),
+                          (restore, lambda r: Restore.from_record(stage, {}, r))):
+        record = {**op.to_record(), **progress}
+        again = read_back(record)
+        assert again.to_record() == op.to_record()
+        assert (again.holder, again.reached) == (op.holder, op.reached)

@@ -33,13 +33,10 @@ def save(op, action: str, step: str, state: str) -> None:
     write(op.migrator, op.layout, record)
 
 
-def read_back(op, record: dict, names: tuple[str, ...]):
-    """`op` with the fields `names` (those its journal record holds), its holder and the furthest step."""
-    for name in names:
-        if record.get(name) is not None:
-            setattr(op, name, record[name])
-    op.holder, op.reached = record.get("holder") or {}, record.get("reached") or record.get("step") or ""
-    return op
+def progress(record: dict) -> dict:
+    """The holder and the furthest step of a journaled operation, as keyword arguments for its
+    from_record."""
+    return {"holder": record.get("holder") or {}, "reached": record.get("reached") or record.get("step") or ""}
 
 
 def journaling(op, action: str) -> Callable[[str, str], None]:
