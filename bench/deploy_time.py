@@ -26,6 +26,7 @@ digest=$(basename "$(readlink current/.venv)")
 ln -sfn "../shared/venvs/$digest" naive/.venv
 ln -sfn "../shared/wheels/$digest" naive/wheels
 ln -sfn ../shared/env naive/.env
+rm -rf naive/.deploy && cp -r current/.deploy naive/.deploy  # the toolkit's runtime: the unit serves it
 readlink current > .before-naive
 ln -sfn naive current
 sudo -n systemctl restart app.service

@@ -72,9 +72,10 @@ class BenchProject:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def resize(self, hosts: int) -> None:
-        """The fleet with `hosts` app hosts (grown or shrunk in place)."""
+        """The fleet with `hosts` app hosts (grown or shrunk in place). Its origin is the scratch
+        project's once that is pushed: the checkout's HEAD is never pushed over it again."""
         self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", self.repo, hosts)
-        fleet.up(self.sandbox, self.repo)
+        fleet.up(self.sandbox, None if (self.root / ".git").exists() else self.repo)
 
     def _copy(self) -> None:
         copy_project(self.repo, self.root, "Bench")

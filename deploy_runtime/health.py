@@ -21,11 +21,16 @@ RELEASE_FILE = Path(__file__).resolve().parents[2] / "RELEASE"  # <release>/.dep
 
 
 def release() -> str:
-    """RELEASE from the environment, else the file the deploy writes into the release, else "dev"."""
-    try:
-        return os.environ.get("RELEASE") or RELEASE_FILE.read_text().strip() or "dev"
-    except OSError:
-        return "dev"
+    """RELEASE from the environment, else the file the deploy writes into the release (beside this
+    runtime, else in the folder gunicorn serves from), else "dev"."""
+    if os.environ.get("RELEASE"):
+        return os.environ["RELEASE"]
+    for path in (RELEASE_FILE, Path.cwd() / "RELEASE"):
+        try:
+            return path.read_text().strip() or "dev"
+        except OSError:
+            continue
+    return "dev"
 
 
 class Endpoints:

@@ -102,16 +102,19 @@ def get(url: str) -> tuple[int, dict]:
         return err.code, json.load(err)
 
 
-def test_gunicorn_serves_the_app_with_the_config_the_deploy_writes_into_a_release(migrated):
+def test_gunicorn_serves_the_app_with_the_config_and_runtime_the_deploy_writes_into_a_release(migrated):
     """The release as the deploy lays it out: the project's files, RELEASE, and .deploy/."""
     for name, text_ in release_files("app:create_app", "/healthz", "/livez", "app").items():
         (migrated.root / name).parent.mkdir(parents=True, exist_ok=True)
         (migrated.root / name).write_text(text_)
     (migrated.root / "RELEASE").write_text("gunicorn-test\n")
+    # A project folder of the same name in the release (this repository has one) never shadows .deploy/'s.
+    (migrated.root / "deploy_runtime").mkdir()
+    (migrated.root / "deploy_runtime" / "__init__.py").write_text("raise ImportError('the project copy was used')\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RELEASE", "PYTHONPATH")}
     env.update(DATABASE_URL=migrated.database_url, BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
-               APP_ROOT=str(migrated.root))
+               APP_ROOT=str(migrated.root), PYTHONPATH=str(migrated.root / ".deploy"))  # as the unit sets it
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "--config", ".deploy/gunicorn.conf.py"],
         cwd=migrated.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -14,5 +14,5 @@ def deploy(c):
         c.run("git pull --quiet --ff-only origin main")
         c.run(".venv/bin/pip install --quiet --disable-pip-version-check --no-index --find-links wheels "
               "-r requirements/app.lock")
-        c.run("set -a && . ./.env && set +a && .venv/bin/flask --app app:create_app db upgrade")
+        c.run("set -a && . ./.env && set +a && PYTHONPATH=.deploy .venv/bin/flask --app app:create_app db upgrade")
     c.run("sudo -n systemctl restart app.service")

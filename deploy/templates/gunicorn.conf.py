@@ -10,9 +10,10 @@ reload (HUP) loads the newly switched release.
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))  # through `current`: a reload finds the new release's copy
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+# This folder first, through `current` (a reload finds the new release's copy), and ahead of the
+# release's own folder: the package is imported here, once, and its workers use this copy.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [_HERE] + [entry for entry in sys.path if entry != _HERE]
 
 from deploy_runtime.reloads import on_reload, pre_fork, post_fork, post_worker_init, worker_exit  # noqa: E402,F401
 
