@@ -25,10 +25,10 @@ def release() -> str:
     runtime, else in the folder gunicorn serves from), else "dev"."""
     if os.environ.get("RELEASE"):
         return os.environ["RELEASE"]
-    for path in (RELEASE_FILE, Path.cwd() / "RELEASE"):
+    for folder in (lambda: RELEASE_FILE.parent, Path.cwd):
         try:
-            return path.read_text().strip() or "dev"
-        except OSError:
+            return (folder() / "RELEASE").read_text().strip() or "dev"
+        except OSError:  # no such file, or a folder that is gone
             continue
     return "dev"
 
