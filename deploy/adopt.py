@@ -32,7 +32,11 @@ HELPERS = "migration_connection, locked_connection"
 # The stock template's `with engine.connect() as connection:`, and an older one's `connection = engine.connect()`.
 WITH_CONNECT = re.compile(r"^(?P<indent>\s*)with (?P<engine>\w+)\.connect\(\) as (?P<name>\w+):[ \t]*$", re.M)
 OPEN_CONNECT = re.compile(r"^(?P<indent>\s*)(?P<name>\w+) = (?P<engine>\w+)\.connect\(\)[ \t]*$", re.M)
-ENV_READ = re.compile(r"""os\.(?:environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
+# A class with db.Model (or Model, or x.Model) among its bases: a Flask-SQLAlchemy model.
+MODEL_CLASS = re.compile(r"^class\s+\w+\s*\((?:[^()]*[,\s(])?(?:\w+\.)?Model\s*[,)]", re.M)
+# Settings read from the environment: os.environ / os.getenv, python-decouple's config("X"),
+# environs' env("X") / env.str("X").
+ENV_READ = re.compile(r"""(?:os\.environ\.get\(|os\.getenv\(|os\.environ\[|\bconfig\(|\benv(?:\.\w+)?\()\s*["']([A-Z][A-Z0-9_]*)["']""")
 SKIPPED = {".venv", "venv", ".git", ".local", "migrations", "node_modules", "tests", "__pycache__"}
 
 
@@ -103,7 +107,7 @@ def detect_app(root: Path, sources: list[Path], ask: Callable[[list[str]], str] 
 
 
 def deploy_toml(root: Path, app: str, sources: list[Path], pg_version: str) -> str:
-    models = [str(p.relative_to(root)) for p in sources if re.search(r"\(\s*(db\.)?Model\s*\)", _read(p))]
+    models = [str(p.relative_to(root)) for p in sources if MODEL_CLASS.search(_read(p))]
     env = sorted({key for p in sources for key in ENV_READ.findall(_read(p))} - {"DATABASE_URL"})
     heads = _heads(root / "migrations")
     baseline = (f'\nbaseline = "{heads[0]}"            # the history before init is applied everywhere: not linted'

@@ -27,6 +27,8 @@ MIGRATION_LOCK_KEY = ADVISORY_LOCK_KEY
 # Raised while `flask --app` loads the app, before any migration runs.
 _APP_NOT_LOADED = re.compile(r"^.*(No module named \S+|Could not import \S+|Failed to find Flask application[^\n]*|"
                              r"Could not locate a Flask application[^\n]*).*$", re.M)
+# A traceback through Flask's app loading: the app raised while it was imported or created.
+_RAISED_LOADING = re.compile(r'flask/cli\.py", line \d+, in (?:load_app|locate_app|find_app_by_string|find_best_app)')
 # Alembic's offline output marks where each revision starts.
 _RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 _TRANSACTION = re.compile(r"^(BEGIN|START|COMMIT|ROLLBACK|END)\b.*;$", re.M | re.I)
@@ -153,17 +155,29 @@ class FlaskDb:
             proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True,
                                   capture_output=True)
             output = proc.stdout + proc.stderr
-        if proc.returncode != 0 and _APP_NOT_LOADED.search(output) and not in_traceback_of_migration(output):
-            line = _APP_NOT_LOADED.search(output).group(0)
-            raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: {line}",
-                               hint="install the project's requirements in this virtualenv (pip install -r "
-                                    "requirements.txt), and check [project] app in deploy.toml")
+        if proc.returncode != 0 and not in_traceback_of_migration(output):
+            self._refuse_unloaded_app(output)
         if proc.returncode != 0:
             shown = output
             if in_traceback:  # the frames go to a log; the message keeps the exception
                 shown = error_summary(output) + f"\n(full output: {self._save_log(args[0], output)})"
             raise CommandFailed(["flask", "db", *args], proc.returncode, shown, hint=hint)
         return output
+
+    def _refuse_unloaded_app(self, output: str) -> None:
+        """AppNotLoaded when `output` shows the app itself failing to load (nothing ran)."""
+        missing = _APP_NOT_LOADED.search(output)
+        if missing:
+            raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: "
+                               f"{missing.group(0).strip()}",
+                               hint="install the project's requirements in this virtualenv (pip install -r "
+                                    "requirements.txt), and check [project] app in deploy.toml")
+        if _RAISED_LOADING.search(output):
+            raise AppNotLoaded(f"the app raised while `flask --app {self.project.app}` loaded it, so nothing ran: "
+                               f"{error_summary(output).strip().splitlines()[-1]}",
+                               hint="give it what it needs to start: a setting it reads at import (export it here, "
+                                    "or put it in .flaskenv/.env; on the servers, in deploy_to/shared/env), or a "
+                                    "missing package (pip install -r requirements.txt)")
 
     def _save_log(self, verb: str, output: str) -> Path:
         log = self.project.root / ".local" / "logs" / f"flask-db-{verb}.log"

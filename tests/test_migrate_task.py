@@ -131,3 +131,13 @@ def test_an_app_that_does_not_load_is_named_with_what_to_install_not_blamed_on_a
     text = assert_clean_failure(project.inv("upgrade"))
     assert "could not load the app, so nothing ran" in text and "no_such_module" in text
     assert "pip install -r requirements.txt" in text and "fix the migration" not in text
+
+
+def test_an_app_that_raises_while_it_loads_is_named_with_the_setting_it_lacks(project):
+    project.edit("app/__init__.py", '    """Build the app; `config` overrides what the environment says."""\n',
+                 '    """Build the app; `config` overrides what the environment says."""\n'
+                 '    raise RuntimeError("MAIL_PASSWORD not found. Declare it as envvar")\n')
+    text = assert_clean_failure(project.inv("upgrade"))
+    assert "the app raised while `flask --app app:create_app` loaded it, so nothing ran" in text
+    assert "RuntimeError: MAIL_PASSWORD not found" in text and "deploy_to/shared/env" in text
+    assert "fix the migration" not in text

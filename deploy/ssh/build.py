@@ -143,7 +143,9 @@ def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-6:])
         raise DeployError(f"{remote.name}: release {release_id} cannot boot (gunicorn --check-config "
                           f"exited {out.exited}):\n{tail}",
-                          hint="run the app locally (flask --app ... run) to see the error; fix, commit, push, deploy again")
+                          hint=f"a setting it needs at start? add it to {layout.env_file} on each host (fab setup "
+                               "lists those in [project] env) and deploy again; else run the app locally "
+                               "(flask --app ... run) to see the error, fix, commit, push, deploy again")
 
 
 def set_status(remote: Remote, layout: Layout, release_id: str, status: str) -> None:
