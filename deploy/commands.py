@@ -174,7 +174,7 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
             backup_units_ = [name for name in units if name != f"{stage.service}.service"]
             notes += [f"without admin_user the backup units are not installed: install {', '.join(backup_units_)} "
                       "(deploy/templates, filled in) as root, or schedule their commands with cron "
-                      "(README, Backups)"] if backup_units_ else []
+                      "(docs/backups.md)"] if backup_units_ else []
         return "; ".join(notes)
 
     with connect(stage) as remotes:
@@ -229,7 +229,7 @@ def _install_units(stage, remote: Remote, units: dict[str, str]) -> str:
             enabled = admin.run(["sudo", "-n", "systemctl", "enable", "--now", *timers], check=False)
             notes.append("timers enabled" if enabled.exited == 0 else
                          f"the timers could not be enabled ({_last_line(enabled)}): without systemd, schedule "
-                         f"the units' commands with cron (README, Backups)")
+                         f"the units' commands with cron (docs/backups.md)")
     finally:
         admin.close()
     return "; ".join(notes)

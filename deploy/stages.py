@@ -32,7 +32,7 @@ class BackupSettings:
     """`[stages.NAME.backups]`: how backups are taken, kept and checked."""
 
     format: str                 # directory (parallel dump, the default) or custom
-    compress: int               # gzip level; 4 with 2 jobs was measured best (README, Backups)
+    compress: int               # gzip level; 4 with 2 jobs was measured best (docs/backups.md)
     jobs: int                   # parallel pg_dump/pg_restore jobs
     keep: int                   # the newest N are kept...
     keep_daily_days: int        # ...and the newest of each of the last D days

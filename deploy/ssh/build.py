@@ -34,7 +34,7 @@ echo "git $(git --version 2>/dev/null | cut -d' ' -f3)"
 echo "free $(df --output=avail -m "$root" | tail -n 1)"
 echo "current $(readlink "$root/current")"
 """
-MIN_PYTHON = (3, 10)  # the oldest python3 of a supported Debian or Ubuntu release (README: Supported servers)
+MIN_PYTHON = (3, 10)  # the oldest python3 of a supported Debian or Ubuntu release (docs/deploying.md: Supported servers)
 
 
 def host_facts(remote: Remote, layout: Layout) -> dict:
