@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,10 @@ from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
+# A run started in the background by a shell without job control (`cmd &`) inherits SIGINT
+# ignored, and so would every `fab` it starts: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Test clusters live in a folder the `postgres` user can reach (as root, the
 # cluster runs as that user), whatever the permissions above the checkout.
 SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
