@@ -54,7 +54,7 @@ def wheelhouse(cache: Path, lock: Path, digest: str, python: str, arch: str) -> 
     folder.mkdir(parents=True)
     text = lock.read_text()
     pins = entries(text)
-    sdist_only = _download_wheels(folder, text, pins, python, arch)
+    sdist_only = _download_wheels(folder, pins, python, arch)
     if sdist_only:
         text = _build_pure_wheels(folder, text, {name: pins[name] for name in sdist_only})
     (folder / SERVER_LOCK).write_text(text)
@@ -70,7 +70,7 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def _download_wheels(folder: Path, text: str, pins: dict[str, str], python: str, arch: str) -> list[str]:
+def _download_wheels(folder: Path, pins: dict[str, str], python: str, arch: str) -> list[str]:
     """Download every pin's wheel for the servers; the names of the pins that have none."""
     platforms = [f"--platform={p}_{arch}" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014")]
     sdist_only: list[str] = []
