@@ -146,7 +146,7 @@ def test_no_code_path_accepts_unknown_host_keys_outside_the_sandbox_set_up():
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
         for accepting in ("AutoAddPolicy()", "WarningPolicy()", "StrictHostKeyChecking", "accept-new", "ssh-keyscan "):
             assert accepting not in code, f"{path.relative_to(root)} uses {accepting}"
-    assert "RejectPolicy()" in (root / "deploy" / "remote" / "connection.py").read_text()
+    assert "RejectPolicy()" in (root / "deploy" / "ssh" / "connection.py").read_text()
 
 
 def test_fab_refuses_a_host_whose_key_is_wrong_or_unknown_and_never_adds_one(staged):
