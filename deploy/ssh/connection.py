@@ -145,6 +145,8 @@ class Remote:
     def _exec(self, command: str, input: str | None, timeout: float | None) -> Output:
         """One exec channel: send stdin (a command may exit without reading it), read both streams."""
         transport = self.conn.transport
+        channel = None
+        stdout, stderr = bytearray(), bytearray()
         try:
             channel = transport.open_session(timeout=10)
             channel.exec_command(shlex.join(["sh", "-c", REPORT_GROUP, GROUP_MARK]) + " " + command)
@@ -157,7 +159,11 @@ class Remote:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
                             hint="check the host's network") from None
-        stdout, stderr = bytearray(), bytearray()
+        except BaseException:  # Ctrl-C while it starts: it may run already, and is stopped like any other
+            if channel is not None:
+                with interrupts.deferred():
+                    self._stop_group(channel, stderr)
+            raise
         try:
             self._wait(channel, command, stdout, stderr, timeout)
         except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
