@@ -8,6 +8,7 @@ again, it changes nothing.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from .config import CONFIG_NAME
+from .console import indent
 from .errors import ConfigError, DeployError
 from .local.tools import installed_tool
+from .migrations import MigrationGraph
 from .templates import render
 
 FABFILE = '''"""Remote half of the workflow (flask-pg-deploy): `fab --list`."""
@@ -55,7 +58,7 @@ def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_ver
     if not (migrations / "env.py").is_file():
         raise ConfigError(f"{root} has no migrations/env.py: this is for a Flask-Migrate project",
                           hint="run `flask --app YOURAPP db init` first (and commit it)")
-    requirements_in(root)  # refused now, before anything is written, when there are no requirements
+    wanted = requirements_in(root)  # refused now, before anything is written, when there are no requirements
     sources = python_files(root)
     app = app or detect_app(root, sources, ask)
     steps = [
@@ -63,7 +66,7 @@ def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_ver
         write_new(root / "fabfile.py", FABFILE, needs="deploy.fab_tasks"),
         write_new(root / "tasks.py", TASKS, needs="deploy.inv_tasks"),
         patch_env_py(migrations / "env.py"),
-        *make_lock(root, server_python),
+        *make_lock(root, wanted, server_python),
         ignore_local(root),
     ]
     for step in steps:
@@ -109,7 +112,7 @@ def detect_app(root: Path, sources: list[Path], ask: Callable[[list[str]], str] 
 def deploy_toml(root: Path, app: str, sources: list[Path], pg_version: str) -> str:
     models = [str(p.relative_to(root)) for p in sources if MODEL_CLASS.search(_read(p))]
     env = sorted({key for p in sources for key in ENV_READ.findall(_read(p))} - {"DATABASE_URL"})
-    heads = _heads(root / "migrations")
+    heads = MigrationGraph(root / "migrations").heads()
     baseline = (f'\nbaseline = "{heads[0]}"            # the history before init is applied everywhere: not linted'
                 if len(heads) == 1 else "")
     name = re.sub(r"[^a-z0-9_]", "_", root.name.lower()) or "app"
@@ -125,7 +128,7 @@ def write_new(path: Path, text: str, needs: str | None = None) -> Step:
         return Step(str(path), "wrote")
     if path.read_text() == text or (needs and needs in path.read_text()):
         return Step(str(path), "kept", "already set up")
-    return Step(str(path), "todo", "yours, left as it is; it should hold:\n" + _indent(text))
+    return Step(str(path), "todo", "yours, left as it is; it should hold:\n" + indent(text))
 
 
 def patch_env_py(path: Path) -> Step:
@@ -137,7 +140,7 @@ def patch_env_py(path: Path) -> Step:
     if len(found) != 1:
         return Step(str(path), "todo", "found no single line that opens the migration connection "
                     "(`with ENGINE.connect() as connection:` or `connection = ENGINE.connect()`). In "
-                    "run_migrations_online(), open it with the toolkit's helper instead:\n" + _indent(
+                    "run_migrations_online(), open it with the toolkit's helper instead:\n" + indent(
                         f"from deploy_runtime.migrations import {HELPERS}\n"
                         "with migration_connection(ENGINE) as connection:     # a `with` block\n"
                         "connection = locked_connection(ENGINE)               # closed by your own `finally`"))
@@ -154,12 +157,12 @@ def patch_env_py(path: Path) -> Step:
     return Step(str(path), "changed", diff)
 
 
-def make_lock(root: Path, server_python: str) -> list[Step]:
-    """requirements/app.in (the project's requirements, and gunicorn) and its hashed lock for the servers."""
+def make_lock(root: Path, wanted: str, server_python: str) -> list[Step]:
+    """requirements/app.in (`wanted`: the project's requirements, and gunicorn) and its hashed lock
+    for the servers."""
     folder = root / "requirements"
     folder.mkdir(exist_ok=True)
-    wanted = folder / "app.in"
-    steps = [write_new(wanted, requirements_in(root))]
+    steps = [write_new(folder / "app.in", wanted)]
     lock = folder / "app.lock"
     if lock.exists():
         return steps + [Step(str(lock), "kept", f"remake it after changing app.in: {' '.join(_compile_argv(server_python))}")]
@@ -211,14 +214,9 @@ def _compile_argv(server_python: str) -> list[str]:
             "--python-platform", "x86_64-manylinux_2_28", "app.in", "-o", "app.lock"]
 
 
-def _heads(migrations: Path) -> list[str]:
-    from alembic.script import ScriptDirectory
-
-    return list(ScriptDirectory(str(migrations)).get_heads())
-
-
 def _toml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+    """A TOML array of strings (JSON's string escapes are TOML's)."""
+    return json.dumps(items)
 
 
 def _read(path: Path) -> str:
@@ -226,7 +224,3 @@ def _read(path: Path) -> str:
         return path.read_text()
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
