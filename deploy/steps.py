@@ -177,7 +177,7 @@ def print_plan(d: Deploy) -> None:
         console.say("  migrations: none; no backup")
         return
     console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.backup_remote.name}")
-    _, chunks = render_revisions(load_project(d.export_dir), d.graph)
+    _, chunks = render_revisions(d.target, d.graph)
     for rev in d.pending:
         atomic = " (NOT atomic: autocommit block)" if rev.non_transactional else ""
         console.say(f"  migration {rev.label()}{atomic}:")
