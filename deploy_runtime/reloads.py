@@ -8,7 +8,7 @@ loaded the app (or half of graceful_timeout has passed). A stop with no newer wo
 
 The toolkit's gunicorn config imports them; a project with its own config adds:
 
-    from deploy_runtime.reloads import on_reload, pre_fork, post_fork, post_worker_init, worker_exit
+    from deploy_runtime.reloads import on_reload, pre_fork, post_worker_init, worker_exit
 
 Standard library only: the master imports this module, and importing the app there would
 make every worker inherit the old code.
@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 
-__all__ = ["on_reload", "pre_fork", "post_fork", "post_worker_init", "worker_exit"]
+__all__ = ["on_reload", "pre_fork", "post_worker_init", "worker_exit"]
 
 
 def _marks(worker) -> str:
@@ -60,11 +60,14 @@ def on_reload(server) -> None:
 
 
 def pre_fork(server, worker) -> None:
+    # Marked here, in the master: it tells the old workers to stop as soon as it has forked
+    # the new ones, before any of them has run a line of its own.
     worker.generation = getattr(server, "reload_generation", 0)
+    _mark(worker, "forked")
 
 
 def post_fork(server, worker) -> None:
-    _mark(worker, "forked")
+    """Nothing left to do here; kept so that a config which imports it still loads."""
 
 
 def post_worker_init(worker) -> None:
