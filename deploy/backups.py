@@ -8,13 +8,11 @@ import os
 import re
 from pathlib import Path
 
-import paramiko
-
 from . import console
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
 from .ssh import build, lock, server_tools, service
-from .ssh.connection import Remote, connect
+from .ssh.connection import HostError, Remote, connect
 from .ssh.layout import Layout
 from .servertool import reports
 from .servertool.digests import checksums
@@ -117,10 +115,13 @@ def _download(remote: Remote, remote_path: str, target: Path) -> None:
         raise DeployError(f"{target} already exists: not overwritten", hint="download into an empty folder") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            remote.conn.get(remote_path, out)
-    except (OSError, paramiko.SSHException) as exc:
+            remote.get(remote_path, out)
+    except HostError as exc:
         target.unlink(missing_ok=True)
-        raise DeployError(f"{remote.name}: downloading {remote_path} failed: {exc}", hint="download it again") from None
+        raise DeployError(str(exc), hint="download it again") from None
+    except BaseException:  # Ctrl-C: no partial file left either
+        target.unlink(missing_ok=True)
+        raise
 
 
 def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:

@@ -1,6 +1,8 @@
 """Ctrl-C held back while a piece of work must not be cut in half: an undo, the record
-that an operation succeeded and everything after it. The interrupt is remembered and,
-once the work is done, raised (as KeyboardInterrupt) or reported.
+that an operation succeeded and everything after it, a call into paramiko (cut between
+taking a lock and its `try`, it keeps the lock, and the connection hangs). The interrupt
+is remembered and raised (as KeyboardInterrupt) at a point the work chooses, or once it
+is done, or reported.
 
 Only the main thread receives signals; elsewhere holding does nothing, which is harmless
 because KeyboardInterrupt is only raised in the main thread.
@@ -38,6 +40,12 @@ class Held:
         if not self._active and self._shared is not None:
             return self._shared.interrupted
         return self.count > 0
+
+    def check(self) -> None:
+        """Raise the Ctrl-C that came, here, at a point the caller chose. A hold inside another
+        leaves it to the outer one, which decided that its work is not to be cut."""
+        if self._active and self.count:
+            raise KeyboardInterrupt
 
     def release(self) -> bool:
         """Ctrl-C acts again; True if one came meanwhile."""

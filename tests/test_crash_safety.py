@@ -182,6 +182,35 @@ def test_ctrl_c_during_a_run_on_several_hosts_stops_every_host_s_command(remotes
     assert pids_running("sleep 98") == []
 
 
+def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_connection_usable(remotes):
+    """The Ctrl-C lands while paramiko holds its send lock (between acquire and try): raised
+    there, the lock stays held and the undo's next command on that host waits for ever."""
+    remote = remotes["app1"]
+    remote.run(["true"])
+    gate = remote.conn.transport.clear_to_send
+    pressed = []
+
+    def ctrl_c_inside_the_send_lock() -> bool:
+        if not pressed and threading.current_thread() is threading.main_thread():
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return threading.Event.is_set(gate)
+
+    gate.is_set = ctrl_c_inside_the_send_lock
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            remote.run(["sleep", "96"])
+    finally:
+        del gate.is_set
+    assert pressed
+    after = []
+    worker = threading.Thread(target=lambda: after.append(remote.run(["echo", "still usable"]).stdout), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert after == ["still usable\n"], "the connection hangs: paramiko's send lock was left held"
+    assert pids_running("sleep 96") == []
+
+
 def test_a_restore_whose_controller_was_killed_is_undone_by_recover_which_names_the_safety_backup(deployed):
     backup = deployed.fab("backup", "--label", "old", db=False)
     assert backup.returncode == 0, output(backup)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable, TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -99,6 +99,11 @@ class Remote:
     def open(self) -> None:
         if self.conn.is_connected:
             return
+        with interrupts.deferred():  # paramiko is not cut mid-call (see _exec); the connect has its timeouts
+            self._connect()
+        self.conn.transport.set_keepalive(KEEPALIVE_SECONDS)
+
+    def _connect(self) -> None:
         try:
             sock = socket.create_connection((self.host.address, self.host.port), timeout=10)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_LINK_MS)
@@ -121,7 +126,6 @@ class Remote:
         except OSError as exc:
             raise HostError(self.name, f"unreachable at {self.host.address}:{self.host.port} ({exc})",
                             hint="check the network and that sshd runs") from None
-        self.conn.transport.set_keepalive(KEEPALIVE_SECONDS)
 
     def run(self, argv: list[str], *, input: str | None = None, check: bool = True,
             timeout: float | None = None) -> Output:
@@ -143,38 +147,36 @@ class Remote:
         return out
 
     def _exec(self, command: str, input: str | None, timeout: float | None) -> Output:
-        """One exec channel: send stdin (a command may exit without reading it), read both streams."""
+        """One exec channel: send stdin (a command may exit without reading it), read both streams.
+
+        Ctrl-C is held while paramiko runs and raised between its calls (`_wait`'s polls): the
+        command then started is stopped like one interrupted during its run."""
         transport = self.conn.transport
-        channel = None
         stdout, stderr = bytearray(), bytearray()
-        try:
-            channel = transport.open_session(timeout=10)
-            channel.exec_command(shlex.join(["sh", "-c", REPORT_GROUP, GROUP_MARK]) + " " + command)
-            if input is not None:
-                try:
-                    channel.sendall(input.encode())
-                except OSError:
-                    pass  # it exited without reading all of it; its exit status says the rest
-            channel.shutdown_write()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
-                            hint="check the host's network") from None
-        except BaseException:  # Ctrl-C while it starts: it may run already, and is stopped like any other
-            if channel is not None:
-                with interrupts.deferred():
-                    self._stop_group(channel, stderr)
-            raise
-        try:
-            self._wait(channel, command, stdout, stderr, timeout)
-        except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
-            with interrupts.deferred():
+        with interrupts.deferred() as held:
+            try:
+                channel = transport.open_session(timeout=10)
+                channel.exec_command(shlex.join(["sh", "-c", REPORT_GROUP, GROUP_MARK]) + " " + command)
+                if input is not None:
+                    try:
+                        channel.sendall(input.encode())
+                    except OSError:
+                        pass  # it exited without reading all of it; its exit status says the rest
+                channel.shutdown_write()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
+                                hint="check the host's network") from None
+            try:
+                self._wait(channel, command, stdout, stderr, timeout, held)
+            except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
                 self._stop_group(channel, stderr)
-            raise
-        exited = channel.recv_exit_status()
-        channel.close()
+                raise
+            exited = channel.recv_exit_status()
+            channel.close()
         return Output(stdout.decode(errors="replace"), _without_group(stderr).decode(errors="replace"), exited)
 
-    def _wait(self, channel, command: str, stdout: bytearray, stderr: bytearray, timeout: float | None) -> None:
+    def _wait(self, channel, command: str, stdout: bytearray, stderr: bytearray, timeout: float | None,
+              held: interrupts.Held) -> None:
         transport = self.conn.transport
         deadline = time.monotonic() + timeout if timeout else None
         cancel = getattr(_worker, "cancel", None)
@@ -193,6 +195,7 @@ class Remote:
                 raise HostError(self.name, f"`{command}` did not finish within {timeout:.0f}s; it was stopped")
             if cancel is not None and cancel.is_set():
                 raise HostError(self.name, f"`{command}` was stopped: the run on the other hosts was interrupted")
+            held.check()
             # Poll soon at first (most commands take milliseconds), then back off.
             select.select([channel], [], [], wait)
             wait = min(wait * 2, 0.05)
@@ -223,12 +226,22 @@ class Remote:
         channel.close()
 
     def put(self, local: str, remote: str) -> None:
+        """Upload the file `local` to the path `remote`."""
+        self._transfer(f"upload to {remote}", lambda sftp, check: sftp.put(local, remote, callback=check))
+
+    def get(self, remote: str, out: BinaryIO) -> None:
+        """Download the file at `remote` into `out`."""
+        self._transfer(f"download of {remote}", lambda sftp, check: sftp.getfo(remote, out, callback=check))
+
+    def _transfer(self, what: str, move: Callable[[paramiko.SFTPClient, Callable[[int, int], None]], object]) -> None:
+        """One SFTP transfer; Ctrl-C is held while paramiko runs and raised between its chunks."""
         self.open()
-        try:
-            with traced(self.name, f"(upload) {remote}"):
-                self.conn.put(local, remote)
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostError(self.name, f"upload to {remote} failed: {exc}") from None
+        with interrupts.deferred() as held:
+            try:
+                with traced(self.name, f"({what})"):
+                    move(self.conn.sftp(), lambda done, total: held.check())
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostError(self.name, f"{what} failed: {exc}") from None
 
     def close(self) -> None:
         self.conn.close()
