@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, pipeline, rolling, steps
+from . import console, phases, pipeline, plan, rolling, steps
 from .config import GENERATED_GUNICORN_CONFIG, ProjectConfig
 from .errors import DeployError
 from .ssh import build, dbops, guard, lock, server_tools, service
@@ -23,7 +23,7 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
     if dry_run:
         console.heading(f"dry run: deploy {ref} to {stage.name} (nothing will change)")
         try:
-            steps.print_plan(d)
+            plan.print_plan(d)
         finally:
             d.remove_scratch()
             d.close()
@@ -37,14 +37,18 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
             except pipeline.DeployFailed as failure:
                 _after_failure(d, failure)
                 raise
-            try:  # Ctrl-C is held back from the commit on: the log, the cleanup and the lock release finish
+            try:  # Ctrl-C is held back from the commit on: the log and the cleanup finish
                 _after_success(d, outcome)
             except BaseException:
                 outcome.release_interrupts()
                 raise
-        if outcome.release_interrupts():
-            console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
+            stopped = outcome.release_interrupts()
+            if stopped:
+                console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
+            post_failure = _post_phase(d, stopped)
         console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
+        if post_failure:
+            raise post_failure
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
         d.remove_scratch()
@@ -60,6 +64,23 @@ def _after_success(d: steps.Deploy, outcome: pipeline.Outcome) -> None:
             work()
         except DeployError as exc:
             console.warn(f"deployed, but could not {what}: {exc}")
+
+
+def _post_phase(d: steps.Deploy, stopped: bool) -> DeployError | None:
+    """The post revisions, still under the stage's lock, now that every app host serves the
+    new release; or, held back, what to run. A failure here switches nothing back."""
+    if not d.post:
+        return None
+    if d.stage.post_migrations == "manual" or stopped:
+        console.warn(f"post revisions not run: {', '.join(r.label() for r in d.post)}"
+                     + (" (Ctrl-C)" if stopped else " ([stages] post_migrations = \"manual\")")
+                     + f"; run them with fab migrate --post --stage {d.stage.name}")
+        return None
+    try:
+        phases.run_post(d.stage, d.migrator, d.release_id, d.app, d.post)
+    except DeployError as exc:
+        return exc
+    return None
 
 
 def _after_failure(d: steps.Deploy, failure: pipeline.DeployFailed) -> None:

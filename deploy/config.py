@@ -95,6 +95,12 @@ class _Table:
             raise self.fail(key, "a non-empty string" + (" (it is missing)" if value is None else f", got {value!r}"))
         return value
 
+    def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.text(key, default)
+        if value not in options:
+            raise self.fail(key, f"one of {', '.join(options)}, got {value!r}")
+        return value
+
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

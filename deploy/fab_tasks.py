@@ -2,7 +2,7 @@
 Each task parses its arguments and calls one function of the toolkit."""
 from invoke import Collection
 
-from . import backups, commands, journal
+from . import backups, commands, journal, phases
 from . import restore as restore_
 from . import rollback as rollback_
 from .config import load_project
@@ -18,6 +18,15 @@ STAGE = {"stage": "the stage in deploy.toml (default: [deploy] default_stage)"}
 def deploy(c, stage=None, ref="main", batch=None, dry_run=False):
     """Build a release on every host, back up, migrate once, switch, check health; undo all on failure."""
     commands.deploy(load_project(), stage, ref, _number("--batch", batch), dry_run)
+
+
+@task(help={**STAGE, "post": "run the serving release's pending post revisions (a backup first)"})
+def migrate(c, stage=None, post=False):
+    """Run the post revisions a deploy left (post_migrations = "manual", or a failed post phase)."""
+    if not post:
+        raise ConfigError("fab migrate runs post revisions only: pass --post",
+                          hint="pre revisions run with fab deploy, before its switch")
+    phases.migrate_post(load_project(), stage)
 
 
 @task(help={**STAGE, "to": "a release id (default: the previous good release); see fab releases"})
@@ -103,4 +112,4 @@ def _number(option: str, value):
 backups_ns = Collection("backups")
 backups_ns.add_task(list_backups, default=True)
 backups_ns.add_task(check_backups)
-ns = Collection(deploy, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock)
+ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock)

@@ -8,7 +8,9 @@ A migration may waive a rule only in its own file, with a reason:
 
 Waivers are shown in the report; a waiver without a reason is itself a failure. Rules in
 `[lint] warn` (by default squawk's advice on types and style) are reported and never fail:
-the gate is for locks, rewrites and compatibility. Revisions up to `[lint] baseline` (an
+the gate is for locks, rewrites and compatibility. A statement that breaks the release still
+serving during the deploy (a drop, a rename, an incompatible type, a new NOT NULL) fails in a
+pre revision with the way out; a drop in a post revision is what it is for, and passes. Revisions up to `[lint] baseline` (an
 adopted project's history, long applied) are not linted.
 """
 from __future__ import annotations
@@ -26,6 +28,15 @@ from .errors import DeployError, MigrationError
 from .local.tools import installed_tool
 from .migrations import FlaskDb, MigrationGraph, Revision, split_offline_sql
 
+# Statements that break the release still serving while the deploy runs (it reads or writes
+# what they change): a pre revision with one fails, with the way out.
+BREAKING_RULES = ("ban-drop-column", "ban-drop-table", "renaming-column", "renaming-table", "changing-column-type",
+                  "adding-required-field", "adding-not-nullable-field")
+# What a post revision is for: it runs once no host serves code that uses the dropped column or table.
+CONTRACT_RULES = ("ban-drop-column", "ban-drop-table")
+EXPAND_CONTRACT = ("it breaks the release that serves until the switch: make the revision post (phase = \"post\") "
+                   "if it only removes what the new code no longer uses; else split it into expand, backfill and "
+                   "contract across deploys (docs/expand-contract.md)")
 WAIVER = re.compile(r"#\s*lint:\s*waive\s+(?P<rule>[\w-]+)(?:\s+because\s+(?P<reason>.*\S))?", re.I)
 # Rendering offline SQL needs the dialect, not a server.
 OFFLINE_URL = "postgresql://offline@localhost/offline"
@@ -47,10 +58,11 @@ class Finding:
     statement: str
     waiver: Waiver | None = None
     warning: bool = False  # style advice: reported, never failing
+    contract: bool = False  # a drop in a post revision: what it is for
 
     @property
     def fails(self) -> bool:
-        return self.waiver is None and not self.warning
+        return self.waiver is None and not self.warning and not self.contract
 
 
 @dataclass
@@ -80,7 +92,8 @@ class LintReport:
             status = "FAIL" if any(f.fails for f in found) else "ok"
             out.append(f"{status:4} {_relative(rev.path, root)}  revision {rev.id}: {rev.message}")
             for f in found:
-                tag = "waived" if f.waiver else "warning" if f.warning else "error"
+                tag = ("waived" if f.waiver else "warning" if f.warning else
+                       "contract (post: runs after the switch)" if f.contract else "error")
                 out.append(f"     {tag}: [{f.rule}] {f.message}")
                 out.append(f"       statement: {f.statement}")
                 if f.help:
@@ -91,7 +104,7 @@ class LintReport:
             out.append(f"error: {err}")
         failing = sum(f.fails for f in self.findings)
         waived = sum(f.waiver is not None for f in self.findings)
-        warnings = len(self.findings) - failing - waived
+        warnings = sum(f.warning and f.waiver is None for f in self.findings)
         out.append(
             f"lint: {len(self.revisions)} revision(s), {failing} finding(s), {warnings} warning(s), "
             f"{waived} waived, {len(self.errors)} error(s): {'FAILED' if self.failed else 'passed'}"
@@ -186,9 +199,11 @@ def lint_revisions(project: ProjectConfig, graph: MigrationGraph, revisions: lis
             line = item.get("line", 0)
             statement = lines[line].strip() if 0 <= line < len(lines) else ""
             rule = item.get("rule_name", "unknown")
+            contract = rev.phase == "post" and rule in CONTRACT_RULES
+            breaking = rule in BREAKING_RULES and not contract
             report.findings.append(Finding(
                 revision=rev, rule=rule, message=item.get("message", ""),
-                help=item.get("help") or "", statement=statement, waiver=waivers.get(rule),
-                warning=rule in project.lint.warn,
+                help=EXPAND_CONTRACT if breaking else item.get("help") or "", statement=statement,
+                waiver=waivers.get(rule), warning=rule in project.lint.warn and not breaking, contract=contract,
             ))
     return report

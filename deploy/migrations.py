@@ -17,6 +17,7 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from deploy_runtime.migrations import ADVISORY_LOCK_KEY
+from deploy_runtime.phases import phase_of
 
 from . import console
 from .config import ProjectConfig
@@ -42,9 +43,10 @@ class Revision:
     message: str
     path: Path
     non_transactional: bool  # uses an autocommit block: what ran before it is committed
+    phase: str = "pre"       # "post": runs after every app host serves the new code (deploy_runtime.phases)
 
     def label(self) -> str:
-        return f"{self.id} ({self.message})"
+        return f"{self.id} ({self.message})" + (" [post]" if self.phase == "post" else "")
 
 
 class MigrationGraph:
@@ -80,12 +82,17 @@ class MigrationGraph:
         if script is None:
             raise MigrationError(f"revision {rev_id} is not in {self.directory}")
         source = Path(script.path).read_text()
+        try:
+            phase = phase_of(script)
+        except ValueError as exc:
+            raise MigrationError(str(exc), hint='write phase = "post" (or nothing, for "pre")') from None
         return Revision(
             id=script.revision,
             parents=tuple(script._normalized_down_revisions),
             message=(script.doc or "").strip().splitlines()[0] if script.doc else "",
             path=Path(script.path),
             non_transactional="autocommit_block" in source,
+            phase=phase,
         )
 
     def __contains__(self, rev_id: str) -> bool:

@@ -4,14 +4,19 @@ the deploy lock, with the same engine (each step with its undo) and health check
 Order: back up, switch the code (it is checked only for answering, since the
 schema may not match yet), move the database with the code that knows both
 revisions (the newer release's), then check health at the target revision.
+
+Going back, the database follows the phases (deploy_runtime.phases): a post revision is
+never downgraded automatically, and a schema the target's code is checked to work on is
+kept (undo_expand = "keep"), since a downgrade would drop what the newer code wrote.
 """
 from __future__ import annotations
 
 import getpass
+import json
 import re
 from dataclasses import dataclass, field
 
-from . import backups, console, pipeline, rolling
+from . import backups, compat, console, pipeline, rolling
 from .config import ProjectConfig
 from .errors import DeployError
 from .migrations import MIGRATION_LOCK_KEY
@@ -32,10 +37,12 @@ class Rollback(rolling.Switching):
     source: str = ""           # the release serving now
     target: str = ""
     app: str = ""              # what `flask --app` loads: deploy.toml's [project] app
+    live_path: str = "/livez"  # deploy.toml's [project] live_path
     db_now: str | None = None
     target_revision: str | None = None
     backup: dict | None = None
     moved: bool = False
+    database: str = "downgrade"  # or "keep": the target's code was checked to work on the schema as it is
     mover: str = ""            # the release whose code moves the database
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)
@@ -48,7 +55,7 @@ class Rollback(rolling.Switching):
         return {"subject": f"rollback {self.source or '?'} -> {self.target or '?'}", "requested": self.requested,
                 "source": self.source, "target": self.target, "app": self.app, "db_now": self.db_now,
                 "target_revision": self.target_revision, "backup": self.backup, "moved": self.moved,
-                "mover": self.mover}
+                "mover": self.mover, "database": self.database}
 
     @classmethod
     def from_record(cls, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Rollback":
@@ -56,6 +63,7 @@ class Rollback(rolling.Switching):
                    source=record.get("source") or "", target=record.get("target") or "", app=record.get("app") or "",
                    db_now=record.get("db_now"), target_revision=record.get("target_revision"),
                    backup=record.get("backup"), moved=bool(record.get("moved")), mover=record.get("mover") or "",
+                   database=record.get("database") or "downgrade",
                    **guard.progress(record))
 
 
@@ -84,7 +92,54 @@ def choose(r: Rollback) -> None:
         raise DeployError(f"{to} is not on {', '.join(missing)} (removed by cleanup?)", hint="deploy its commit instead")
     r.target, r.target_revision = to, known[to].get("revision")
     r.db_now = dbops.current_revision(r.migrator, r.layout)
-    console.say(f"  {r.source} -> {r.target}; database {r.db_now} -> {r.target_revision}")
+    console.say(f"  {r.source} -> {r.target}; database at {r.db_now}, {r.target}'s head is {r.target_revision}")
+    if r.db_now != r.target_revision:
+        r.mover = _mover(r)
+        if r.mover == r.source:
+            plan_downgrade(r)
+    if r.database == "keep":
+        r.target_revision = r.db_now
+
+
+def plan_downgrade(r: Rollback) -> None:
+    """Which way the database goes back, said before anything changes: never below a post
+    revision (a contract: what it dropped is not brought back by a downgrade); kept where the
+    target's code was checked to work on it (undo_expand = "keep"), since a downgrade would
+    drop what newer code wrote; else downgraded."""
+    revisions = _revisions_between(r)
+    if revisions is None:
+        console.say(f"  database: downgrade to {r.target_revision} ({r.source} predates phases: not checked)")
+        return
+    contracts = [rev["id"] for rev in revisions if rev["phase"] == "post"]
+    if contracts:
+        raise DeployError(f"going back to {r.target} would downgrade the post revision(s) {', '.join(contracts)}: a "
+                          "contract, never downgraded automatically (what it dropped would come back empty)",
+                          hint=f"restore a backup from before it (fab backups --stage {r.stage.name}), or roll back to "
+                               "a release at or after it")
+    problems = []
+    if r.stage.undo_expand == "keep":
+        report = compat.schema_report(r.migrator, r.layout, r.target, r.app, r.source)
+        problems = [f"{p['table']}.{p['column'] or ''}: {p['problem']}" for p in report["problems"]]
+        if not problems:
+            r.database = "keep"
+            console.say(f"  database: kept at {r.db_now}: {r.target}'s code was checked to work on it, and a downgrade "
+                        f"would drop what newer code wrote ({', '.join(rev['id'] for rev in revisions)} stay)")
+            return
+    why = f"{r.target}'s code would break on it: " + "; ".join(problems) if problems else 'undo_expand = "downgrade"'
+    console.say(f"  database: downgrade {r.db_now} -> {r.target_revision} ({why})")
+
+
+def _revisions_between(r: Rollback) -> list[dict] | None:
+    """The revisions a downgrade would undo, with their phases, from the serving release's own
+    code; None when its runtime predates phases."""
+    out = dbops.in_release(r.migrator, r.layout, r.source,
+                           [".venv/bin/python", "-m", "deploy_runtime.phases", r.app, r.target_revision or "base",
+                            r.db_now], check=False, timeout=120)
+    if out.exited != 0:
+        if "No module named deploy_runtime.phases" in out.stderr:
+            return None
+        raise DeployError(f"could not read the phases of {r.source}'s revisions: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout)
 
 
 def back_up(r: Rollback) -> None:
@@ -144,8 +199,19 @@ def migrate_database_back(r: Rollback) -> None:
 
 
 def verify(r: Rollback) -> None:
+    if r.database == "keep":  # the database stays ahead of the target: it answers, and is live
+        live = compat.live_url(r.stage.health_url, r.live_path)
+        on_hosts("health", r.apps, lambda m: (service.wait_healthy(
+            m, r.stage.health_url, r.target, None, r.stage.health_timeout, any_revision=True), _live(m, live)))
+        return
     on_hosts("health", r.apps, lambda m: service.wait_healthy(
         m, r.stage.health_url, r.target, r.target_revision, r.stage.health_timeout))
+
+
+def _live(remote: Remote, url: str) -> None:
+    code, body = service.health(remote, url)
+    if code != 200:
+        raise DeployError(f"{remote.name}: {url} answers {code} {body} on the kept schema")
 
 
 STEPS = [
@@ -161,7 +227,8 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
     """Roll the stage back to `to` (default: the previous good release)."""
     stage = load_stage(project, stage_name)
     with connect(stage) as remotes:
-        r = Rollback(stage, remotes, Layout(stage.deploy_to), requested=to, app=project.app, batch=stage.batch)
+        r = Rollback(stage, remotes, Layout(stage.deploy_to), requested=to, app=project.app,
+                     live_path=project.live_path, batch=stage.batch)
         console.heading(f"rollback on {stage.name}")
         try:
             with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:

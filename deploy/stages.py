@@ -17,6 +17,8 @@ from .errors import ConfigError
 
 ROLES = ("app", "migrations", "db")
 ROLLBACK_POLICIES = ("downgrade-or-restore", "downgrade", "stop")
+POST_MIGRATIONS = ("deploy", "manual")   # post revisions run by the deploy, or by `fab migrate --post`
+UNDO_EXPAND = ("keep", "downgrade")      # a failed deploy's pre revisions that the old release was checked on
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class StageConfig:
     lock_timeout: str          # for migrations: PostgreSQL lock_timeout
     statement_timeout: str
     rollback: str              # what to do with the database when a deploy fails
+    post_migrations: str       # POST_MIGRATIONS
+    undo_expand: str           # UNDO_EXPAND: kept, since a downgrade would drop what the new code wrote
     min_free_mb: int
     admin_user: str | None     # an account with sudo, used only by `fab setup` (units, sudo rule)
     admin_key: Path | None     # its own key: never the deploy user's
@@ -160,9 +164,6 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         raise table.fail("hosts", "at least one host with the role \"app\"")
     if sum("migrations" in h.roles for h in hosts) != 1:
         raise table.fail("hosts", "exactly one host with the role \"migrations\" (it migrates and backs up)")
-    rollback = table.text("rollback", "downgrade-or-restore")
-    if rollback not in ROLLBACK_POLICIES:
-        raise table.fail("rollback", f"one of {', '.join(ROLLBACK_POLICIES)}, got {rollback!r}")
     return StageConfig(
         name=name,
         hosts=hosts,
@@ -179,7 +180,9 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         health_timeout=float(table.integer("health_timeout", 30, 1, 600)),
         lock_timeout=table.matching("lock_timeout", "5s", r"\d+(ms|s|min)?", "a PostgreSQL duration like 5s"),
         statement_timeout=table.matching("statement_timeout", "10min", r"\d+(ms|s|min|h)?", "a duration like 10min"),
-        rollback=rollback,
+        rollback=table.choice("rollback", "downgrade-or-restore", ROLLBACK_POLICIES),
+        post_migrations=table.choice("post_migrations", "deploy", POST_MIGRATIONS),
+        undo_expand=table.choice("undo_expand", "keep", UNDO_EXPAND),
         min_free_mb=table.integer("min_free_mb", 200, 0, 10**7),
         admin_user=(table.matching("admin_user", None, r"[a-z_][a-z0-9_-]{0,30}", "a Unix user name")
                     if "admin_user" in table.data else None),

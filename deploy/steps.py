@@ -1,8 +1,9 @@
 """The deploy as a list of steps, each with its undo (see pipeline.py).
 
-preflight -> build -> backup -> migrate -> switch -> finish. Nothing changes on
-a server before `build`; the old release serves until `switch`; a failure at
-any point undoes, in reverse, what was done on every host.
+preflight -> build -> backup -> migrate -> compat -> switch -> finish. Nothing
+changes on a server before `build`; the old release serves until `switch`, checked
+to work on the migrated schema (compat.py); a failure at any point undoes, in
+reverse, what was done on every host. Post revisions run after the commit (phases.py).
 """
 from __future__ import annotations
 
@@ -13,15 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import backups, console, restore, rolling, source
+from . import compat, console, database_steps, phases, rolling, source
 from .config import ProjectConfig, load_project
 from .errors import DeployError, MigrationError
-from .lint import lint_revisions, render_revisions
-from .console import indent
-from .migrations import MIGRATION_LOCK_KEY, MigrationGraph, Revision, error_summary
+from .lint import lint_revisions
+from .migrations import MigrationGraph, Revision
 from .pipeline import Step
-from .ssh import build, cleanup, dbops, deploylog, guard, server_tools, service
-from .ssh.connection import HostError, Remote, on_hosts
+from .ssh import build, cleanup, dbops, deploylog, guard, service
+from .ssh.connection import Remote, on_hosts
 from .ssh.layout import Layout
 from .stages import StageConfig
 from .templates import release_files
@@ -49,11 +49,16 @@ class Deploy(rolling.Switching):
     digest: str = ""
     db_before: str | None = None
     pending: list[Revision] = field(default_factory=list)
+    pre: list[Revision] = field(default_factory=list)    # run before the switch
+    post: list[Revision] = field(default_factory=list)   # after it (phases.py)
     backup: dict | None = None
     previous: dict[str, str | None] = field(default_factory=dict)
     built: list[str] = field(default_factory=list)
     switched: list[str] = field(default_factory=list)
     migrated: bool = False
+    migrated_to: str | None = None  # the revision the pre revisions reached
+    compatible: bool = False  # the serving release was checked to work on the migrated schema (compat.py)
+    schema_kept: bool = False  # a failed deploy left the expanded schema (undo_migrate)
     migration_xids: list[int] = field(default_factory=list)  # the transaction(s) that ran the migration
     reached: str = ""  # the furthest step started: an undo must go back from there, wherever it stopped
     notes: list[str] = field(default_factory=list)
@@ -66,7 +71,8 @@ class Deploy(rolling.Switching):
         """What the journal keeps of this deploy: what `fab recover` needs to undo it (from_record)."""
         return {"release_id": self.release_id, "commit": self.commit, "ref": self.ref, "app": self.app,
                 "head": self.head, "digest": self.digest, "db_before": self.db_before, "previous": self.previous,
-                "migrated": self.migrated, "backup": self.backup, "migration_xids": self.migration_xids}
+                "migrated": self.migrated, "backup": self.backup, "migration_xids": self.migration_xids,
+                "migrated_to": self.migrated_to, "compatible": self.compatible}
 
     @classmethod
     def from_record(cls, project: ProjectConfig, stage: StageConfig, remotes: dict[str, Remote], record: dict) -> "Deploy":
@@ -75,7 +81,13 @@ class Deploy(rolling.Switching):
                    app=record.get("app") or "", head=record.get("head"), digest=record.get("digest") or "",
                    db_before=record.get("db_before"), previous=record.get("previous") or {},
                    migrated=bool(record.get("migrated")), backup=record.get("backup"),
-                   migration_xids=record.get("migration_xids") or [], **guard.progress(record))
+                   migration_xids=record.get("migration_xids") or [], compatible=bool(record.get("compatible")),
+                   migrated_to=record.get("migrated_to"), **guard.progress(record))
+
+    @property
+    def serves_at(self) -> str | None:
+        """The revision the new release serves on after the switch: the last pre revision's."""
+        return self.pre[-1].id if self.pre else self.db_before
 
     def remove_scratch(self) -> None:
         if self.scratch:
@@ -152,6 +164,10 @@ def _check_database(d: Deploy, target: ProjectConfig, empty: bool) -> None:
         raise DeployError(f"the database is at {d.db_before}, which {d.commit[:12]} does not know",
                           hint="deploy a commit that contains that revision, or check the database")
     d.pending = d.graph.pending((d.db_before,) if d.db_before else ())
+    try:
+        d.pre, d.post = phases.split(d.pending)
+    except MigrationError as exc:
+        raise DeployError(f"{d.ref} ({d.commit[:12]}): {exc}", hint=exc.hint) from None
     if d.pending and empty:
         console.say("  the database is empty: its history runs into it, which blocks nobody (not linted)")
     elif d.pending:
@@ -160,28 +176,8 @@ def _check_database(d: Deploy, target: ProjectConfig, empty: bool) -> None:
             raise DeployError("lint failed for the migrations this deploy would run:\n" + report.render(target.root),
                               hint="fix them (or waive with a reason), commit, push, deploy again")
     console.say(f"  database at {d.db_before or '(empty)'}; to run: "
-                + (", ".join(r.label() for r in d.pending) or "nothing"))
-
-
-def print_plan(d: Deploy) -> None:
-    """--dry-run: preflight (which changes nothing), then what the deploy would do."""
-    preflight(d)
-    console.heading(f"plan: release {d.release_id} = {d.ref} ({d.commit[:12]})")
-    for r in d.build_remotes:
-        env = "reuse" if build.environment_ready(r, d.layout, d.digest) else f"install {d.digest} from uploaded wheels"
-        console.say(f"  {r.name:<8} {','.join(r.host.roles):<16} {d.previous.get(r.name) or '(none)'} -> "
-                    f"{d.release_id}; environment: {env}")
-    size = d.batch or len(d.apps)
-    console.say(f"  switch {len(d.apps)} app host(s), {size} at a time; health: {d.stage.health_url}")
-    if not d.pending:
-        console.say("  migrations: none; no backup")
-        return
-    console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.backup_remote.name}")
-    _, chunks = render_revisions(d.target, d.graph)
-    for rev in d.pending:
-        atomic = " (NOT atomic: autocommit block)" if rev.non_transactional else ""
-        console.say(f"  migration {rev.label()}{atomic}:")
-        console.say(console.indent(chunks.get(rev.id, "(no SQL rendered)").strip(), "      "))
+                + (", ".join(r.label() for r in d.pre) or "nothing")
+                + (f"; after the switch: {', '.join(r.label() for r in d.post)}" if d.post else ""))
 
 
 # build ----------------------------------------------------------------------
@@ -192,7 +188,7 @@ def build_release(d: Deploy) -> None:
     wheels = (wheelhouse(source.cache(d.project, "wheels"), d.export_dir / d.target.lock, d.digest, version, machine)
               if needs_env else None)
     files = release_files(d.target.app, d.target.health_path, d.target.live_path, d.stage.service)
-    meta = {"release": d.release_id, "ref": d.ref, "commit": d.commit, "revision": d.head,
+    meta = {"release": d.release_id, "ref": d.ref, "commit": d.commit, "revision": d.head, "app": d.app,
             "lock": d.digest, "status": "building", "user": getpass.getuser(),
             "time": deploylog.now()}
 
@@ -221,98 +217,11 @@ def undo_build(d: Deploy) -> None:
     on_hosts("marking the release failed", [d.remotes[n] for n in d.built], mark)
 
 
-# backup and migrate -----------------------------------------------------------
-
-def backup(d: Deploy) -> None:
-    if not d.pending:
-        console.say("  no migration to run: no backup needed")
-        return
-    d.backup = backups.take(d.stage, d.remotes, "predeploy", backup_id=f"{d.release_id}-predeploy",
-                            release=d.release_id, content=True)
-    host = d.backup_remote.name
-    d.say(host, f"backup {d.backup['id']}: {d.backup['size']} bytes, sha256 {d.backup['sha256'][:12]}")
-    backups.say_pruned(d.backup, lambda text: d.say(host, text.strip()))
-
-
-def migrate(d: Deploy) -> None:
-    if not d.pending:
-        return
-    risky = [r.label() for r in d.pending if r.non_transactional]
-    if risky:
-        console.warn("not atomic (autocommit blocks): " + ", ".join(risky) + "; a failure may leave part applied")
-    d.migrated = True
-    env = {"MIGRATION_LOCK_TIMEOUT": d.stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": d.stage.statement_timeout}
-    try:
-        dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", env=env, timeout=3600)
-    except HostError as exc:
-        if not exc.output:
-            raise  # the host, not the migration: lost connection, timeout
-        if exc.killed:
-            raise MigrationError(f"the migration process on {d.migrator.name} was killed (exit status {exc.exited})",
-                                 hint="find out what killed it (the OOM killer? an operator?), then deploy again") from None
-        raise MigrationError(f"the migration failed on {d.migrator.name}:\n{indent(error_summary(exc.output))}",
-                             hint="fix the migration, commit, push, deploy again") from None
-    after, d.migration_xids = dbops.revision_and_writers(d.migrator, d.layout)
-    d.say(d.migrator.name, f"database {d.db_before or '(empty)'} -> {after}")
-
-
-def undo_migrate(d: Deploy) -> None:
-    """Back to the revision the database had: verify, downgrade, or stop and say exactly where it is."""
-    if not d.migrated:
-        return
-    ended = server_tools.end_migrations(d.migrator, d.layout, MIGRATION_LOCK_KEY)
-    if ended:  # its client died (killed, or the connection lost): its transaction would hold its locks
-        d.notes.append(f"ended the migration's orphaned database session(s) {', '.join(map(str, ended))}; "
-                       "their open transaction rolled back")
-    now = dbops.current_revision(d.migrator, d.layout)
-    if now == d.db_before:
-        risky = [r.label() for r in d.pending if r.non_transactional]
-        if risky:  # an autocommit block commits as it goes: the revision can be old while its work stays
-            d.notes.append(f"database at {d.db_before or '(empty)'}, but {', '.join(risky)} ran outside a "
-                           "transaction: what it did before failing may remain (e.g. an index built "
-                           "CONCURRENTLY); such revisions are written to be rerun (IF NOT EXISTS)")
-            return
-        d.notes.append(f"database untouched at {d.db_before or '(empty)'} (the failed migration rolled back)")
-        return
-    if d.stage.rollback != "stop":
-        down = dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "downgrade", d.db_before or "base",
-                              check=False, timeout=3600)
-        now = dbops.current_revision(d.migrator, d.layout)
-        if down.exited == 0 and now == d.db_before:
-            d.notes.append(f"database downgraded to {d.db_before or '(empty)'}")
-            return
-    if d.stage.rollback == "downgrade-or-restore" and d.backup:
-        _restore_unless_written(d, now)
-        return
-    backup_note = f"; the pre-deploy backup is {d.backup['id']}" if d.backup else ""
-    raise DeployError(f"the database is at {now}, not at {d.db_before} as before the deploy{backup_note}",
-                      hint=f"inspect it; downgrade with the release {d.release_id}'s code, or "
-                           f"fab restore --stage {d.stage.name} {d.backup['id'] if d.backup else 'BACKUP_ID'}")
-
-
-def _restore_unless_written(d: Deploy, now: str | None) -> None:
-    """The downgrade failed: restore the pre-deploy backup, but only if it is proven that
-    nothing but the migration wrote since (server/unwritten.py), with every writer of the
-    app stopped first; otherwise stop and say exactly what to run."""
-    backup_id = d.backup["id"]
-    result, reasons = restore.restore_if_unwritten(d.stage, d.remotes, backup_id, d.migration_xids)
-    if reasons:
-        raise DeployError(
-            f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and the pre-deploy "
-            f"backup {backup_id} was not restored: it cannot be proven that nothing was written since "
-            f"({'; '.join(reasons)}); restoring would lose it",
-            hint=f"save what you need, then fab restore --stage {d.stage.name} {backup_id}; "
-                 "or finish the downgrade by hand")
-    d.notes.append(f"database restored from the pre-deploy backup {backup_id} (the downgrade failed; nothing "
-                   f"but the migration wrote since the backup); the database as it was is in the safety "
-                   f"backup {result.get('safety')}")
-
-
 # switch ---------------------------------------------------------------------
 
 def switch(d: Deploy) -> None:
-    rolling.switch_all(d, lambda r: d.release_id, d.head,
-                       report=lambda name, how: d.say(name, f"{how}; healthy on {d.release_id} at {d.head}"))
+    rolling.switch_all(d, lambda r: d.release_id, d.serves_at,
+                       report=lambda name, how: d.say(name, f"{how}; healthy on {d.release_id} at {d.serves_at}"))
 
 
 def undo_switch(d: Deploy) -> None:
@@ -348,6 +257,14 @@ def verify_serving(d: Deploy) -> list[str]:
         if linked != previous:  # the old code may answer, but a restart would start `linked`
             raise DeployError(f"`current` points at {linked}, not at the previous release {previous}",
                               hint=f"fab rollback --stage {d.stage.name} --to {previous}")
+        if d.schema_kept:  # the database stays ahead of it: it must answer, and its liveness say 200
+            service.wait_healthy(r, d.stage.health_url, previous, None, d.stage.health_timeout, any_revision=True)
+            live = compat.live_url(d.stage.health_url, (d.target or d.project).live_path)
+            code, body = service.health(r, live)
+            if code != 200:
+                raise DeployError(f"{previous} answers {live} with {code} {body} on the kept schema",
+                                  hint=f"fab rollback --stage {d.stage.name} --to {previous} (it downgrades)")
+            return f"serving {previous} on the kept schema ({live} 200)"
         body = service.wait_healthy(r, d.stage.health_url, previous, d.db_before, d.stage.health_timeout)
         return f"serving {previous}, healthy at {body.get('revision')}"
     return [f"{name}: {text}" for name, text in on_hosts("checking the old release", d.apps, check).items()]
@@ -369,7 +286,7 @@ def clean_up(d: Deploy) -> None:
 def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | None = None) -> dict:
     return {"time": deploylog.now(), "action": "deploy", "user": getpass.getuser(),
             "stage": d.stage.name, "ref": d.ref, "commit": d.commit, "release": d.release_id,
-            "revision_before": d.db_before, "revision_after": d.head if outcome == "ok" else d.db_before,
+            "revision_before": d.db_before, "revision_after": d.serves_at if outcome == "ok" else d.migrated_to if d.schema_kept else d.db_before,
             "backup": d.backup["id"] if d.backup else None, "timings": {k: round(v, 3) for k, v in timings.items()},
             "outcome": outcome, "error": error, "undone": d.notes}
 
@@ -381,8 +298,9 @@ def append_log(d: Deploy, entry: dict) -> None:
 STEPS = [
     Step("preflight", preflight),
     Step("build", build_release, undo_build),
-    Step("backup", backup),
-    Step("migrate", migrate, undo_migrate),
+    Step("backup", database_steps.backup),
+    Step("migrate", database_steps.migrate, database_steps.undo_migrate),
+    Step("compat", compat.check_serving),
     Step("switch", switch, undo_switch),
     Step("finish", finish),
 ]

@@ -2,7 +2,8 @@
 
 GET health_path (default /healthz), for the deploy: which release is running and whether
 its schema is in place. 200 only when the database answers and is at the head revision this
-code ships; 503 with the reason otherwise. The deploy compares `release` and `revision`
+code ships, or below it by post revisions only (phases.py: they run after the switch, and
+`post_pending` lists them); 503 with the reason otherwise. The deploy compares `release` and `revision`
 with what it deployed, so a 200 from an old process is not taken for success.
 
 GET live_path (default /livez), for a load balancer: does this process serve, and does its
@@ -46,6 +47,7 @@ class Endpoints:
         self.release = release()
         self._engine = None
         self._heads: tuple[str, ...] | None = None
+        self._serving: tuple[str, ...] = ()
 
     def __call__(self, environ, start_response):
         answer = self.paths.get(environ.get("PATH_INFO", ""))
@@ -66,11 +68,17 @@ class Endpoints:
         return self._engine
 
     def expected_heads(self) -> tuple[str, ...]:
-        """The head revision(s) of the migrations shipped with this code, read once."""
+        """The head revision(s) of the migrations shipped with this code, read once, and with
+        one head, the revisions it serves on (head first)."""
         if self._heads is None:
             from alembic.script import ScriptDirectory
 
-            self._heads = tuple(sorted(ScriptDirectory(self.migrate.directory).get_heads()))
+            from .phases import serving_revisions
+
+            scripts = ScriptDirectory(self.migrate.directory)
+            self._heads = tuple(sorted(scripts.get_heads()))
+            if len(self._heads) == 1:
+                self._serving = serving_revisions(scripts, self._heads[0])
         return self._heads
 
     def database_revisions(self) -> tuple[str, ...]:
@@ -110,9 +118,11 @@ class Endpoints:
         body["revision"] = current[0] if len(current) == 1 else (list(current) or None)
         if len(heads) != 1:
             body.update(status="unavailable", reason=f"code has {len(heads)} migration heads")
-        elif current != heads:
+        elif len(current) != 1 or current[0] not in self._serving:
             body.update(status="unavailable",
                         reason=f"database at {body['revision'] or 'no revision'}, code expects {heads[0]}")
+        elif current != heads:
+            body["post_pending"] = list(reversed(self._serving[:self._serving.index(current[0])]))
         return (200 if body["status"] == "ok" else 503), body
 
 

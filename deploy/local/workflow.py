@@ -49,7 +49,8 @@ def history(project: ProjectConfig) -> None:
     heads = set(graph.heads())
     for rev in graph.ordered():
         marks = [m for m, on in (("current", rev.id in revs), ("head", rev.id in heads),
-                                 ("non-transactional", rev.non_transactional)) if on]
+                                 ("non-transactional", rev.non_transactional),
+                                 ("post", rev.phase == "post")) if on]
         parent = ",".join(rev.parents) or "base"
         console.say(f"{parent:>12} -> {rev.id}  {rev.message}" + (f"  ({', '.join(marks)})" if marks else ""))
 

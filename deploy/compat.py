@@ -1,0 +1,77 @@
+"""Before the switch, the release still serving is checked against the migrated schema.
+
+Between `migrate` and `switch` (and through a rolling --batch switch) the old release
+serves on the new schema. After the pre revisions, its own code and models, on the
+migrations host, say whether every table and column they map is still there and usable
+(deploy_runtime.compat), and every app host must still answer its liveness path. A
+failure stops the deploy before any host switches; the undo puts the database back.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from .console import indent
+from .errors import DeployError
+from .ssh import build, dbops, service
+from .ssh.connection import Remote, on_hosts
+
+if TYPE_CHECKING:
+    from .steps import Deploy
+
+FIX = ("make the revision post if it only removes what the new code no longer uses; else split it into expand, "
+       "backfill and contract across deploys (docs/expand-contract.md)")
+
+
+def check_serving(d: Deploy) -> None:
+    """The deploy's step: the old release(s) on the migrated schema, then every app host's liveness."""
+    if not d.pre:
+        return
+    serving = sorted({rel for name, rel in d.previous.items() if rel and name in {r.name for r in d.apps}})
+    metas = {m["id"]: m for m in build.list_releases(d.migrator, d.layout)}
+    for release in serving:
+        if release not in metas:
+            d.say(d.migrator.name, f"cannot check {release} against the new schema: it is not on this host")
+            continue
+        report = schema_report(d.migrator, d.layout, release, metas[release].get("app") or d.app, d.release_id)
+        if report["problems"]:
+            lines = [f"{p['table']}.{p['column']}: {p['problem']}" if p["column"] else f"{p['table']}: {p['problem']}"
+                     for p in report["problems"]]
+            raise DeployError(f"the release {release}, serving now, would break on the migrated schema:\n"
+                              + indent("\n".join(lines)), hint=FIX)
+        d.say(d.migrator.name, f"{release} works on the new schema ({report['tables']} table(s), "
+                               f"{report['columns']} column(s) checked)")
+    live = live_url(d.stage.health_url, d.target.live_path)
+    for name, text in on_hosts("checking the serving release answers", d.apps, lambda r: _answers(r, live)).items():
+        d.say(name, text)
+    d.compatible = True
+
+
+def schema_report(migrator: Remote, layout, release: str, app: str, runtime_release: str) -> dict:
+    """deploy_runtime.compat in `release`'s folder and virtualenv, from `runtime_release`'s runtime
+    (the serving release's own copy may predate it)."""
+    env = {"PYTHONPATH": f"{layout.release(runtime_release)}/.deploy"}
+    out = dbops.in_release(migrator, layout, release, [".venv/bin/python", "-m", "deploy_runtime.compat", app],
+                           env=env, check=False, timeout=300)
+    try:
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        report = {"error": (out.stdout + out.stderr).strip()[-500:] or f"exit status {out.exited}"}
+    if "error" in report:
+        raise DeployError(f"could not check the release {release} against the migrated schema: {report['error']}",
+                          hint="fix what keeps its app from loading on the migrations host, then deploy again")
+    return report
+
+
+def live_url(health_url: str, live_path: str) -> str:
+    """The liveness path on the host and port the stage's health URL asks."""
+    return urlsplit(health_url)._replace(path=live_path, query="").geturl()
+
+
+def _answers(remote: Remote, url: str) -> str:
+    code, body = service.health(remote, url)
+    if code != 200:
+        raise DeployError(f"{url} answers {code} {body} after the migration: the serving release no longer works",
+                          hint=FIX)
+    return f"still serving {body.get('release') if isinstance(body, dict) else ''} ({url} 200)".replace("  ", " ")
