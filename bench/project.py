@@ -46,13 +46,13 @@ class Deployed:
 class BenchProject:
     """The scratch project and the sandbox it deploys to."""
 
-    def __init__(self, repo: Path, hosts: int, health_timeout: int = 30) -> None:
+    def __init__(self, repo: Path, hosts: int, health_timeout: int = 30, undo_expand: str = "keep") -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-deploys-"))
         self.workdir.chmod(0o755)
         self.repo, self.root = repo.resolve(), self.workdir / "project"
         self.sandbox = Sandbox.throwaway(PREFIX, SUBNET, self.workdir / "sandbox", self.repo, hosts)
         self.head = MigrationGraph(self.repo / "migrations").single_head()
-        self.changes, self.health_timeout = 0, health_timeout
+        self.changes, self.health_timeout, self.undo_expand = 0, health_timeout, undo_expand
 
     def __enter__(self) -> "BenchProject":
         fleet.down(self.sandbox)
@@ -81,7 +81,7 @@ class BenchProject:
         copy_project(self.repo, self.root, "Bench")
         toml = self.root / "deploy.toml"
         toml.write_text(retarget(toml.read_text(), self.sandbox).replace(
-            "health_timeout = 30", f"health_timeout = {self.health_timeout}"))
+            "health_timeout = 30", f"health_timeout = {self.health_timeout}\nundo_expand = \"{self.undo_expand}\""))
         self.commit("seed")
 
     # changes a user makes -------------------------------------------------------

@@ -29,7 +29,8 @@ def bench_rollback(project: ProjectConfig, runs: int, size: int = 4) -> str:
     sizes = [n for n in SIZES if n <= size] or [1]
     got: dict[int, dict[str, list[float]]] = {}
     boot: list[float] = []
-    with BenchProject(project.root, sizes[0], health_timeout=HEALTH_TIMEOUT) as bench:
+    # "downgrade": the database case measures the downgrade (kept, an expanded schema costs nothing)
+    with BenchProject(project.root, sizes[0], health_timeout=HEALTH_TIMEOUT, undo_expand="downgrade") as bench:
         for hosts in sizes:
             bench.resize(hosts)
             bench.fab("deploy")

@@ -10,6 +10,7 @@ from deploy.errors import ConfigError
 
 from .backups import bench_backups
 from .deploy_time import bench_deploy_time
+from .expand_contract import bench_expand_contract
 from .rollback import bench_rollback
 from .zero_downtime import bench_zero_downtime
 from .results import RESULTS, write_section
@@ -22,6 +23,7 @@ BENCHMARKS: dict[str, Callable[..., str]] = {
     "deploy_time": bench_deploy_time,
     "rollback": bench_rollback,
     "zero_downtime": bench_zero_downtime,
+    "expand_contract": bench_expand_contract,
 }
 
 

@@ -163,6 +163,9 @@ def point_at_sandbox(project: Project, sandbox: Sandbox) -> None:
     path = project.root / "deploy.toml"
     path.write_text(retarget(path.read_text(), sandbox))
     project.edit("deploy.toml", "health_timeout = 30", "health_timeout = 10")
+    # The tests of a failed deploy's full undo; test_expand_contract.py tests the default, "keep".
+    project.edit("deploy.toml", 'rollback = "downgrade-or-restore"\n',
+                 'rollback = "downgrade-or-restore"\nundo_expand = "downgrade"\n')
     project.commit_all("point at the test sandbox")
     project.push()
 

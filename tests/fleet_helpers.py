@@ -137,7 +137,8 @@ class Load(threading.Thread):
     """Requests to every app host, back to back, until stopped; every failure is kept,
     and the slowest request's seconds."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list) -> None:
+        """`urls`: GETs (strings), or urllib Requests (a POST with its body)."""
         super().__init__(daemon=True)
         self.urls, self.done, self.ok, self.failures, self.slowest = urls, threading.Event(), 0, [], 0.0
 
@@ -148,7 +149,7 @@ class Load(threading.Thread):
                 try:
                     with urllib.request.urlopen(url, timeout=10) as answer:
                         answer.read()
-                        self.ok += answer.status == 200
+                        self.ok += answer.status in (200, 201)
                 except Exception as exc:  # a dropped request, whatever its kind
                     self.failures.append(repr(exc))
                 self.slowest = max(self.slowest, time.monotonic() - started)

@@ -97,3 +97,20 @@ def test_a_release_is_healthy_below_its_head_by_post_revisions_only(project):
     assert project.inv("upgrade").returncode == 0
     code, body = health_of(project)
     assert code == 200 and body["revision"] == "f2f2f2f2f2f2" and "post_pending" not in body, body
+
+
+def test_the_worked_example_passes_lint_step_by_step_and_the_one_step_rename_does_not(project):
+    from bench.rename_example import ONE_STEP_RENAME, SAFE_RENAME
+
+    for step in SAFE_RENAME:
+        for path, old, new in step.edits:
+            project.edit(path, old, new)
+        (project.root / "migrations/versions" / step.filename).write_text(step.migration)
+        project.commit_all(step.title)
+        linted = project.inv("lint", "--since", "HEAD~1", db=False)
+        assert linted.returncode == 0, step.title + "\n" + output(linted)
+    assert "contract (post: runs after the switch): [ban-drop-column]" in output(linted)
+    git_reset = subprocess.run(["git", "reset", "-q", "--hard", "HEAD~3"], cwd=project.root)
+    assert git_reset.returncode == 0
+    (project.root / "migrations/versions" / ONE_STEP_RENAME.filename).write_text(ONE_STEP_RENAME.migration)
+    assert "error: [renaming-column]" in assert_clean_failure(project.inv("lint", "--since", "HEAD", db=False))
