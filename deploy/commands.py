@@ -135,6 +135,8 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
             if "health" in state:
                 body = state["health"]["body"]
                 detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
+                if isinstance(body, dict) and body.get("post_pending"):
+                    detail += f" (post revisions to run: {', '.join(body['post_pending'])}; fab migrate --post)"
                 line += f"  service {state['service']}  health {state['health']['code']} {detail}"
             console.say(line)
         console.say("lock     " + ("free" if holder is None else lock.describe(holder)

@@ -26,9 +26,10 @@ FIX = ("make the revision post if it only removes what the new code no longer us
 
 def check_serving(d: Deploy) -> None:
     """The deploy's step: the old release(s) on the migrated schema, then every app host's liveness."""
-    if not d.pre:
+    serving_hosts = [r for r in d.apps if d.previous.get(r.name)]
+    if not d.pre or not serving_hosts:  # no schema change, or nothing serves yet
         return
-    serving = sorted({rel for name, rel in d.previous.items() if rel and name in {r.name for r in d.apps}})
+    serving = sorted({d.previous[r.name] for r in serving_hosts})
     metas = {m["id"]: m for m in build.list_releases(d.migrator, d.layout)}
     for release in serving:
         if release not in metas:
@@ -43,7 +44,7 @@ def check_serving(d: Deploy) -> None:
         d.say(d.migrator.name, f"{release} works on the new schema ({report['tables']} table(s), "
                                f"{report['columns']} column(s) checked)")
     live = live_url(d.stage.health_url, d.target.live_path)
-    for name, text in on_hosts("checking the serving release answers", d.apps, lambda r: _answers(r, live)).items():
+    for name, text in on_hosts("checking the serving release answers", serving_hosts, lambda r: _answers(r, live)).items():
         d.say(name, text)
     d.compatible = True
 

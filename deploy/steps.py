@@ -164,8 +164,8 @@ def _check_database(d: Deploy, target: ProjectConfig, empty: bool) -> None:
         raise DeployError(f"the database is at {d.db_before}, which {d.commit[:12]} does not know",
                           hint="deploy a commit that contains that revision, or check the database")
     d.pending = d.graph.pending((d.db_before,) if d.db_before else ())
-    try:
-        d.pre, d.post = phases.split(d.pending)
+    try:  # into an empty database the whole history runs before the switch: no code serves on it
+        d.pre, d.post = (d.pending, []) if empty else phases.split(d.pending)
     except MigrationError as exc:
         raise DeployError(f"{d.ref} ({d.commit[:12]}): {exc}", hint=exc.hint) from None
     if d.pending and empty:
