@@ -10,8 +10,8 @@ Waivers are shown in the report; a waiver without a reason is itself a failure. 
 `[lint] warn` (by default squawk's advice on types and style) are reported and never fail:
 the gate is for locks, rewrites and compatibility. A statement that breaks the release still
 serving during the deploy (a drop, a rename, an incompatible type, a new NOT NULL) fails in a
-pre revision with the way out; a drop in a post revision is what it is for, and passes. Revisions up to `[lint] baseline` (an
-adopted project's history, long applied) are not linted.
+pre revision with the way out; a drop in a post revision is what it is for, and passes.
+Revisions up to `[lint] baseline` (an adopted project's history, long applied) are not linted.
 """
 from __future__ import annotations
 

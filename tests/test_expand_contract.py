@@ -88,6 +88,10 @@ def test_post_revisions_held_back_run_with_fab_migrate_post_and_a_failing_one_le
     drop = revision_file("d0d0d0d0d0d0", "a0d0a0d0beef", "drop boards.note", '    op.drop_column("boards", "note")\n',
                          '    op.add_column("boards", sa.Column("note", sa.Text()))\n', header='phase = "post"\n')
     add_migration(keeping, drop, "d0d0d0d0d0d0_drop_the_note.py")
+    plan = deploy(keeping, "--dry-run")
+    assert plan.returncode == 0, output(plan)
+    assert "migration d0d0d0d0d0d0 (drop boards.note) [post] after the switch: held back for fab migrate --post" \
+        in output(plan)
     proc = deploy(keeping)
     assert proc.returncode == 0, output(proc)
     assert "post revisions not run: d0d0d0d0d0d0 (drop boards.note) [post]" in output(proc)
