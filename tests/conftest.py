@@ -162,10 +162,8 @@ def point_at_sandbox(project: Project, sandbox: Sandbox) -> None:
     """Make the project copy's [sandbox] and sandbox stage the test fleet's, and push its HEAD there."""
     path = project.root / "deploy.toml"
     path.write_text(retarget(path.read_text(), sandbox))
-    project.edit("deploy.toml", "health_timeout = 30", "health_timeout = 10")
-    # The tests of a failed deploy's full undo; test_expand_contract.py tests the default, "keep".
-    project.edit("deploy.toml", 'rollback = "downgrade-or-restore"\n',
-                 'rollback = "downgrade-or-restore"\nundo_expand = "downgrade"\n')
+    # undo_expand: the tests of a failed deploy's full undo; test_expand_contract.py tests the default, "keep".
+    project.edit("deploy.toml", "health_timeout = 30\n", 'health_timeout = 10\nundo_expand = "downgrade"\n')
     project.commit_all("point at the test sandbox")
     project.push()
 

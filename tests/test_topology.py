@@ -19,7 +19,8 @@ def use_split_stage(project) -> None:
         'roles = ["db"]', 'roles = ["db", "migrations"]')
     (project.root / "split-stage.toml").write_text(text)
     with open(project.root / "deploy.toml", "a") as config:
-        config.write('\n[stages.split]\ninclude = "split-stage.toml"\nhealth_timeout = 10\n')
+        # "downgrade": the rollback below moves the database from the host that serves no app
+        config.write('\n[stages.split]\ninclude = "split-stage.toml"\nhealth_timeout = 10\nundo_expand = "downgrade"\n')
     project.commit_all("a stage whose migrations host serves no app")
     project.push()
 
