@@ -59,6 +59,7 @@ class Finding:
     waiver: Waiver | None = None
     warning: bool = False  # style advice: reported, never failing
     contract: bool = False  # a drop in a post revision: what it is for
+    breaking: bool = False  # breaks the release serving until the switch (its help says the way out)
 
     @property
     def fails(self) -> bool:
@@ -80,7 +81,8 @@ class LintReport:
         lines = list(self.errors)
         for f in self.findings:
             if f.fails:
-                lines.append(f"{f.revision.path.name} ({f.revision.id}): {f.rule}: {f.message}")
+                way_out = f" ({EXPAND_CONTRACT})" if f.breaking else ""
+                lines.append(f"{f.revision.path.name} ({f.revision.id}): {f.rule}: {f.message}{way_out}")
         return lines
 
     def render(self, root: Path) -> str:
@@ -205,5 +207,6 @@ def lint_revisions(project: ProjectConfig, graph: MigrationGraph, revisions: lis
                 revision=rev, rule=rule, message=item.get("message", ""),
                 help=EXPAND_CONTRACT if breaking else item.get("help") or "", statement=statement,
                 waiver=waivers.get(rule), warning=rule in project.lint.warn and not breaking, contract=contract,
+                breaking=breaking,
             ))
     return report

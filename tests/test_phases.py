@@ -114,3 +114,11 @@ def test_the_worked_example_passes_lint_step_by_step_and_the_one_step_rename_doe
     assert git_reset.returncode == 0
     (project.root / "migrations/versions" / ONE_STEP_RENAME.filename).write_text(ONE_STEP_RENAME.migration)
     assert "error: [renaming-column]" in assert_clean_failure(project.inv("lint", "--since", "HEAD", db=False))
+
+
+def test_inv_check_fails_a_drop_in_a_pre_revision_with_the_way_out(project):
+    project.edit("app/models.py", "    title: Mapped[str] = mapped_column(Text)\n", "")
+    project.edit("app/models.py", '            "title": self.title,\n', "")
+    add_revision(project, "a3a3a3a3a3a3", DROP_TITLE)
+    text = assert_clean_failure(project.inv("check"))
+    assert "ban-drop-column: Dropping a column" in text and "make the revision post" in text, text
