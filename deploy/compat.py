@@ -14,14 +14,13 @@ from urllib.parse import urlsplit
 
 from .console import indent
 from .errors import DeployError
+from .lint import EXPAND_CONTRACT_FIX as FIX
 from .ssh import build, dbops, service
 from .ssh.connection import Remote, on_hosts
+from .stages import StageConfig
 
 if TYPE_CHECKING:
     from .steps import Deploy
-
-FIX = ("make the revision post if it only removes what the new code no longer uses; else split it into expand, "
-       "backfill and contract across deploys (docs/expand-contract.md)")
 
 
 def check_serving(d: Deploy) -> None:
@@ -44,7 +43,10 @@ def check_serving(d: Deploy) -> None:
         d.say(d.migrator.name, f"{release} works on the new schema ({report['tables']} table(s), "
                                f"{report['columns']} column(s) checked)")
     live = live_url(d.stage.health_url, d.target.live_path)
-    for name, text in on_hosts("checking the serving release answers", serving_hosts, lambda r: _answers(r, live)).items():
+    def answers(r: Remote) -> str:
+        require_live(r, live, "after the migration: the serving release no longer works", FIX)
+        return f"still serving {d.previous[r.name]} ({live} 200)"
+    for name, text in on_hosts("checking the serving release answers", serving_hosts, answers).items():
         d.say(name, text)
     d.compatible = True
 
@@ -70,9 +72,18 @@ def live_url(health_url: str, live_path: str) -> str:
     return urlsplit(health_url)._replace(path=live_path, query="").geturl()
 
 
-def _answers(remote: Remote, url: str) -> str:
+def require_live(remote: Remote, url: str, when: str, hint: str | None = None) -> None:
+    """The liveness path answers 200 on `remote`; else DeployError saying `when`."""
     code, body = service.health(remote, url)
     if code != 200:
-        raise DeployError(f"{url} answers {code} {body} after the migration: the serving release no longer works",
-                          hint=FIX)
-    return f"still serving {body.get('release') if isinstance(body, dict) else ''} ({url} 200)".replace("  ", " ")
+        raise DeployError(f"{remote.name}: {url} answers {code} {body} {when}", hint=hint)
+
+
+def serving_on_kept_schema(remote: Remote, stage: StageConfig, release: str, live_path: str,
+                           hint: str | None = None) -> str:
+    """After a switch back that kept a newer schema: `release` answers (its health path rightly
+    says 503, the database being ahead of it) and its liveness path says 200."""
+    service.wait_healthy(remote, stage.health_url, release, None, stage.health_timeout, any_revision=True)
+    live = live_url(stage.health_url, live_path)
+    require_live(remote, live, "on the kept schema", hint)
+    return f"serving {release} on the kept schema ({live} 200)"

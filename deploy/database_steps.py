@@ -35,9 +35,9 @@ def migrate(d: Deploy) -> None:
     if risky:
         console.warn("not atomic (autocommit blocks): " + ", ".join(risky) + "; a failure may leave part applied")
     d.migrated = True
-    env = {"MIGRATION_LOCK_TIMEOUT": d.stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": d.stage.statement_timeout}
     try:
-        dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", d.pre[-1].id, env=env, timeout=3600)
+        dbops.flask_db(d.migrator, d.layout, d.release_id, d.app, "upgrade", d.pre[-1].id,
+                       env=dbops.migration_env(d.stage), timeout=3600)
     except HostError as exc:
         if not exc.output:
             raise  # the host, not the migration: lost connection, timeout

@@ -34,9 +34,10 @@ BREAKING_RULES = ("ban-drop-column", "ban-drop-table", "renaming-column", "renam
                   "adding-required-field", "adding-not-nullable-field")
 # What a post revision is for: it runs once no host serves code that uses the dropped column or table.
 CONTRACT_RULES = ("ban-drop-column", "ban-drop-table")
-EXPAND_CONTRACT = ("it breaks the release that serves until the switch: make the revision post (phase = \"post\") "
-                   "if it only removes what the new code no longer uses; else split it into expand, backfill and "
-                   "contract across deploys (docs/expand-contract.md)")
+EXPAND_CONTRACT_FIX = ("make the revision post (phase = \"post\") if it only removes what the new code no longer "
+                       "uses; else split it into expand, backfill and contract across deploys "
+                       "(docs/expand-contract.md)")
+EXPAND_CONTRACT = "it breaks the release that serves until the switch: " + EXPAND_CONTRACT_FIX
 WAIVER = re.compile(r"#\s*lint:\s*waive\s+(?P<rule>[\w-]+)(?:\s+because\s+(?P<reason>.*\S))?", re.I)
 # Rendering offline SQL needs the dialect, not a server.
 OFFLINE_URL = "postgresql://offline@localhost/offline"

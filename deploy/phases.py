@@ -49,11 +49,11 @@ def run_post(stage: StageConfig, migrator: Remote, release_id: str, app: str, re
     target = revisions[-1].id
     console.say(f"-> post revisions: {', '.join(r.label() for r in revisions)}")
     started = time.monotonic()
-    env = {"MIGRATION_LOCK_TIMEOUT": stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": stage.statement_timeout}
     entry = {"time": deploylog.now(), "action": "migrate-post", "user": getpass.getuser(), "stage": stage.name,
              "release": release_id, "revision_before": before, "revisions": [r.id for r in revisions]}
     try:
-        dbops.flask_db(migrator, layout, release_id, app, "upgrade", target, env=env, timeout=3600)
+        dbops.flask_db(migrator, layout, release_id, app, "upgrade", target, env=dbops.migration_env(stage),
+                       timeout=3600)
     except (HostError, KeyboardInterrupt) as exc:
         now = _revision_or_unknown(migrator, layout)
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else \

@@ -25,6 +25,11 @@ def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str],
                        "env", *extra, *argv], check=check, timeout=timeout, input=input)
 
 
+def migration_env(stage) -> dict[str, str]:
+    """The stage's timeouts for a migration, as env.py's migration_connection reads them."""
+    return {"MIGRATION_LOCK_TIMEOUT": stage.lock_timeout, "MIGRATION_STATEMENT_TIMEOUT": stage.statement_timeout}
+
+
 def flask_db(remote: Remote, layout: Layout, release_id: str, app: str, *args: str, env: dict[str, str] | None = None,
              check: bool = True, timeout: float | None = None):
     return in_release(remote, layout, release_id, [".venv/bin/python", "-m", "flask", "--app", app, "db", *args],
