@@ -182,6 +182,14 @@ def test_ctrl_c_during_a_run_on_several_hosts_stops_every_host_s_command(remotes
     assert pids_running("sleep 98") == []
 
 
+def test_output_that_reaches_the_controller_after_the_exit_status_is_read_in_full(remotes):
+    """sshd may send a command's exit status before the last of its output (it reaps the child
+    before it drains the pipe): a journal read that way came back empty, "unreadable". A child
+    that writes after its parent exited gives that order every time."""
+    out = remotes["app1"].run(["sh", "-c", "(sleep 0.3; echo written after the exit) &"])
+    assert out.stdout == "written after the exit\n"
+
+
 def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_connection_usable(remotes):
     """The Ctrl-C lands while paramiko holds its send lock (between acquire and try): raised
     there, the lock stays held and the undo's next command on that host waits for ever."""

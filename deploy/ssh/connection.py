@@ -39,6 +39,10 @@ STOP_GROUP = ('[ "$1" -gt 1 ] || exit 0; kill -s TERM -- "-$1" 2>/dev/null || ex
 _worker = threading.local()  # on_hosts' workers: `cancel`, set when the main thread gives up
 KEEPALIVE_SECONDS = 2
 DEAD_LINK_MS = 10_000   # unacknowledged data for this long: the connection is dead
+# sshd may send the exit status before the last output (it reaps the child, then drains the
+# pipe): the output is whole at the channel's EOF. A child left running with the command's
+# output open delays the EOF; past this grace the output so far is taken.
+EOF_GRACE_SECONDS = 2
 
 
 class HostError(DeployError):
@@ -181,13 +185,18 @@ class Remote:
         deadline = time.monotonic() + timeout if timeout else None
         cancel = getattr(_worker, "cancel", None)
         wait = 0.001
+        eof_deadline = None
         while True:
             while channel.recv_ready():
                 stdout += channel.recv(1 << 16)
             while channel.recv_stderr_ready():
                 stderr += channel.recv_stderr(1 << 16)
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                return
+                if channel.eof_received or channel.closed:
+                    return
+                eof_deadline = eof_deadline or time.monotonic() + EOF_GRACE_SECONDS
+                if time.monotonic() > eof_deadline:
+                    return
             if not transport.is_active():
                 raise HostError(self.name, f"the connection was lost while running `{command}`",
                                 hint="check the host's network; the command may or may not have finished")
