@@ -2,7 +2,9 @@
 Each task parses its arguments and calls one function of the toolkit."""
 from invoke import Collection
 
-from . import backups, commands, journal, phases
+import sys
+
+from . import app_env, backups, commands, journal, logs as logs_, phases
 from . import restore as restore_
 from . import rollback as rollback_
 from .config import load_project
@@ -101,6 +103,56 @@ def unlock(c, stage=None, force=False):
     commands.unlock_stage(load_project(), stage, force)
 
 
+@task(help={**STAGE, "host": "one host only (default: every host that runs the unit)",
+            "since": "as journalctl takes it: '1 hour ago', '2026-11-25 10:00', 'today'",
+            "lines": "the last N lines of each host (default: 200; 10 with --follow)",
+            "follow": "print new lines as they come, until Ctrl-C",
+            "unit": "app (default) or backup (the backup and backup check units)"})
+def logs(c, stage=None, host=None, since=None, lines=None, follow=False, unit="app"):
+    """The app's journal from every app host, each line prefixed by its host (or the backup units')."""
+    logs_.logs(load_project(), stage, host, since, _number("--lines", lines), follow, unit)
+
+
+@task(name="list", help={**STAGE, "show": "print the values too (they are secrets: mind who looks)"})
+def env_list(c, stage=None, show=False):
+    """The keys of the app's env file on the stage (values hidden unless --show)."""
+    app_env.show(load_project(), stage, show)
+
+
+@task(name="set", positional=["assignment"],
+      help={**STAGE, "assignment": "KEY=VALUE; KEY alone: the value is asked for (or read from standard input); "
+                                   "-: KEY=VALUE lines from standard input"})
+def env_set(c, assignment, stage=None):
+    """Set keys in the app's env file on every host, then reload gracefully (all undone if a host fails)."""
+    app_env.change(load_project(), stage, sets=app_env.pairs_from(assignment, _secret_input))
+
+
+@task(name="unset", positional=["keys"], help={**STAGE, "keys": "KEY, or KEY1,KEY2"})
+def env_unset(c, keys, stage=None):
+    """Remove keys from the app's env file on every host, then reload gracefully."""
+    app_env.change(load_project(), stage, unsets=set(filter(None, keys.split(","))))
+
+
+@task(name="push", positional=["file"], help={**STAGE, "file": "a local env file: it replaces every host's"})
+def env_push(c, file, stage=None):
+    """Replace the app's env file on every host with FILE, then reload gracefully."""
+    app_env.change(load_project(), stage, replacement=app_env.push_text(file))
+
+
+@task(name="diff", help=STAGE)
+def env_diff(c, stage=None):
+    """The keys on which the hosts' env files disagree (values never shown); exit 1 if any."""
+    app_env.diff(load_project(), stage)
+
+
+def _secret_input() -> str:
+    """A value typed without echo at a terminal, else standard input to its end."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass("value (not echoed): ")
+    return sys.stdin.read()
+
+
 def _number(option: str, value):
     if value is None:
         return None
@@ -112,4 +164,9 @@ def _number(option: str, value):
 backups_ns = Collection("backups")
 backups_ns.add_task(list_backups, default=True)
 backups_ns.add_task(check_backups)
-ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock)
+env_ns = Collection("env")
+env_ns.add_task(env_list, default=True)
+for env_task in (env_set, env_unset, env_push, env_diff):
+    env_ns.add_task(env_task)
+ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock,
+                env_ns, logs)

@@ -1,4 +1,4 @@
-"""`fab recover`: a deploy, rollback or restore whose controller was killed (kill -9, a
+"""`fab recover`: a deploy, rollback, restore or env change whose controller was killed (kill -9, a
 lost laptop), or whose undo failed, is found from its journal (ssh/guard.py) by the
 next `fab` command on the stage, and undone here.
 
@@ -7,7 +7,7 @@ the database is are read from the hosts, not from the journal.
 """
 from __future__ import annotations
 
-from . import console, pipeline, restore, rollback, steps
+from . import app_env, console, pipeline, restore, rollback, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .ssh import guard, lock, service
@@ -46,6 +46,8 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
             action = record.get("action", "deploy")
             if action == "restore":
                 notes = restore.recover(stage, remotes, record)
+            elif action == "env":
+                notes = app_env.recover(stage, remotes, record)
             elif action == "rollback":
                 notes = rollback.recover(stage, remotes, record)
             else:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import time
 from dataclasses import dataclass, field
 
 from . import backups, compat, console, pipeline, rolling
 from .config import ProjectConfig
 from .errors import DeployError
 from .migrations import MIGRATION_LOCK_KEY
-from .ssh import build, dbops, deploylog, guard, lock, server_tools, service
+from .ssh import build, dbops, deploy_metrics, deploylog, guard, lock, server_tools, service
 from .ssh.connection import Remote, connect, on_hosts
 from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
@@ -49,6 +50,7 @@ class Rollback(rolling.Switching):
     reached: str = ""
     batch: int = 0             # the stage's batch size: hosts switched at once (0 = all)
     switched: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)  # for the deploy metrics' duration
 
     def to_record(self) -> dict:
         """What the journal keeps of this rollback: what `fab recover` needs to undo it (from_record)."""
@@ -235,8 +237,10 @@ def _log(r: Rollback, outcome: str, error: str | None = None) -> None:
     entry = {"time": deploylog.now(), "action": "rollback", "user": getpass.getuser(), "stage": r.stage.name,
              "from": r.source, "release": r.target, "revision_before": r.db_now,
              "revision_after": r.target_revision if outcome == "ok" else r.db_now,
-             "backup": r.backup["id"] if r.backup else None, "outcome": outcome, "error": error}
+             "backup": r.backup["id"] if r.backup else None, "outcome": outcome, "error": error,
+             "duration": round(time.monotonic() - r.started, 3)}
     deploylog.append_or_warn(r.migrator, r.layout, entry)
+    deploy_metrics.record(r.stage, r.apps, entry)
 
 
 def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> list[str]:

@@ -20,7 +20,7 @@ from .errors import DeployError, MigrationError
 from .lint import lint_revisions
 from .migrations import MigrationGraph, Revision
 from .pipeline import Step
-from .ssh import build, cleanup, dbops, deploylog, guard, service
+from .ssh import build, cleanup, dbops, deploy_metrics, deploylog, guard, service
 from .ssh.connection import Remote, on_hosts
 from .ssh.layout import Layout
 from .stages import StageConfig
@@ -287,7 +287,9 @@ def log_entry(d: Deploy, outcome: str, timings: dict[str, float], error: str | N
 
 
 def append_log(d: Deploy, entry: dict) -> None:
+    """deploy.log on the migrations host, and the deploy metrics on every app host."""
     deploylog.append(d.migrator, d.layout, entry)
+    deploy_metrics.record(d.stage, d.apps, entry)
 
 
 STEPS = [

@@ -110,7 +110,7 @@ class Endpoints:
 
         heads = self.expected_heads()
         body = {"release": self.release, "expected_revision": heads[0] if len(heads) == 1 else list(heads),
-                "revision": None, "status": "ok"}
+                "revision": None, "status": "ok", "env_sha256": os.environ.get("DEPLOY_ENV_SHA256")}
         try:
             current = self.database_revisions()
         except DBAPIError as exc:

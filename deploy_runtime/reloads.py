@@ -10,14 +10,16 @@ The toolkit's gunicorn config imports them; a project with its own config adds:
 
     from deploy_runtime.reloads import on_reload, pre_fork, post_worker_init, worker_exit
 
-Standard library only: the master imports this module, and importing the app there would
-make every worker inherit the old code.
+Standard library only (and the toolkit's env file parser): the master imports this module,
+and importing the app there would make every worker inherit the old code.
 """
 import os
 import signal
 import tempfile
 import threading
 import time
+
+from .environment import refresh_environment
 
 __all__ = ["on_reload", "pre_fork", "post_worker_init", "worker_exit"]
 
@@ -57,6 +59,7 @@ def _stop_once_replaced(worker) -> None:
 
 def on_reload(server) -> None:
     server.reload_generation = getattr(server, "reload_generation", 0) + 1
+    refresh_environment()  # before the new workers fork: they start with the env file as it is now
 
 
 def pre_fork(server, worker) -> None:

@@ -104,12 +104,14 @@ class Project:
     database_url: str
     sandbox: Sandbox | None = None
 
-    def run(self, *argv: str, env: dict | None = None, db: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, db: bool = True, input: str | None = None
+            ) -> subprocess.CompletedProcess:
         full_env = dict(os.environ, NO_COLOR="1", **(env or {}))
         full_env.pop("DATABASE_URL", None)
         if db:
             full_env["DATABASE_URL"] = self.database_url
-        return subprocess.run(list(argv), cwd=self.root, env=full_env, capture_output=True, text=True, timeout=240)
+        return subprocess.run(list(argv), cwd=self.root, env=full_env, capture_output=True, text=True, timeout=240,
+                              input=input)
 
     def inv(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "invoke", *args, **kw)

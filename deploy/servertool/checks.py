@@ -78,9 +78,14 @@ def check_read(folder: str, newest: dict) -> dict:
     return result("read", OK if ok else CRITICAL, detail)
 
 
+def restore_tests_passed(history: list[dict]) -> list[float]:
+    """When a real restore test passed, from the check history (oldest first)."""
+    return [h["time_epoch"] for h in history
+            if any(c["check"] == "restore" and c["status"] == OK and c.get("ran") for c in h.get("checks", []))]
+
+
 def restore_test_due(history: list[dict], limits: Limits, now: float) -> tuple[bool, str]:
-    passed = [h["time_epoch"] for h in history
-              if any(c["check"] == "restore" and c["status"] == OK and c.get("ran") for c in h.get("checks", []))]
+    passed = restore_tests_passed(history)
     if limits.restore_test_days <= 0:
         return False, "real restore tests only when asked (--restore-test)"
     if not passed:
@@ -145,11 +150,14 @@ def run(folder: str, limits: Limits, restore_test: bool | None, now: float | Non
         report["backup"] = newest["id"]
         report["checks"] += [check_age(newest, limits, now), check_size(newest, earlier, limits.size_tolerance),
                              check_sha256(folder, newest), check_read(folder, newest)]
-        due, why = restore_test_due(read_history(folder), limits, now)
+        history = read_history(folder)
+        due, why = restore_test_due(history, limits, now)
         if restore_test or (restore_test is None and due):
             report["checks"].append(check_restore(folder, newest, limits.jobs))
         else:
             report["checks"].append(result("restore", OK, f"not run: {why}", ran=False))
+        passed = restore_tests_passed(history + [report])
+        report["restore_test_passed_epoch"] = passed[-1] if passed else None
     report["status"] = max(c["status"] for c in report["checks"])
     report["state"] = NAMES[report["status"]]
     return report

@@ -33,4 +33,10 @@ def prometheus(report: dict, database: str) -> str:
         lines += ["# HELP flask_deploy_backup_restore_test_seconds Duration of the last real restore test.",
                   "# TYPE flask_deploy_backup_restore_test_seconds gauge",
                   f"flask_deploy_backup_restore_test_seconds{{{label}}} {by_name['restore']['seconds']}"]
+    if report.get("restore_test_passed_epoch"):
+        lines += ["# HELP flask_deploy_backup_restore_test_last_success_timestamp_seconds When a real restore "
+                  "test last passed.",
+                  "# TYPE flask_deploy_backup_restore_test_last_success_timestamp_seconds gauge",
+                  f"flask_deploy_backup_restore_test_last_success_timestamp_seconds{{{label}}} "
+                  f"{report['restore_test_passed_epoch']}"]
     return "\n".join(lines) + "\n"

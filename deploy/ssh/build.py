@@ -133,12 +133,13 @@ def finish_release(remote: Remote, layout: Layout, release_id: str, digest: str,
                input=json.dumps(files))
 
 
-def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config: str) -> None:
+def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config: str,
+               env_file: str | None = None) -> None:
     """The release's app loads, as its workers will load it (`gunicorn --check-config` imports
-    it with the release's config and environment): a release that cannot boot is refused
-    before any host switches to it, instead of stopping the service on the reload."""
+    it with the release's config and environment, or `env_file`'s): a release (or an env) that
+    cannot boot is refused before any host uses it, instead of stopping the service on the reload."""
     argv = [".venv/bin/python", "-m", "gunicorn", "--check-config", "--config", gunicorn_config]
-    out = dbops.in_release(remote, layout, release_id, argv, check=False, timeout=120)
+    out = dbops.in_release(remote, layout, release_id, argv, check=False, timeout=120, env_file=env_file)
     if out.exited != 0:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-6:])
         raise DeployError(f"{remote.name}: release {release_id} cannot boot (gunicorn --check-config "

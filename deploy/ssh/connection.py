@@ -132,8 +132,9 @@ class Remote:
                             hint="check the network and that sshd runs") from None
 
     def run(self, argv: list[str], *, input: str | None = None, check: bool = True,
-            timeout: float | None = None) -> Output:
+            timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None) -> Output:
         """Run `argv` (quoted with shlex.join); raise HostError on failure when `check`.
+        `on_stdout` is given the output as it comes (then not kept): a `journalctl --follow`.
 
         When the controller gives up on it (Ctrl-C, the timeout, a parallel run cancelled),
         the command's whole process group on the host is stopped before this returns:
@@ -142,7 +143,7 @@ class Remote:
         self.open()
         command = shlex.join(argv)
         with traced(self.name, command) as record:
-            out = self._exec(command, input, timeout)
+            out = self._exec(command, input, timeout, on_stdout)
             record["exited"] = out.exited
         if check and out.exited != 0:
             tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-12:])
@@ -150,7 +151,8 @@ class Remote:
                             output=out.stdout + out.stderr, exited=out.exited)
         return out
 
-    def _exec(self, command: str, input: str | None, timeout: float | None) -> Output:
+    def _exec(self, command: str, input: str | None, timeout: float | None,
+              on_stdout: Callable[[bytes], None] | None = None) -> Output:
         """One exec channel: send stdin (a command may exit without reading it), read both streams.
 
         Ctrl-C is held while paramiko runs and raised between its calls (`_wait`'s polls): the
@@ -171,7 +173,7 @@ class Remote:
                 raise HostError(self.name, f"the connection was lost starting `{command}` ({exc})",
                                 hint="check the host's network") from None
             try:
-                self._wait(channel, command, stdout, stderr, timeout, held)
+                self._wait(channel, command, stdout, stderr, timeout, held, on_stdout)
             except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
                 self._stop_group(channel, stderr)
                 raise
@@ -180,7 +182,7 @@ class Remote:
         return Output(stdout.decode(errors="replace"), _without_group(stderr).decode(errors="replace"), exited)
 
     def _wait(self, channel, command: str, stdout: bytearray, stderr: bytearray, timeout: float | None,
-              held: interrupts.Held) -> None:
+              held: interrupts.Held, on_stdout: Callable[[bytes], None] | None = None) -> None:
         transport = self.conn.transport
         deadline = time.monotonic() + timeout if timeout else None
         cancel = getattr(_worker, "cancel", None)
@@ -188,7 +190,11 @@ class Remote:
         eof_deadline = None
         while True:
             while channel.recv_ready():
-                stdout += channel.recv(1 << 16)
+                chunk = channel.recv(1 << 16)
+                if on_stdout is None:
+                    stdout += chunk
+                else:
+                    on_stdout(chunk)
             while channel.recv_stderr_ready():
                 stderr += channel.recv_stderr(1 << 16)
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():

@@ -16,12 +16,13 @@ LAUNCHER = Path(envfile.__file__).read_text()  # run as `python3 -c`: the same p
 
 
 def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str], env: dict[str, str] | None = None,
-               check: bool = True, timeout: float | None = None, input: str | None = None):
-    """`argv` in the release's folder with the server's env file loaded (secrets stay on the server),
-    and the toolkit's runtime (.deploy/) importable, as the project's env.py expects."""
+               check: bool = True, timeout: float | None = None, input: str | None = None,
+               env_file: str | None = None):
+    """`argv` in the release's folder with the server's env file (or `env_file`) loaded (secrets stay
+    on the server), and the toolkit's runtime (.deploy/) importable, as the project's env.py expects."""
     env = {"PYTHONPATH": f"{layout.release(release_id)}/.deploy", **(env or {})}
     extra = [f"{k}={v}" for k, v in env.items()]
-    return remote.run(["python3", "-c", LAUNCHER, layout.env_file, layout.release(release_id),
+    return remote.run(["python3", "-c", LAUNCHER, env_file or layout.env_file, layout.release(release_id),
                        "env", *extra, *argv], check=check, timeout=timeout, input=input)
 
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import deploy_runtime
 
+from ..servertool import envfile
+
 if TYPE_CHECKING:
     from ..stages import BackupSettings
 
@@ -44,6 +46,7 @@ def release_files(app: str, health_path: str, live_path: str, service: str) -> d
     app's side of the contract (deploy_runtime) and the gunicorn config that serves the app with it."""
     wsgi_app = f"deploy_runtime.wsgi:serve({app!r}, {health_path!r}, {live_path!r})"
     files = {f".deploy/deploy_runtime/{p.name}": p.read_text() for p in sorted(RUNTIME.glob("*.py"))}
+    files[".deploy/deploy_runtime/envfile.py"] = Path(envfile.__file__).read_text()  # the one parser
     files[".deploy/gunicorn.conf.py"] = render("gunicorn.conf.py", wsgi_app=wsgi_app, proc_name=service)
     return files
 

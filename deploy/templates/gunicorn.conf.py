@@ -15,7 +15,10 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [_HERE] + [entry for entry in sys.path if entry != _HERE]
 
+from deploy_runtime.environment import refresh_environment  # noqa: E402
 from deploy_runtime.reloads import on_reload, pre_fork, post_worker_init, worker_exit  # noqa: E402,F401
+
+refresh_environment()  # read again at each reload: the settings below see `fab env.set`'s values
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))

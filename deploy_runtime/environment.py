@@ -1,0 +1,54 @@
+"""The server's env file, read again by the gunicorn master at each graceful reload, so that
+`fab env.set` takes effect without a restart. systemd reads the file only when it starts the
+service; a HUP alone would keep the old values in every new worker.
+
+The master keeps the keys it last loaded (DEPLOY_ENV_KEYS): a key removed from the file is
+removed from the environment too. DEPLOY_ENV_SHA256 names the file it loaded (a digest, never
+a value): the health answer reports it, and the deploy waits for the new one.
+
+The file is read with the toolkit's one parser (systemd's EnvironmentFile= rules): the
+deploy writes a copy of deploy/servertool/envfile.py beside this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+try:
+    from . import envfile  # the release's copy, written by the deploy
+except ImportError:  # the toolkit's own checkout
+    from deploy.servertool import envfile
+
+KEYS, DIGEST = "DEPLOY_ENV_KEYS", "DEPLOY_ENV_SHA256"
+
+
+def env_file() -> str | None:
+    """The unit names it (DEPLOY_ENV_FILE); units installed before that are found from APP_ROOT."""
+    if os.environ.get("DEPLOY_ENV_FILE"):
+        return os.environ["DEPLOY_ENV_FILE"]
+    root = os.environ.get("APP_ROOT")
+    return os.path.join(os.path.dirname(root.rstrip("/")), "shared", "env") if root else None
+
+
+def digest(data: bytes) -> str:
+    """What identifies an env file's content (16 hex digits of its sha256)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def refresh_environment() -> None:
+    """This process's environment set from the env file as it is now (a missing or unreadable
+    file changes nothing: the values systemd gave stay)."""
+    path = env_file()
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        values = envfile.parse(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return
+    for key in set(filter(None, os.environ.get(KEYS, "").split(","))) - values.keys():
+        os.environ.pop(key, None)
+    os.environ.update(values)
+    os.environ[KEYS] = ",".join(sorted(values))
+    os.environ[DIGEST] = digest(data)

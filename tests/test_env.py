@@ -1,0 +1,134 @@
+"""`fab env`: the app's environment on the stage, changed alike on every host through a
+graceful reload, undone everywhere when a host fails, and never printed or logged. On the
+sandbox fleet, with real systemd reading the same file (EnvironmentFile=) as the toolkit."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from conftest import assert_clean_failure, output
+from fleet_helpers import Load, health, run_until, ssh, through_lb
+
+from deploy.env_text import assignment
+from deploy.sandbox import faults
+from deploy_runtime.environment import digest
+
+pytestmark = pytest.mark.timeout(300)
+APPS, HOLDERS = ("app1", "app2"), ("app1", "app2", "db", "lb")
+ODD = {"APP_GREETING": 'q"uo\'te $HOME `x` \\ back #not a comment ; semi',
+       "APP_MULTI": "first line\n  second line  \n",
+       "APP_SPACES": "  padded  ",
+       "APP_EMPTY": ""}
+
+
+def worker_env(project, host: str) -> dict[str, str]:
+    """The environment of the newest gunicorn process on `host` (a worker), as the kernel holds it."""
+    out = ssh(project, host, "cat /proc/$(pgrep -n -u deploy -f 'gunicorn --config')/environ").stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def main_pid(project, host: str) -> str:
+    return ssh(project, host, "systemctl show -p MainPID --value app.service").stdout.strip()
+
+
+def files(project) -> dict[str, str]:
+    """Each host's env file digest and what lies beside it (no change left half-done)."""
+    return {h: ssh(project, h, "sha256sum /srv/app/shared/env; ls -a /srv/app/shared").stdout for h in HOLDERS}
+
+
+def log_lines(project) -> list[dict]:
+    return [json.loads(line) for line in ssh(project, "app1", "cat /srv/app/deploy.log").stdout.splitlines()]
+
+
+def test_env_set_reaches_every_worker_by_a_graceful_reload_with_each_character_as_systemd_reads_it(deployed):
+    masters = {h: main_pid(deployed, h) for h in APPS}
+    load = Load(through_lb(deployed, "/boards"))
+    load.start()
+    try:
+        several = deployed.fab("env.set", "-", db=False, input="".join(assignment(k, v) for k, v in ODD.items()))
+        assert several.returncode == 0, output(several)
+        plain = deployed.fab("env.set", "APP_PLAIN=simple value", db=False)
+        assert plain.returncode == 0, output(plain)
+    finally:
+        load.stop()
+    assert load.failures == [] and load.ok > 20, (load.ok, load.failures[:3])
+    expected = {**ODD, "APP_PLAIN": "simple value"}
+    for host in APPS:
+        assert main_pid(deployed, host) == masters[host], "a reload keeps the master: no restart"
+        seen = worker_env(deployed, host)
+        assert {k: seen.get(k) for k in expected} == expected, host
+    restarted = ssh(deployed, "app1", "sudo -n systemctl --no-pager restart app.service")
+    assert restarted.returncode == 0, restarted.stderr
+    health(deployed, "app1")
+    by_systemd = worker_env(deployed, "app1")
+    assert {k: by_systemd.get(k) for k in expected} == expected, "systemd reads the file as the toolkit does"
+
+    shown = deployed.fab("env", db=False)
+    assert shown.returncode == 0 and all(f"{k}=" in shown.stdout for k in expected), output(shown)
+    assert "APP_EMPTY=(empty)" in shown.stdout and "simple value" not in shown.stdout, shown.stdout
+    revealed = deployed.fab("env", "--show", db=False)
+    assert 'APP_PLAIN="simple value"' in revealed.stdout, output(revealed)
+
+    removed = deployed.fab("env.unset", "APP_MULTI,APP_EMPTY", db=False)
+    assert removed.returncode == 0, output(removed)
+    for host in APPS:
+        left = worker_env(deployed, host)
+        assert "APP_MULTI" not in left and "APP_EMPTY" not in left and left.get("APP_PLAIN") == "simple value"
+    again = deployed.fab("env.set", "APP_PLAIN=simple value", db=False)
+    assert again.returncode == 0 and "nothing changed" in again.stdout, output(again)
+    assert deployed.fab("env.diff", db=False).returncode == 0
+
+    entries = [e for e in log_lines(deployed) if e.get("action") == "env"]
+    assert [e["outcome"] for e in entries] == ["ok", "ok", "ok"] and entries[0]["user"], entries
+    assert entries[0]["keys"]["added"] == sorted(ODD) and entries[2]["keys"]["removed"] == ["APP_EMPTY", "APP_MULTI"]
+    everything = "\n".join(output(p) for p in (several, plain, shown, removed)) + json.dumps(entries)
+    assert "simple value" not in everything and "second line" not in everything and "padded" not in everything
+
+
+def test_a_change_the_app_cannot_serve_with_is_undone_on_every_host_and_the_old_env_serves_again(deployed):
+    before = files(deployed)
+    url = ssh(deployed, "app1", "grep ^DATABASE_URL= /srv/app/shared/env").stdout.strip().split("=", 1)[1]
+    wrong = url.split("://", 1)[0] + "://app:wrong-password-x9@" + url.split("@", 1)[1]
+    proc = deployed.fab("env.set", "DATABASE_URL", db=False, input=wrong + "\n")
+    text = assert_clean_failure(proc)
+    assert "step 'reload' failed" in text and "undone:" in text and "NOT undone" not in text, text
+    assert "wrong-password-x9" not in text
+    assert files(deployed) == before
+    served = ssh(deployed, "app2", "cat /srv/app/shared/env").stdout
+    assert health(deployed, "app2")["env_sha256"] == digest(served.encode())
+    assert log_lines(deployed)[-1]["outcome"] == "failed"
+
+
+def test_a_host_cut_off_during_an_env_change_is_put_back_everywhere_by_the_undo_or_by_recover(deployed):
+    before = files(deployed)
+    proc = run_until(deployed, "-> reload", ["env.set", "APP_X=1"])
+    faults.apply(deployed.sandbox, "app2", "cut-network")
+    try:
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        faults.apply(deployed.sandbox, "app2", "restore-network")
+    text = "".join(proc.seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in text and "app2" in text, text
+    if "NOT undone" in text:
+        assert "fab recover --stage sandbox" in text, text
+        assert "INTERRUPTED" in deployed.fab("status", db=False).stdout
+        recovered = deployed.fab("recover", db=False)
+        assert recovered.returncode == 0, output(recovered)
+    assert files(deployed) == before
+    assert deployed.fab("env.diff", db=False).returncode == 0
+
+
+def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(deployed):
+    before = files(deployed)
+    proc = run_until(deployed, "-> reload", ["env.set", "APP_Y=2"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    shown = deployed.fab("status", db=False)
+    assert "INTERRUPTED" in shown.stdout and "env change of APP_Y" in shown.stdout, output(shown)
+    refused = assert_clean_failure(deployed.fab("env.set", "APP_Z=3", db=False))
+    assert "fab recover" in refused, refused
+    recovered = deployed.fab("recover", db=False)
+    assert recovered.returncode == 0 and "env file as before" in recovered.stdout, output(recovered)
+    assert files(deployed) == before
+    assert "APP_Y" not in worker_env(deployed, "app1")
