@@ -172,9 +172,13 @@ def _reload(c: EnvChange, texts: dict[str, str]) -> None:
         if service.systemctl(r, "is-active", c.stage.service, check=False).stdout.strip() != "active":
             return "not running: it reads the file when it starts"
         code, body = service.health(r, c.stage.health_url)
-        if not isinstance(body, dict) or "env_sha256" not in body:
-            raise DeployError(f"{r.name}: the serving release does not read its env file again on a reload "
-                              f"(it predates fab env)", hint=f"fab deploy --stage {c.stage.name} once, then again")
+        if not isinstance(body, dict):
+            raise DeployError(f"{r.name}: the app does not answer its health check ({code} {str(body)[:200]})")
+        if "env_sha256" not in body:
+            raise DeployError(f"{r.name}: the serving release does not read its env file again on a reload (it "
+                              "predates fab env, or its gunicorn config does not import deploy_runtime's hooks)",
+                              hint=f"fab deploy --stage {c.stage.name} once (docs/configuration.md: gunicorn_config), "
+                                   "then change the env again")
         service.reload(r, c.stage.service)
         service.wait_healthy(r, c.stage.health_url, body.get("release"), body.get("revision"), c.stage.health_timeout,
                              any_revision=code != 200, service=c.stage.service,

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from . import console
+from . import console, events, notify
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
 from .ssh import build, lock, server_tools, service
@@ -157,6 +157,10 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
             console.say(reports.table(report))
         if report["status"]:
             failing = [f"{c['check']} {c['state']}" for c in report["checks"] if c["status"]]
+            notifier = notify.Notifier(stage.notify, project.root)
+            notifier.send("backup_check", events.event("backup check", stage, report["state"], ", ".join(failing),
+                                                       backup=report.get("backup")))
+            notifier.wait()
             raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
                                     hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
         return report

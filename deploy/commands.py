@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, phases, pipeline, plan, rolling, steps
+from . import console, events, hooks, notify, phases, pipeline, plan, rolling, steps
 from .config import GENERATED_GUNICORN_CONFIG, ProjectConfig
 from .errors import DeployError
 from .ssh import build, dbops, guard, lock, server_tools, service
@@ -28,32 +28,52 @@ def deploy(project: ProjectConfig, stage_name: str | None, ref: str = "main", ba
             d.remove_scratch()
             d.close()
         return {"release": d.release_id, "commit": d.commit, "dry_run": True}
+    notifier = notify.Notifier(stage.notify, project.root)
     started = time.monotonic()
     console.heading(f"deploy {ref} to {stage.name} ({len(stage.app_hosts)} app host(s))")
     try:
         with guard.guarded(d.migrator, d.layout, lock.holder("deploy", ref), stage.name) as d.holder:
+            notifier.send("started", events.of_deploy(d))
             try:
-                outcome = pipeline.run(steps.STEPS, d, guard.journaling(d, "deploy"), commit=guard.committing("deploy"))
-            except pipeline.DeployFailed as failure:
-                _after_failure(d, failure)
+                outcome, post_failure = _deploy_locked(d)
+            except DeployError as exc:
+                failed = events.of_deploy(d, "failed", str(exc)[:2000], time.monotonic() - started)
+                notifier.send("failed", failed)
+                hooks.run(stage.hooks, "on_failure", failed, project.root)
                 raise
-            try:  # Ctrl-C is held back from the commit on: the log and the cleanup finish
-                _after_success(d, outcome)
-            except BaseException:
-                outcome.release_interrupts()
-                raise
-            stopped = outcome.release_interrupts()
-            if stopped:
-                console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
-            post_failure = _post_phase(d, stopped)
-        console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {time.monotonic() - started:.1f}s")
+        took = time.monotonic() - started
+        console.ok(f"deployed {d.release_id} ({d.commit[:12]}) to {stage.name} in {took:.1f}s")
+        notifier.send("succeeded", events.of_deploy(d, "ok", None, took))
+        hooks.run(stage.hooks, "after_deploy", events.of_deploy(d, "ok", None, took), project.root)
         if post_failure:
             raise post_failure
         return {"release": d.release_id, "commit": d.commit, "timings": outcome.timings}
     finally:
+        notifier.wait()
         d.remove_scratch()
         d.close()
         remotes.close()
+
+
+def _deploy_locked(d: steps.Deploy) -> tuple[pipeline.Outcome, DeployError | None]:
+    """The deploy's steps (with the stage's hooks) under its lock, the bookkeeping after its
+    commit, and the post phase; (the outcome, the post phase's failure if any)."""
+    hooks.run(d.stage.hooks, "before_deploy", events.of_deploy(d), d.project.root, raising=True)
+    hooked = hooks.around(steps.STEPS, d.stage.hooks, lambda: events.of_deploy(d), d.project.root)
+    try:
+        outcome = pipeline.run(hooked, d, guard.journaling(d, "deploy"), commit=guard.committing("deploy"))
+    except pipeline.DeployFailed as failure:
+        _after_failure(d, failure)
+        raise
+    try:  # Ctrl-C is held back from the commit on: the log and the cleanup finish
+        _after_success(d, outcome)
+    except BaseException:
+        outcome.release_interrupts()
+        raise
+    stopped = outcome.release_interrupts()
+    if stopped:
+        console.warn("Ctrl-C came after the deploy was recorded as succeeded: nothing was undone")
+    return outcome, _post_phase(d, stopped)
 
 
 def _after_success(d: steps.Deploy, outcome: pipeline.Outcome) -> None:

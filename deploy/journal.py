@@ -7,7 +7,7 @@ the database is are read from the hosts, not from the journal.
 """
 from __future__ import annotations
 
-from . import app_env, console, pipeline, restore, rollback, steps
+from . import app_env, console, events, notify, pipeline, restore, rollback, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .ssh import guard, lock, service
@@ -56,6 +56,10 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
         for note in notes:
             console.say(f"  {note}")
         console.ok(f"recovered {stage.name}: the {action} is undone; lock released")
+        notifier = notify.Notifier(stage.notify, project.root)
+        notifier.send("recovered", events.event(action, stage, "recovered", guard.describe(record),
+                                                release=record.get("release_id") or record.get("target")))
+        notifier.wait()
         return notes
 
 

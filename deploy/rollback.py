@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from . import backups, compat, console, pipeline, rolling
+from . import backups, compat, console, events, notify, pipeline, rolling
 from .config import ProjectConfig
 from .errors import DeployError
 from .migrations import MIGRATION_LOCK_KEY
@@ -224,13 +224,25 @@ def rollback(project: ProjectConfig, stage_name: str | None, to: str | None = No
         r = Rollback(stage, remotes, Layout(stage.deploy_to), requested=to, app=project.app,
                      live_path=project.live_path, batch=stage.batch)
         console.heading(f"rollback on {stage.name}")
+        notifier = notify.Notifier(stage.notify, project.root)
         try:
             with guard.guarded(r.migrator, r.layout, lock.holder("rollback", to), stage.name) as r.holder:
                 guard.run_journaled(r, "rollback", STEPS, lambda outcome, error: _log(r, outcome, error))
+        except DeployError as exc:
+            notifier.send("failed", _event(r, "failed", str(exc)[:2000]))
+            raise
+        else:
+            notifier.send("rolled_back", _event(r, "ok"))
         finally:
             r.close()
+            notifier.wait()
     console.ok(f"rolled back {stage.name} to {r.target} (database at {r.target_revision})")
     return r.target
+
+
+def _event(r: Rollback, outcome: str, error: str | None = None) -> dict:
+    return events.event("rollback", r.stage, outcome, error, time.monotonic() - r.started, release=r.target,
+                        previous=r.source, revisions=[r.target_revision] if r.target_revision else [])
 
 
 def _log(r: Rollback, outcome: str, error: str | None = None) -> None:

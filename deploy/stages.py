@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hooks, notify
 from .config import ProjectConfig, _Table
 from .errors import ConfigError
 
@@ -100,6 +101,8 @@ class StageConfig:
     bind: str                  # where gunicorn listens (the unit's BIND)
     backups: BackupSettings
     lb: LoadBalancer | None = None
+    notify: notify.NotifySettings | None = None   # [stages.S.notify]: webhooks for deploy events
+    hooks: hooks.HookSettings = hooks.HookSettings()  # [stages.S.hooks]: local commands around the steps
 
     @property
     def app_hosts(self) -> tuple[StageHost, ...]:
@@ -190,6 +193,8 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
         backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
         lb=_load_balancer(table.table("lb"), hosts) if "lb" in table.data else None,
+        notify=notify.settings(table.table("notify"), project.root) if "notify" in table.data else None,
+        hooks=hooks.settings(table.table("hooks")),
     )
 
 

@@ -110,7 +110,9 @@ class Endpoints:
 
         heads = self.expected_heads()
         body = {"release": self.release, "expected_revision": heads[0] if len(heads) == 1 else list(heads),
-                "revision": None, "status": "ok", "env_sha256": os.environ.get("DEPLOY_ENV_SHA256")}
+                "revision": None, "status": "ok"}
+        if os.environ.get("DEPLOY_ENV_SHA256"):  # the env file its gunicorn master loaded (environment.py)
+            body["env_sha256"] = os.environ["DEPLOY_ENV_SHA256"]
         try:
             current = self.database_revisions()
         except DBAPIError as exc:
