@@ -4,7 +4,7 @@ from invoke import Collection
 
 import sys
 
-from . import app_env, backups, commands, journal, logs as logs_, phases
+from . import app_env, backups, commands, journal, logs as logs_, maintenance, phases
 from . import restore as restore_
 from . import rollback as rollback_
 from .config import load_project
@@ -113,6 +113,20 @@ def logs(c, stage=None, host=None, since=None, lines=None, follow=False, unit="a
     logs_.logs(load_project(), stage, host, since, _number("--lines", lines), follow, unit)
 
 
+@task(name="on", help={**STAGE, "page": "an HTML file to show (default: a plain page of the toolkit)",
+                       "retry-after": "seconds for the Retry-After header (default: 300)"})
+def maintenance_on(c, stage=None, page=None, retry_after=None):
+    """Every request gets a 503 maintenance page, on every app host, until maintenance.off (deploys go on)."""
+    seconds = _number("--retry-after", retry_after)
+    maintenance.turn_on(load_project(), stage, page, seconds if seconds else 300)
+
+
+@task(name="off", help=STAGE)
+def maintenance_off(c, stage=None):
+    """End maintenance mode: the app serves again on every app host."""
+    maintenance.turn_off(load_project(), stage)
+
+
 @task(name="list", help={**STAGE, "show": "print the values too (they are secrets: mind who looks)"})
 def env_list(c, stage=None, show=False):
     """The keys of the app's env file on the stage (values hidden unless --show)."""
@@ -168,5 +182,6 @@ env_ns = Collection("env")
 env_ns.add_task(env_list, default=True)
 for env_task in (env_set, env_unset, env_push, env_diff):
     env_ns.add_task(env_task)
+maintenance_ns = Collection("maintenance", maintenance_on, maintenance_off)
 ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock,
-                env_ns, logs)
+                env_ns, logs, maintenance_ns)

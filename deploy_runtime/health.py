@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from .maintenance import Maintenance
+
 RELEASE_FILE = Path(__file__).resolve().parents[2] / "RELEASE"  # <release>/.deploy/deploy_runtime/
 
 
@@ -44,6 +46,7 @@ class Endpoints:
                                "migrations and database to answer health checks")
         self.app, self.migrate = app, migrate
         self.paths = {health_path: self.healthz, live_path: self.livez}
+        self.maintenance = Maintenance()
         self.release = release()
         self._engine = None
         self._heads: tuple[str, ...] | None = None
@@ -52,8 +55,13 @@ class Endpoints:
     def __call__(self, environ, start_response):
         answer = self.paths.get(environ.get("PATH_INFO", ""))
         if answer is None or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            down = self.maintenance.state()
+            if down is not None:
+                return self.maintenance.answer(down, environ, start_response)
             return self.app(environ, start_response)
         status, body = answer()
+        if self.maintenance.state() is not None:
+            body["maintenance"] = True
         data = json.dumps(body).encode()
         start_response("200 OK" if status == 200 else "503 Service Unavailable",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(data))),

@@ -168,3 +168,20 @@ def test_a_health_path_that_answers_404_fails_the_deploy_at_once_naming_it():
         server.shutdown()
     assert time.monotonic() - started < 10  # not the 60 s timeout
     assert url in str(raised.value) and "health_path" in str(raised.value)
+
+
+def test_maintenance_answers_every_request_with_the_page_and_retry_after_until_its_flag_goes(migrated, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("DEPLOY_SHARED", str(tmp_path))
+    client = served(migrated.database_url)
+    assert client.get("/boards").status_code == 200
+    (tmp_path / "maintenance.html").write_text("<h1>Back at noon</h1>")
+    (tmp_path / "maintenance.json").write_text(json.dumps({"retry_after": 120}))
+    down = client.post("/boards", json={"name": "x"})
+    assert down.status_code == 503 and down.headers["Retry-After"] == "120"
+    assert down.get_data(as_text=True) == "<h1>Back at noon</h1>"
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json["maintenance"] is True, "deploys go on during maintenance"
+    assert client.get("/livez").json["maintenance"] is True
+    (tmp_path / "maintenance.json").unlink()
+    assert client.get("/boards").status_code == 200 and "maintenance" not in client.get("/healthz").json
