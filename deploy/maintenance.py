@@ -3,10 +3,12 @@ Retry-After, answered by the toolkit in front of the app (deploy_runtime.mainten
 every app host, until it is turned off. The flag and the page live in the stage's shared
 folder, outside any release: the mode survives deploys and reloads. The health answers say
 `"maintenance": true` and keep their status, so deploys go on and the load balancer keeps
-the hosts (which answer the page) in rotation.
+the hosts (which answer the page) in rotation. Where the stage names a load balancer, it
+answers the same page itself, even while no app host serves.
 """
 from __future__ import annotations
 
+import base64
 import getpass
 import json
 from pathlib import Path
@@ -14,13 +16,14 @@ from pathlib import Path
 from . import console
 from .config import ProjectConfig
 from .errors import ConfigError, DeployError
-from .ssh import deploylog, service
+from .ssh import balancer, deploylog, service
 from .ssh.connection import Remote, connect, on_hosts
 from .ssh.layout import Layout
 from .stages import load_stage
 from deploy_runtime.maintenance import DEFAULT_PAGE, FLAG, PAGE
 
 WRITE = 'umask 022 && cat > "$1.$$.tmp" && mv -f "$1.$$.tmp" "$1"'
+LB_PAGE_LIMIT = 12000  # base64 characters: one runtime API command line stays under HAProxy's 16 kB buffer
 
 
 def page_text(page: str | None, root: Path) -> bytes:
@@ -53,8 +56,13 @@ def turn_on(project: ProjectConfig, stage_name: str | None, page: str | None = N
         apps = [remotes[h.name] for h in stage.app_hosts]
         try:
             on_hosts("turning maintenance on", apps, on_host)
+            _at_balancer(stage, html, retry_after)
         except DeployError:
-            _remove_flags(apps, layout)
+            for undo in (lambda: _remove_flags(apps, layout), lambda: _at_balancer(stage, None)):
+                try:
+                    undo()
+                except DeployError as exc:
+                    console.warn(f"could not take maintenance back off everywhere: {exc}")
             raise
         deploylog.append_or_warn(remotes[stage.migrations_host.name], layout, {
             "time": deploylog.now(), "action": "maintenance", "state": "on", "user": getpass.getuser(),
@@ -68,12 +76,33 @@ def turn_off(project: ProjectConfig, stage_name: str | None) -> None:
     layout = Layout(stage.deploy_to)
     with connect(stage) as remotes:
         apps = [remotes[h.name] for h in stage.app_hosts]
+        _at_balancer(stage, None)
         _remove_flags(apps, layout)
         on_hosts("checking the app serves again", apps, lambda r: _expect(r, stage, False))
         deploylog.append_or_warn(remotes[stage.migrations_host.name], layout, {
             "time": deploylog.now(), "action": "maintenance", "state": "off", "user": getpass.getuser(),
             "stage": stage.name})
     console.ok(f"maintenance is off for {stage.name}: the app serves again")
+
+
+def _at_balancer(stage, html: str | None, retry_after: int = 0) -> None:
+    """The same page answered by the stage's HAProxy itself, from a map set through its runtime
+    API (docs/load-balancer.md): it shows even while no app host serves. None clears it."""
+    if stage.lb is None:
+        return
+    lb, path = stage.lb, stage.lb.maintenance_map
+    remote = Remote(stage, lb.host)
+    try:
+        balancer.ask(remote, lb, f"clear map {path}")
+        if html is not None:
+            page = base64.b64encode(html.encode()).decode()
+            if len(page) > LB_PAGE_LIMIT:
+                raise ConfigError(f"the page is too large for the load balancer's map ({len(page)} bytes as base64, "
+                                  f"at most {LB_PAGE_LIMIT})", hint="a smaller page: inline no images")
+            balancer.ask(remote, lb, f"add map {path} retry_after {retry_after}")
+            balancer.ask(remote, lb, f"add map {path} page {page}")
+    finally:
+        remote.close()
 
 
 def _remove_flags(apps: list[Remote], layout: Layout) -> None:

@@ -69,6 +69,7 @@ class LoadBalancer:
     backend: str
     servers: dict[str, str]     # app host name -> HAProxy's server name (default: the same)
     drain_timeout: float        # how long a drained host's open requests may take to finish
+    maintenance_map: str = "/etc/haproxy/maintenance.map"  # fab maintenance.on puts its page here
 
     def server(self, host: str) -> str:
         return self.servers.get(host, host)
@@ -225,6 +226,8 @@ def _load_balancer(table: _Table, hosts: tuple[StageHost, ...]) -> LoadBalancer:
         backend=table.matching("backend", "app", name_pattern, "a HAProxy backend name"),
         servers=dict(servers),
         drain_timeout=float(table.integer("drain_timeout", 30, 1, 3600)),
+        maintenance_map=table.matching("maintenance_map", "/etc/haproxy/maintenance.map", r"(/[A-Za-z0-9_.-]+)+",
+                                       "an absolute path"),
     )
 
 

@@ -29,6 +29,13 @@ def test_maintenance_shows_the_page_through_the_load_balancer_and_survives_a_dep
     code, headers, body = fetch(url)
     assert (code, headers.get("Retry-After"), body) == (503, "90", PAGE)
     assert health(deployed, "app2")["maintenance"] is True
+    for host in ("app1", "app2"):  # the load balancer answers the page itself, even with no app host up
+        assert ssh(deployed, host, "sudo -n systemctl --no-pager stop app.service").returncode == 0
+    try:
+        assert fetch(url) == (503, fetch(url)[1], PAGE) and fetch(url)[1].get("Retry-After") == "90"
+    finally:
+        for host in ("app1", "app2"):
+            ssh(deployed, host, "sudo -n systemctl --no-pager start app.service")
 
     add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     deployed.push()

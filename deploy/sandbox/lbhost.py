@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 
 from ..ssh import balancer
-from .hostfs import write_as
+from .hostfs import inside, write_as
 from .system import SandboxError, in_host
 from .spec import LB_PORT, Host, Sandbox
 
 UNIT = "haproxy.service"
 GROUP = "haproxy"   # may use the runtime API socket (mode 660)
 CONFIG = "/etc/haproxy/haproxy.cfg"
+MAINTENANCE_MAP = "/etc/haproxy/maintenance.map"  # the stage's lb.maintenance_map default
 SOCKET = "/run/haproxy/admin.sock"
 BACKEND = "app"
 APP_PORT = 8000
@@ -44,6 +45,9 @@ defaults
 
 frontend users
     bind {address}:{port}
+    # fab maintenance.on puts a page into this map through the runtime API; while it is
+    # there, the load balancer answers every request with it (docs/load-balancer.md).
+    http-request return status 503 content-type "text/html; charset=utf-8" lf-string "%[str(page),map({maintenance_map}),b64dec]" hdr Retry-After "%[str(retry_after),map({maintenance_map})]" if {{ str(page),map({maintenance_map}) -m found }}
     default_backend {backend}
 
 backend {backend}
@@ -58,11 +62,13 @@ backend {backend}
 def config_text(sandbox: Sandbox, lb: Host) -> str:
     servers = "\n".join(f"    server {h.name} {h.address}:{APP_PORT} check" for h in sandbox.apps)
     return HAPROXY_CFG.format(socket=SOCKET, address=lb.address, port=LB_PORT, backend=BACKEND,
-                              check=sandbox.settings.live_path, servers=servers)
+                              check=sandbox.settings.live_path, servers=servers, maintenance_map=MAINTENANCE_MAP)
 
 
 def write_config(sandbox: Sandbox, lb: Host) -> bool:
-    """haproxy.cfg for the sandbox's app hosts; True when it changed."""
+    """haproxy.cfg for the sandbox's app hosts (and its maintenance map); True when it changed."""
+    if not inside(lb, MAINTENANCE_MAP).exists():
+        write_as(lb, MAINTENANCE_MAP, "", 0o644)
     return write_as(lb, CONFIG, config_text(sandbox, lb), 0o644)
 
 
