@@ -15,7 +15,7 @@ from deploy.sandbox import faults
 from deploy_runtime.environment import digest
 
 pytestmark = pytest.mark.timeout(300)
-APPS, HOLDERS = ("app1", "app2"), ("app1", "app2", "db", "lb")
+APPS, HOLDERS = ("app1", "app2"), ("app1", "app2", "db")
 ODD = {"APP_GREETING": 'q"uo\'te $HOME `x` \\ back #not a comment ; semi',
        "APP_MULTI": "first line\n  second line  \n",
        "APP_SPACES": "  padded  ",

@@ -47,6 +47,7 @@ class CommandLines(threading.Thread):
 
 def test_no_secret_in_command_lines_output_logs_journal_plans_errors_traces_or_manifests(deployed, tmp_path):
     env_text, password = env_secret(deployed)
+    token = "tok-" + password[::-1]  # a new secret, set with fab env.set
     trace = tmp_path / "trace.jsonl"
     traced = {"FLASK_DEPLOY_TRACE": str(trace)}
     watcher = CommandLines()
@@ -62,6 +63,10 @@ def test_no_secret_in_command_lines_output_logs_journal_plans_errors_traces_or_m
         failed = deployed.fab("deploy", db=False, env=traced)
         assert failed.returncode == 1, output(failed)
         runs += [failed, deployed.fab("rollback", db=False, env=traced)]
+        runs += [deployed.fab("env.set", "APP_TOKEN", db=False, env=traced, input=token + "\n"),
+                 deployed.fab("env", db=False), deployed.fab("env.diff", db=False),
+                 deployed.fab("logs", "--lines", "300", db=False)]
+        assert all(r.returncode == 0 for r in runs[-4:]), [output(r) for r in runs[-4:]]
     finally:
         lines = watcher.stop()
     assert any("pg_dump" in line for line in lines) and any("flask" in line for line in lines)
@@ -70,11 +75,13 @@ def test_no_secret_in_command_lines_output_logs_journal_plans_errors_traces_or_m
     for host in ("app1", "app2"):
         texts[f"{host} files"] = ssh(deployed, host, "cat /srv/app/deploy.log /srv/app/releases/*/.release.json "
                                                      "/srv/app/backups/*.json /srv/app/backups/*/*.json "
-                                                     "2>/dev/null; journalctl -u app.service").stdout
+                                                     "/srv/app/metrics/*.prom 2>/dev/null; journalctl -u app.service").stdout
+    assert token in ssh(deployed, "app2", "cat /srv/app/shared/env").stdout, "the sweep looks for a secret that was set"
     texts["downloaded manifest"] = "\n".join(p.read_text() for p in (tmp_path / "dl").glob("*.json"))
     assert texts["downloaded manifest"] and "a0d0a0d0beef" in texts["app1 files"]
     for name, text in texts.items():
         assert password not in text, f"the database password is in the {name}"
+        assert token not in text, f"the secret set with fab env.set is in the {name}"
         for line in env_text.splitlines():
             assert line not in text, f"the env file's line is in the {name}"
 

@@ -48,6 +48,9 @@ def prepare_host_files(sandbox: Sandbox, host: Host) -> set[str]:
     return changed
 
 
+JOURNAL_GROUP = "systemd-journal"
+
+
 def _ensure_users(sandbox: Sandbox, host: Host) -> None:
     """The deploy user (its own home) and the admin account (full sudo, keys in /etc/ssh)."""
     user, admin = sandbox.settings.user, admin_name(sandbox.settings.user)
@@ -59,6 +62,8 @@ def _ensure_users(sandbox: Sandbox, host: Host) -> None:
                  "--home-dir", home, "--shell", "/bin/bash", "--password", "*", "--user-group", name])
     if host.is_lb and not _in_group(host, lbhost.GROUP, user):  # the runtime API socket is the group's
         run(["chroot", str(host.rootfs), "usermod", "--append", "--groups", lbhost.GROUP, user])
+    if not _in_group(host, JOURNAL_GROUP, user):  # fab logs, as fab setup allows it on real servers
+        run(["chroot", str(host.rootfs), "usermod", "--append", "--groups", JOURNAL_GROUP, user])
     _write_sudoers(host, f"flask-deploy-{admin}", f"{admin} ALL=(ALL) NOPASSWD: ALL\n")
     _write_sudoers(host, f"flask-deploy-{user}", sudo_rule(user, sandbox.settings.service))
 
