@@ -24,13 +24,18 @@ from .ssh import build, deploylog, guard, lock, service
 from .ssh.connection import Remote, StageRemotes, connect, on_hosts
 from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
-from deploy_runtime.environment import digest
+from deploy_runtime.environment import RESERVED, digest
 
 READ = 'test -e "$1" || exit 3; cat "$1"'
-WRITE_NEW = 'umask 077 && cat > "$1.$2.new"'
+# Copies an earlier change left (its controller died after its commit): removed under the lock.
+WRITE_NEW = 'umask 077 && rm -f "$1".*.before "$1".*.new && cat > "$1.$2.new"'
 SWAP = 'cp -p "$1" "$1.$2.before" && mv -f "$1.$2.new" "$1"'
 PUT_BACK = 'if [ -e "$1.$2.before" ]; then mv -f "$1.$2.before" "$1"; fi; rm -f "$1.$2.new"'
+DROP_NEW = 'rm -f "$1.$2.new"'
 FORGET = 'rm -f "$1.$2.before" "$1.$2.new"'
+# The key of the digest the health answer reports (deploy_runtime.environment), made once.
+DIGEST_KEY = ('umask 077; [ -s "$1.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n" > "$1.key"; '
+              'cat "$1.key"')
 
 
 def read_files(remotes: list[Remote], layout: Layout) -> dict[str, str]:
@@ -108,7 +113,7 @@ class EnvChange(StageRemotes):
     gunicorn_config: str = ""
     texts: dict[str, str] = field(default_factory=dict)  # host -> its new file (never journaled)
     change_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    reloading: bool = False
+    values: set[str] = field(default_factory=set)  # every value before and after (to keep out of messages)
     notes: list[str] = field(default_factory=list)
     holder: dict = field(default_factory=dict)
     reached: str = ""
@@ -141,14 +146,17 @@ def _check(c: EnvChange) -> None:
 
     def boots(r: Remote) -> None:
         release = service.current_release(r, c.layout)
-        if release:
-            build.check_boot(r, c.layout, release, c.gunicorn_config,
-                             env_file=f"{c.layout.env_file}.{c.change_id}.new")
+        if not release:
+            return
+        try:
+            build.check_boot(r, c.layout, release, c.gunicorn_config, env_file=f"{c.layout.env_file}.{c.change_id}.new")
+        except DeployError as exc:  # the app's error may quote a value (a URL it could not parse)
+            raise DeployError(env_text.scrub(exc.message, c.values), hint=exc.hint) from None
     on_hosts("checking the app boots with it", [r for r in c.apps if r.name in c.hosts], boots)
 
 
 def _forget_new(c: EnvChange) -> None:
-    c.on_each("removing the new env file", FORGET)
+    c.on_each("removing the new env file", DROP_NEW)  # never the old one kept aside: only PUT_BACK moves it
 
 
 def _swap(c: EnvChange) -> None:
@@ -156,13 +164,13 @@ def _swap(c: EnvChange) -> None:
 
 
 def _put_back(c: EnvChange) -> None:
+    """Every host's old file back, and every running app host reloaded onto it (one restarted
+    meanwhile may run the new file even if the reload step never began)."""
     c.on_each("putting the old env file back", PUT_BACK)
-    if c.reloading:
-        _reload(c, read_files(c.holding, c.layout))
+    _reload(c, read_files(c.holding, c.layout))
 
 
 def _reload_new(c: EnvChange) -> None:
-    c.reloading = True
     _reload(c, c.texts)
 
 
@@ -174,15 +182,16 @@ def _reload(c: EnvChange, texts: dict[str, str]) -> None:
         code, body = service.health(r, c.stage.health_url)
         if not isinstance(body, dict):
             raise DeployError(f"{r.name}: the app does not answer its health check ({code} {str(body)[:200]})")
-        if "env_sha256" not in body:
+        if not body.get("env_reload"):
             raise DeployError(f"{r.name}: the serving release does not read its env file again on a reload (it "
                               "predates fab env, or its gunicorn config does not import deploy_runtime's hooks)",
                               hint=f"fab deploy --stage {c.stage.name} once (docs/configuration.md: gunicorn_config), "
                                    "then change the env again")
+        key = r.run(["sh", "-c", DIGEST_KEY, "key", c.layout.env_file]).stdout.strip().encode()
         service.reload(r, c.stage.service)
         service.wait_healthy(r, c.stage.health_url, body.get("release"), body.get("revision"), c.stage.health_timeout,
                              any_revision=code != 200, service=c.stage.service,
-                             env_sha256=digest(texts[r.name].encode()))
+                             env_digest=digest(texts[r.name].encode(), key))
         return "reloaded"
     done = on_hosts("reloading the app", [r for r in c.apps if r.name in texts], on_host)
     c.notes = [f"{name}: {what}" for name, what in sorted(done.items())]
@@ -206,18 +215,9 @@ def change(project: ProjectConfig, stage_name: str | None, sets: dict[str, str] 
         layout = Layout(stage.deploy_to)
         c = EnvChange(stage, remotes, layout, {}, [], project.gunicorn_config)
         with guard.guarded(c.migrator, layout, lock.holder("env", None), stage.name) as c.holder:
-            before = _files_of(stage, remotes)
-            c.texts = {name: replacement if replacement is not None else env_text.edited(text, sets, unsets)
-                       for name, text in before.items()}
-            per_host = {name: env_text.changes(before[name], c.texts[name]) for name in before}
-            c.keys = {kind: sorted(set().union(*(p[kind] for p in per_host.values())))
-                      for kind in ("added", "changed", "removed")}
-            c.hosts = sorted(name for name in before if c.texts[name] != before[name])
-            if not c.hosts:
+            if not _plan(c, _files_of(stage, remotes), sets, unsets, replacement):
                 console.ok(f"the env of {stage.name} already reads so on every host: nothing changed")
                 return c.keys
-            console.heading(f"env change on {stage.name}: " + "; ".join(
-                f"{kind} {', '.join(keys)}" for kind, keys in c.keys.items() if keys))
             guard.run_journaled(c, "env", STEPS, lambda outcome, error: _log(c, outcome, error))
         _forget_kept(c)
     for note in c.notes:
@@ -226,10 +226,33 @@ def change(project: ProjectConfig, stage_name: str | None, sets: dict[str, str] 
     return c.keys
 
 
+def _plan(c: EnvChange, before: dict[str, str], sets: dict[str, str], unsets: set[str],
+          replacement: str | None) -> bool:
+    """Each host's new file, the keys it changes, the hosts it changes; False if none."""
+    c.texts = {name: replacement if replacement is not None else env_text.edited(text, sets, unsets)
+               for name, text in before.items()}
+    per_host = {name: env_text.changes(before[name], c.texts[name]) for name in before}
+    c.keys = {kind: sorted(set().union(*(p[kind] for p in per_host.values()))) for kind in ("added", "changed", "removed")}
+    reserved = sorted(set(c.keys["removed"]) & RESERVED)
+    if reserved:
+        raise ConfigError(f"{', '.join(reserved)} would be removed, but the app's unit sets it as well: a reload "
+                          "would keep the value the file gave", hint="set it to the value you want instead")
+    c.hosts = sorted(name for name in before if c.texts[name] != before[name])
+    c.values = {v for text in (*before.values(), *c.texts.values()) for v in envfile.parse(text).values()}
+    for name in c.hosts:
+        if c.texts[name].startswith(env_text.REWRITTEN) and not before[name].startswith(env_text.REWRITTEN):
+            console.warn(f"{name}: a value in its env file spans lines, so the file is written out anew: "
+                         "its comments are not kept")
+    if c.hosts:
+        console.heading(f"env change on {c.stage.name}: " + "; ".join(
+            f"{kind} {', '.join(keys)}" for kind, keys in c.keys.items() if keys))
+    return bool(c.hosts)
+
+
 def _forget_kept(c: EnvChange) -> None:
     try:
         c.on_each("removing the old env files kept aside", FORGET)
-    except DeployError as exc:  # a copy as private as the file itself; the next change replaces it
+    except DeployError as exc:  # a copy as private as the file itself; the next change removes it
         console.warn(f"could not remove the old env file kept aside ({c.layout.env_file}.{c.change_id}.before): {exc}")
 
 
@@ -243,7 +266,6 @@ def _log(c: EnvChange, outcome: str, error: str | None = None) -> None:
 def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> list[str]:
     """Undo an env change whose controller died: each host's old file back, the app reloaded."""
     c = EnvChange.from_record(stage, remotes, record)
-    c.reloading = c.reached == "reload"
     pipeline.undo_from(STEPS, c, c.reached, stage.name)
     _log(c, "recovered", f"the controller stopped during '{record.get('step')}'")
     return [f"every host has its env file as before the change of {', '.join(sorted(set().union(*c.keys.values())))}"]

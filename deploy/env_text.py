@@ -7,6 +7,8 @@ when every assignment is on a line of its own; otherwise the file is written out
 """
 from __future__ import annotations
 
+import re
+
 from .errors import ConfigError
 from .servertool import envfile
 
@@ -28,11 +30,15 @@ def assignment(key: str, value: str) -> str:
 
 
 def edited(text: str, sets: dict[str, str], unsets: set[str]) -> str:
-    """`text` with `sets` assigned and `unsets` removed; every other assignment read as before."""
-    expected = {k: v for k, v in envfile.parse(text).items() if k not in unsets} | sets
+    """`text` with `sets` assigned and `unsets` removed; every other assignment read as before
+    (and `text` itself when that changes nothing)."""
+    current = envfile.parse(text)
+    expected = {k: v for k, v in current.items() if k not in unsets} | sets
+    if expected == current and list(expected) == list(current):
+        return text
     changed = sets.keys() | unsets
     lines, placed = [], set()
-    for line in text.splitlines(keepends=True):
+    for line in filter(None, re.split(r"(?<=\n)", text)):  # "\n" ends a line (a "\r" stays in its line)
         keys = list(envfile.parse(line))
         if len(keys) == 1 and keys[0] in changed:
             if keys[0] in sets and keys[0] not in placed:
@@ -47,6 +53,14 @@ def edited(text: str, sets: dict[str, str], unsets: set[str]) -> str:
     if envfile.parse(result) == expected:
         return result
     return REWRITTEN + "".join(assignment(k, v) for k, v in expected.items())  # a value spanned lines
+
+
+def scrub(message: str, values: set[str]) -> str:
+    """`message` with each of `values` (4 characters or more: shorter ones are not secrets, and
+    would blank out common words) replaced by ***."""
+    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
+        message = message.replace(value, "***")
+    return message
 
 
 def changes(before: str, after: str) -> dict[str, list[str]]:

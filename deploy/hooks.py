@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,14 +66,7 @@ def run(hooks: HookSettings, name: str, facts: dict, root: Path, raising: bool =
     env = dict(os.environ, FLASK_DEPLOY_HOOK=name,
                **{f"FLASK_DEPLOY_{k.upper()}": _text(v) for k, v in facts.items() if v is not None})
     console.say(f"  hook {name}: {shlex.join(argv)}")
-    try:
-        done = subprocess.run(list(argv), cwd=root, env=env, capture_output=True, text=True, timeout=hooks.timeout)
-        problem = None if done.returncode == 0 else f"exited with {done.returncode}"
-        shown = (done.stdout + done.stderr).strip().splitlines()[-20:]
-    except subprocess.TimeoutExpired:
-        problem, shown = f"did not finish within {hooks.timeout:g}s (it was stopped)", []
-    except OSError as exc:
-        problem, shown = f"could not start: {exc.strerror}", []
+    problem, shown = _run_command(argv, root, env, hooks.timeout)
     for line in shown:
         console.say(f"    {line}")
     if problem is None:
@@ -81,6 +76,36 @@ def run(hooks: HookSettings, name: str, facts: dict, root: Path, raising: bool =
                                                             "then deploy again")
     console.warn(f"the {name} hook {problem}; the outcome stands")
     return False
+
+
+def _run_command(argv: tuple[str, ...], root: Path, env: dict, timeout: float) -> tuple[str | None, list[str]]:
+    """(what went wrong or None, its last lines of output). Its output goes to a file, so a child
+    it leaves running cannot hold the hook open; its whole process group is stopped at the timeout."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(list(argv), cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            return f"could not start: {exc.strerror}", []
+        try:
+            code = proc.wait(timeout=timeout)
+            problem = None if code == 0 else f"exited with {code}"
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            problem = f"did not finish within {timeout:g}s (it was stopped)"
+        except BaseException:  # Ctrl-C: the hook stops with us
+            _stop(proc)
+            raise
+        out.seek(0)
+        return problem, out.read().decode("utf-8", errors="replace").strip().splitlines()[-20:]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
 
 
 def _text(value) -> str:

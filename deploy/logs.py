@@ -11,7 +11,8 @@ from .errors import ConfigError, DeployError
 from .ssh.connection import HostsFailed, Remote, connect, on_hosts
 from .stages import StageConfig, load_stage
 
-NO_ACCESS = "insufficient permissions"
+# What journalctl says when the user may not read the system journal (no lines of the app's unit).
+NO_ACCESS = ("insufficient permissions", "not seeing messages from other users and the system")
 
 
 def units_and_hosts(stage: StageConfig, unit: str, host: str | None) -> tuple[list[str], list]:
@@ -33,7 +34,8 @@ def units_and_hosts(stage: StageConfig, unit: str, host: str | None) -> tuple[li
 
 
 def journal_argv(units: list[str], since: str | None, lines: int | None, follow: bool) -> list[str]:
-    argv = ["journalctl", "--no-pager", "--quiet", "--output=short-iso-precise"]
+    # UTC on every host: the lines of hosts in other time zones merge in order.
+    argv = ["journalctl", "--no-pager", "--utc", "--output=short-iso-precise"]
     for unit in units:
         argv += ["--unit", unit]
     argv += ["--since", since] if since else []
@@ -58,7 +60,7 @@ def logs(project: ProjectConfig, stage_name: str | None, host: str | None = None
         except KeyboardInterrupt:
             console.say("")
         except HostsFailed as failed:
-            if NO_ACCESS in str(failed):
+            if any(words in str(failed) for words in NO_ACCESS):
                 raise DeployError(f"the deploy user may not read the system journal on {stage.name}",
                                   hint="fab setup with the stage's admin_user adds it to the group systemd-journal "
                                        "(or: sudo usermod -aG systemd-journal USER on each host)") from None
@@ -78,7 +80,7 @@ def _entries(text: str) -> list[str]:
 
 def _checked(remote: Remote, argv: list[str], **kw) -> str:
     out = remote.run(argv, check=False, **kw)
-    if out.exited != 0 or NO_ACCESS in out.stderr:
+    if out.exited != 0 or any(words in out.stderr for words in NO_ACCESS):
         raise DeployError(f"{remote.name}: journalctl exited {out.exited}: {out.stderr.strip()[:300]}")
     return out.stdout
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -48,7 +49,8 @@ def settings(table: _Table, project_root: Path) -> NotifySettings:
     for key in (*TARGETS, "grafana_token"):
         if key in table.data:
             value = table.text(key)
-            if not (value.startswith("env:") or value.startswith("file:")):
+            kind, _, name = value.partition(":")
+            if kind not in ("env", "file") or (kind == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)):
                 raise table.fail(key, "env:NAME or file:PATH (where the URL is kept: it carries a token, so "
                                       "it stays out of deploy.toml)")
             refs[key] = value
@@ -137,7 +139,7 @@ class Notifier:
             self.problems.append(f"{target}: the webhook answered HTTP {exc.code} to the {event['event']} event")
         except (socket.timeout, TimeoutError):
             self.problems.append(f"{target}: no answer within {s.timeout:g}s to the {event['event']} event")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - never the message: it may quote the URL and its token
             reason = getattr(exc, "reason", exc)
             kind = "no answer in time" if isinstance(reason, (socket.timeout, TimeoutError)) else type(reason).__name__
             self.problems.append(f"{target}: could not post the {event['event']} event ({kind})")

@@ -3,8 +3,10 @@
 service; a HUP alone would keep the old values in every new worker.
 
 The master keeps the keys it last loaded (DEPLOY_ENV_KEYS): a key removed from the file is
-removed from the environment too. DEPLOY_ENV_SHA256 names the file it loaded (a digest, never
-a value): the health answer reports it, and the deploy waits for the new one.
+removed from the environment too, except the ones the unit itself sets (RESERVED), which
+`fab env` does not remove. DEPLOY_ENV_DIGEST names the file it loaded without revealing it
+(an HMAC under a random key kept beside the file, 0600): the health answer reports it, and
+`fab env` waits for the new one.
 
 The file is read with the toolkit's one parser (systemd's EnvironmentFile= rules): the
 deploy writes a copy of deploy/servertool/envfile.py beside this module.
@@ -12,6 +14,7 @@ deploy writes a copy of deploy/servertool/envfile.py beside this module.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 
 try:
@@ -19,7 +22,10 @@ try:
 except ImportError:  # the toolkit's own checkout
     from deploy.servertool import envfile
 
-KEYS, DIGEST = "DEPLOY_ENV_KEYS", "DEPLOY_ENV_SHA256"
+KEYS, DIGEST = "DEPLOY_ENV_KEYS", "DEPLOY_ENV_DIGEST"
+# Set by the app's unit or by systemd: never removed by a reload, and never unset by fab env.
+RESERVED = frozenset({"APP_ROOT", "BIND", "PWD", "PYTHONPATH", "DEPLOY_ENV_FILE", "DEPLOY_SHARED", "PATH",
+                      "HOME", "USER", "LOGNAME", "SHELL", "LANG", "INVOCATION_ID", "JOURNAL_STREAM", KEYS, DIGEST})
 
 
 def env_file() -> str | None:
@@ -30,9 +36,9 @@ def env_file() -> str | None:
     return os.path.join(os.path.dirname(root.rstrip("/")), "shared", "env") if root else None
 
 
-def digest(data: bytes) -> str:
-    """What identifies an env file's content (16 hex digits of its sha256)."""
-    return hashlib.sha256(data).hexdigest()[:16]
+def digest(data: bytes, key: bytes) -> str:
+    """What identifies an env file's content, and reveals nothing of it without the key."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:16]
 
 
 def refresh_environment() -> None:
@@ -47,8 +53,12 @@ def refresh_environment() -> None:
         values = envfile.parse(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return
-    for key in set(filter(None, os.environ.get(KEYS, "").split(","))) - values.keys():
+    for key in set(filter(None, os.environ.get(KEYS, "").split(","))) - values.keys() - RESERVED:
         os.environ.pop(key, None)
     os.environ.update(values)
     os.environ[KEYS] = ",".join(sorted(values))
-    os.environ[DIGEST] = digest(data)
+    try:
+        with open(path + ".key", "rb") as f:
+            os.environ[DIGEST] = digest(data, f.read().strip())
+    except OSError:  # no fab env change yet: nothing waits for a digest
+        os.environ.pop(DIGEST, None)

@@ -119,8 +119,10 @@ class Endpoints:
         heads = self.expected_heads()
         body = {"release": self.release, "expected_revision": heads[0] if len(heads) == 1 else list(heads),
                 "revision": None, "status": "ok"}
-        if os.environ.get("DEPLOY_ENV_SHA256"):  # the env file its gunicorn master loaded (environment.py)
-            body["env_sha256"] = os.environ["DEPLOY_ENV_SHA256"]
+        if os.environ.get("DEPLOY_ENV_KEYS") is not None:  # its master reads the env file at reloads
+            body["env_reload"] = True
+        if os.environ.get("DEPLOY_ENV_DIGEST"):  # which file it read (environment.py)
+            body["env_digest"] = os.environ["DEPLOY_ENV_DIGEST"]
         try:
             current = self.database_revisions()
         except DBAPIError as exc:

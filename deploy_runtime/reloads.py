@@ -23,6 +23,8 @@ from .environment import refresh_environment
 
 __all__ = ["on_reload", "pre_fork", "post_worker_init", "worker_exit"]
 
+refresh_environment()  # once, when the master loads its config: which keys the env file gave
+
 
 def _marks(worker) -> str:
     return os.path.join(tempfile.gettempdir(), f"gunicorn-{worker.ppid}-workers")

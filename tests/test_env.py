@@ -96,7 +96,8 @@ def test_a_change_the_app_cannot_serve_with_is_undone_on_every_host_and_the_old_
     assert "wrong-password-x9" not in text
     assert files(deployed) == before
     served = ssh(deployed, "app2", "cat /srv/app/shared/env").stdout
-    assert health(deployed, "app2")["env_sha256"] == digest(served.encode())
+    key = ssh(deployed, "app2", "cat /srv/app/shared/env.key").stdout.strip().encode()
+    assert health(deployed, "app2")["env_digest"] == digest(served.encode(), key)
     assert log_lines(deployed)[-1]["outcome"] == "failed"
 
 

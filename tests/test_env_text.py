@@ -2,6 +2,9 @@
 master (deploy_runtime/environment.py), both through the toolkit's one parser."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.env_text import REWRITTEN, assignment, changes, edited, parse_pairs
+from deploy.env_text import REWRITTEN, assignment, changes, edited, parse_pairs, scrub
 from deploy.errors import ConfigError
 from deploy.servertool import envfile
 
@@ -63,20 +66,31 @@ refresh_environment()
 first = {k: os.environ.get(k) for k in ("A", "B", "KEPT")}
 open(os.environ["DEPLOY_ENV_FILE"], "w").write(sys.argv[2])
 refresh_environment()
-print(json.dumps([first, {k: os.environ.get(k) for k in ("A", "B", "KEPT")}, os.environ["DEPLOY_ENV_SHA256"]]))
+print(json.dumps([first, {k: os.environ.get(k) for k in ("A", "B", "KEPT", "BIND")}, os.environ["DEPLOY_ENV_DIGEST"]]))
 """
 
 
-def test_a_reloading_master_takes_the_file_as_it_is_now_and_drops_removed_keys(tmp_path: Path):
+def test_a_reloading_master_takes_the_file_as_it_is_now_and_drops_removed_keys_but_not_the_unit_s(tmp_path: Path):
     env_file = tmp_path / "env"
-    env_file.write_text("A=1\nB='two words'\n")
+    env_file.write_text("A=1\nB='two words'\nBIND=0.0.0.0:9000\n")
+    (tmp_path / "env.key").write_text("k" * 64 + "\n")
     second = 'A="changed"\n'
     env = dict(os.environ, DEPLOY_ENV_FILE=str(env_file), KEPT="from the unit")
     out = subprocess.run([sys.executable, "-c", REFRESH, str(Path(__file__).resolve().parents[1]), second],
                          env=env, capture_output=True, text=True, check=True).stdout
-    import hashlib
-    import json
-    first, after, sha = json.loads(out)
+    first, after, mark = json.loads(out)
     assert first == {"A": "1", "B": "two words", "KEPT": "from the unit"}
-    assert after == {"A": "changed", "B": None, "KEPT": "from the unit"}
-    assert sha == hashlib.sha256(second.encode()).hexdigest()[:16]
+    assert after == {"A": "changed", "B": None, "KEPT": "from the unit", "BIND": "0.0.0.0:9000"}, \
+        "a key the unit sets (BIND) is never dropped by a reload"
+    assert mark == hmac.new(b"k" * 64, second.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def test_a_change_that_changes_nothing_leaves_the_text_as_it_is_even_with_a_value_spanning_lines():
+    text = '# db\nA="x\nB=1\n"\n# keep me\nC=2\n'
+    assert edited(text, {}, {"B"}) == text and edited(text, {"C": "2"}, set()) == text
+
+
+def test_values_are_scrubbed_from_an_app_error_longest_first():
+    message = "could not parse 'postgresql//app:s3cret-pw@db/app' (password s3cret-pw) at x"
+    assert scrub(message, {"postgresql//app:s3cret-pw@db/app", "s3cret-pw", "x"}) == \
+        "could not parse '***' (password ***) at x"

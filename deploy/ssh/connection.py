@@ -41,7 +41,7 @@ KEEPALIVE_SECONDS = 2
 DEAD_LINK_MS = 10_000   # unacknowledged data for this long: the connection is dead
 # sshd may send the exit status before the last output (it reaps the child, then drains the
 # pipe): the output is whole at the channel's EOF. A child left running with the command's
-# output open delays the EOF; past this grace the output so far is taken.
+# output open delays the EOF; once nothing has come for this long, the output so far is taken.
 EOF_GRACE_SECONDS = 2
 
 
@@ -187,21 +187,13 @@ class Remote:
         deadline = time.monotonic() + timeout if timeout else None
         cancel = getattr(_worker, "cancel", None)
         wait = 0.001
-        eof_deadline = None
+        last_data = time.monotonic()
         while True:
-            while channel.recv_ready():
-                chunk = channel.recv(1 << 16)
-                if on_stdout is None:
-                    stdout += chunk
-                else:
-                    on_stdout(chunk)
-            while channel.recv_stderr_ready():
-                stderr += channel.recv_stderr(1 << 16)
+            ended = channel.eof_received or channel.closed  # read before draining: nothing comes after it
+            if self._drain(channel, stdout, stderr, on_stdout):
+                last_data = time.monotonic()
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                if channel.eof_received or channel.closed:
-                    return
-                eof_deadline = eof_deadline or time.monotonic() + EOF_GRACE_SECONDS
-                if time.monotonic() > eof_deadline:
+                if ended or time.monotonic() - last_data > EOF_GRACE_SECONDS:
                     return
             if not transport.is_active():
                 raise HostError(self.name, f"the connection was lost while running `{command}`",
@@ -214,6 +206,23 @@ class Remote:
             # Poll soon at first (most commands take milliseconds), then back off.
             select.select([channel], [], [], wait)
             wait = min(wait * 2, 0.05)
+
+    @staticmethod
+    def _drain(channel, stdout: bytearray, stderr: bytearray, on_stdout: Callable[[bytes], None] | None) -> bool:
+        """Read what has arrived of both streams; True if anything had."""
+        got = False
+        while channel.recv_ready():
+            chunk = channel.recv(1 << 16)
+            got = got or bool(chunk)
+            if on_stdout is None:
+                stdout += chunk
+            else:
+                on_stdout(chunk)
+        while channel.recv_stderr_ready():
+            chunk = channel.recv_stderr(1 << 16)
+            got = got or bool(chunk)
+            stderr += chunk
+        return got
 
     def _stop_group(self, channel, stderr: bytearray) -> None:
         """Stop the command's process group on the host (TERM, then KILL), and wait until it is gone."""

@@ -71,12 +71,12 @@ def health(remote: Remote, url: str) -> tuple[int, dict | str]:
 
 
 def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None, timeout: float,
-                 any_revision: bool = False, service: str | None = None, env_sha256: str | None = None) -> dict:
+                 any_revision: bool = False, service: str | None = None, env_digest: str | None = None) -> dict:
     """Until /healthz says 200 with this release and revision; Unhealthy after `timeout`.
 
     `any_revision`: only the release must answer (while the database is still
     being put back, the old code rightly reports 503 for the newer schema).
-    `env_sha256`: and its workers run with that env file (deploy_runtime.environment).
+    `env_digest`: and its workers run with that env file (deploy_runtime.environment).
     """
     deadline = time.monotonic() + timeout
     code, body, polls = 0, "not asked yet", 0
@@ -86,7 +86,7 @@ def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None
             raise Unhealthy(f"{remote.name}: {url} answers 404: nothing serves the health path there",
                             hint="set [project] health_path in deploy.toml to the path the toolkit answers "
                                  "(default /healthz), or the stage's health_url to where the app is served")
-        if isinstance(body, dict) and body.get("release") == release_id and env_sha256 in (None, body.get("env_sha256")):
+        if isinstance(body, dict) and body.get("release") == release_id and env_digest in (None, body.get("env_digest")):
             if any_revision or (code == 200 and body.get("revision") == revision):
                 return body
         polls += 1
@@ -97,7 +97,7 @@ def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None
                                 f"release {release_id}); last answer: {body}",
                                 hint=f"read its log on {remote.name}: journalctl -u {service} (as an operator)")
         time.sleep(0.3)
-    wanted = f" with env {env_sha256}" if env_sha256 else ""
+    wanted = f" with env {env_digest}" if env_digest else ""
     raise Unhealthy(f"{remote.name}: {url} did not report release {release_id} at revision {revision}{wanted} within "
                     f"{timeout:.0f}s; last answer: {code} {body}",
                     hint=f"look at the service's log on {remote.name}: sudo journalctl -u SERVICE (as an operator)")
