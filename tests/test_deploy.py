@@ -29,6 +29,7 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
     assert "app2: env file kept; installed app.service and /etc/sudoers.d/flask-deploy-deploy (as deploy-admin)" in output(setup)
     assert ("app1: env file kept; installed app.service, app-backup.service, app-backup.timer, app-backup-check.service, "
             "app-backup-check.timer and /etc/sudoers.d/flask-deploy-deploy (as deploy-admin)") in output(setup)
+    assert "deploy reads the journal (group systemd-journal)" in output(setup)
     assert "Environment=BIND=0.0.0.0:8000" in (clean_sandbox.apps[0].rootfs / "etc/systemd/system/app.service").read_text()
     proc = deploy(project)
     assert proc.returncode == 0, output(proc)

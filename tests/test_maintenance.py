@@ -29,6 +29,7 @@ def test_maintenance_shows_the_page_through_the_load_balancer_and_survives_a_dep
     code, headers, body = fetch(url)
     assert (code, headers.get("Retry-After"), body) == (503, "90", PAGE)
     assert health(deployed, "app2")["maintenance"] is True
+    assert "MAINTENANCE" in deployed.fab("status", db=False).stdout
     for host in ("app1", "app2"):  # the load balancer answers the page itself, even with no app host up
         assert ssh(deployed, host, "sudo -n systemctl --no-pager stop app.service").returncode == 0
     try:
