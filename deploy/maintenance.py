@@ -85,6 +85,11 @@ def turn_off(project: ProjectConfig, stage_name: str | None) -> None:
     console.ok(f"maintenance is off for {stage.name}: the app serves again")
 
 
+def lb_page(html: str) -> str:
+    """The page as the load balancer answers it: line ends are spaces (HTML renders them alike)."""
+    return html.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+
 def _at_balancer(stage, html: str | None, retry_after: int = 0) -> None:
     """The same page answered by the stage's HAProxy itself, from a map set through its runtime
     API (docs/load-balancer.md): it shows even while no app host serves. None clears it."""
@@ -94,8 +99,8 @@ def _at_balancer(stage, html: str | None, retry_after: int = 0) -> None:
     remote = Remote(stage, lb.host)
     try:
         balancer.ask(remote, lb, f"clear map {path}")
-        if html is not None:
-            page = base64.b64encode(html.encode()).decode()
+        if html is not None:  # HAProxy's log-format escapes line ends (%0A): they become spaces there
+            page = base64.b64encode(lb_page(html).encode()).decode()
             if len(page) > LB_PAGE_LIMIT:
                 raise ConfigError(f"the page is too large for the load balancer's map ({len(page)} bytes as base64, "
                                   f"at most {LB_PAGE_LIMIT})", hint="a smaller page: inline no images")

@@ -190,6 +190,16 @@ def test_output_that_reaches_the_controller_after_the_exit_status_is_read_in_ful
     assert out.stdout == "written after the exit\n"
 
 
+def test_a_connection_lost_during_a_command_is_an_error_even_when_its_exit_code_is_not_checked(remotes):
+    """A lost connection closes the channel with no exit status: it is not the command's answer
+    (a check=False caller would read "not active" from a `systemctl is-active` that never ran)."""
+    remote = remotes["app2"]
+    remote.run(["true"])
+    threading.Timer(0.5, remote.conn.transport.sock.close).start()
+    with pytest.raises(HostError, match="connection was lost"):
+        remote.run(["sleep", "3"], check=False)
+
+
 def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_connection_usable(remotes):
     """The Ctrl-C lands while paramiko holds its send lock (between acquire and try): raised
     there, the lock stays held and the undo's next command on that host waits for ever."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+import urllib.request
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import Load, health, run_until, ssh, through_lb
+from fleet_helpers import Load, deploy_and_seed, health, run_until, ssh, through_lb
 
 from deploy.env_text import assignment
 from deploy.sandbox import faults
@@ -22,10 +24,39 @@ ODD = {"APP_GREETING": 'q"uo\'te $HOME `x` \\ back #not a comment ; semi',
        "APP_EMPTY": ""}
 
 
+ENV_ROUTE = (("    app.register_blueprint(api)\n",
+              "    app.register_blueprint(api)\n"
+              "    app.add_url_rule('/test-env', 'test_env', lambda: {k: v for k, v in os.environ.items()\n"
+              "                                                     if k.startswith('APP_')})\n"),)
+
+
+@pytest.fixture
+def reporting(staged):
+    """The fleet's project whose app answers /test-env with the APP_* variables its worker sees."""
+    for old, new in ENV_ROUTE:
+        staged.edit("app/__init__.py", old, new)
+    staged.commit_all("the app reports its APP_* environment")
+    staged.push()
+    return deploy_and_seed(staged, "kept")
+
+
 def worker_env(project, host: str) -> dict[str, str]:
-    """The environment of the newest gunicorn process on `host` (a worker), as the kernel holds it."""
-    out = ssh(project, host, "cat /proc/$(pgrep -n -u deploy -f 'gunicorn --config')/environ").stdout
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    """What the app's worker on `host` reads from its environment (the APP_* variables)."""
+    address = project.sandbox.find(host).address
+    with urllib.request.urlopen(f"http://{address}:8000/test-env", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def when_up(ask, seconds: float = 30):
+    """`ask()`'s answer once the app answers (after a restart)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return ask()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def main_pid(project, host: str) -> str:
@@ -34,14 +65,16 @@ def main_pid(project, host: str) -> str:
 
 def files(project) -> dict[str, str]:
     """Each host's env file digest and what lies beside it (no change left half-done)."""
-    return {h: ssh(project, h, "sha256sum /srv/app/shared/env; ls -a /srv/app/shared").stdout for h in HOLDERS}
+    return {h: ssh(project, h, "sha256sum /srv/app/shared/env; ls -a /srv/app/shared | grep -vx env.key").stdout
+            for h in HOLDERS}
 
 
 def log_lines(project) -> list[dict]:
     return [json.loads(line) for line in ssh(project, "app1", "cat /srv/app/deploy.log").stdout.splitlines()]
 
 
-def test_env_set_reaches_every_worker_by_a_graceful_reload_with_each_character_as_systemd_reads_it(deployed):
+def test_env_set_reaches_every_worker_by_a_graceful_reload_with_each_character_as_systemd_reads_it(reporting):
+    deployed = reporting
     masters = {h: main_pid(deployed, h) for h in APPS}
     load = Load(through_lb(deployed, "/boards"))
     load.start()
@@ -60,8 +93,7 @@ def test_env_set_reaches_every_worker_by_a_graceful_reload_with_each_character_a
         assert {k: seen.get(k) for k in expected} == expected, host
     restarted = ssh(deployed, "app1", "sudo -n systemctl --no-pager restart app.service")
     assert restarted.returncode == 0, restarted.stderr
-    health(deployed, "app1")
-    by_systemd = worker_env(deployed, "app1")
+    by_systemd = when_up(lambda: worker_env(deployed, "app1"))
     assert {k: by_systemd.get(k) for k in expected} == expected, "systemd reads the file as the toolkit does"
 
     shown = deployed.fab("env", db=False)
@@ -120,7 +152,8 @@ def test_a_host_cut_off_during_an_env_change_is_put_back_everywhere_by_the_undo_
     assert deployed.fab("env.diff", db=False).returncode == 0
 
 
-def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(deployed):
+def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(reporting):
+    deployed = reporting
     before = files(deployed)
     proc = run_until(deployed, "-> reload", ["env.set", "APP_Y=2"])
     proc.send_signal(signal.SIGKILL)

@@ -27,7 +27,7 @@ def visit(project, host: str, path: str) -> None:
         pass  # a 404 is logged all the same
 
 
-def test_logs_show_each_app_host_s_journal_with_its_name_and_one_host_alone(deployed):
+def test_logs_show_each_app_host_s_journal_with_its_name_one_host_alone_and_the_backup_units(deployed):
     visit(deployed, "app1", "/marker-one")
     visit(deployed, "app2", "/marker-two")
     time.sleep(1)  # journald writes the lines it got
@@ -40,6 +40,13 @@ def test_logs_show_each_app_host_s_journal_with_its_name_and_one_host_alone(depl
     assert "no host 'db' runs the app units" in assert_clean_failure(deployed.fab("logs", "--host", "db", db=False))
     bad = assert_clean_failure(deployed.fab("logs", "--since", "not a time", db=False))
     assert "journalctl exited" in bad, bad
+    assert deployed.fab("setup", db=False).returncode == 0  # the backup units
+    in_host(deployed.sandbox.find("app1"), ["systemctl", "start", "app-backup-check.service"])
+    shown = deployed.fab("logs", "--unit", "backup", db=False)
+    assert shown.returncode == 0, output(shown)
+    assert any(line.startswith("app1 | ") and "app-backup-check" in line for line in shown.stdout.splitlines()), \
+        shown.stdout
+    assert "--unit must be app or backup" in assert_clean_failure(deployed.fab("logs", "--unit", "web", db=False))
 
 
 def test_logs_follow_prints_new_lines_as_they_come_and_ctrl_c_stops_every_host_s_journalctl(deployed):
@@ -65,11 +72,3 @@ def test_logs_follow_prints_new_lines_as_they_come_and_ctrl_c_stops_every_host_s
     assert "Traceback" not in proc.stdout.read()
     assert pids_running("journalctl", "--follow") == []
 
-
-def test_logs_of_the_backup_units_come_from_the_backup_host(deployed):
-    in_host(deployed.sandbox.find("app1"), ["systemctl", "start", "app-backup-check.service"])
-    shown = deployed.fab("logs", "--unit", "backup", db=False)
-    assert shown.returncode == 0, output(shown)
-    assert any(line.startswith("app1 | ") and "app-backup-check" in line for line in shown.stdout.splitlines()), \
-        shown.stdout
-    assert "--unit must be app or backup" in assert_clean_failure(deployed.fab("logs", "--unit", "web", db=False))

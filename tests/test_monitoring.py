@@ -84,6 +84,7 @@ def test_a_deploy_and_the_backup_check_timer_write_textfiles_that_promtool_accep
     after = ssh(deployed, "app2", f"cat {path}; ls -a /srv/app/metrics").stdout
     assert "flask_deploy_last_deploy_success{stage=\"sandbox\"} 0" in after and ".tmp" not in after, after
     assert f'release="{deployed.first_release}"' in after, "the info metric names what the host serves"
+    assert deployed.fab("setup", db=False).returncode == 0  # the backup units
     in_host(deployed.sandbox.find("app1"), ["systemctl", "start", "app-backup.service"])
     in_host(deployed.sandbox.find("app1"), ["systemctl", "start", "app-backup-check.service"])
     backup_text = ssh(deployed, "app1", "cat /srv/app/metrics/flask_deploy_backup.prom").stdout

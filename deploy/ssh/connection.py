@@ -177,6 +177,10 @@ class Remote:
             except BaseException:  # noqa: B902 - Ctrl-C, the timeout, a cancelled parallel run
                 self._stop_group(channel, stderr)
                 raise
+            if channel.exit_status == -1 and not transport.is_active():  # closed by the connection's end, not the command's
+                channel.close()
+                raise HostError(self.name, f"the connection was lost while running `{command}`",
+                                hint="check the host's network; the command may or may not have finished")
             exited = channel.recv_exit_status()
             channel.close()
         return Output(stdout.decode(errors="replace"), _without_group(stderr).decode(errors="replace"), exited)
