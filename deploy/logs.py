@@ -40,7 +40,9 @@ def journal_argv(units: list[str], since: str | None, lines: int | None, follow:
         argv += ["--unit", unit]
     argv += ["--since", since] if since else []
     argv += ["--lines", str(lines if lines is not None else (10 if follow else 200))]
-    return argv + (["--follow"] if follow else [])
+    # With --since, --lines alone counts from the oldest line; newest first, it counts the last ones
+    # (the merge puts them back in order).
+    return argv + (["--follow"] if follow else ["--reverse"])
 
 
 def logs(project: ProjectConfig, stage_name: str | None, host: str | None = None, since: str | None = None,

@@ -63,8 +63,8 @@ def assert_serving(project, release: str, revision: str) -> None:
     """Every app host's `current` is `release`, and it answers healthy at `revision`."""
     for host in ("app1", "app2"):
         assert current(project, host) == release, host
-        assert health(project, host) == {"release": release, "revision": revision,
-                                         "expected_revision": revision, "status": "ok"}, host
+        assert health(project, host) == {"release": release, "revision": revision, "expected_revision": revision,
+                                         "status": "ok", "env_reload": True}, host
 
 
 def deploy(project, *args: str) -> subprocess.CompletedProcess:

@@ -27,14 +27,25 @@ def visit(project, host: str, path: str) -> None:
         pass  # a 404 is logged all the same
 
 
+def shown_once(project, argv: list[str], *lines: tuple[str, str], seconds: float = 15) -> str:
+    """`fab ARGV`'s output once it has, for each (start, words), a line that starts so and has
+    the words (journald writes what it gets within moments, not at once)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        proc = project.fab(*argv, db=False)
+        assert proc.returncode == 0, output(proc)
+        found = proc.stdout.splitlines()
+        if all(any(line.startswith(start) and words in line for line in found) for start, words in lines):
+            return proc.stdout
+        assert time.monotonic() < deadline, (lines, proc.stdout[-3000:])
+        time.sleep(0.5)
+
+
 def test_logs_show_each_app_host_s_journal_with_its_name_one_host_alone_and_the_backup_units(deployed):
     visit(deployed, "app1", "/marker-one")
     visit(deployed, "app2", "/marker-two")
-    time.sleep(1)  # journald writes the lines it got
-    both = deployed.fab("logs", "--lines", "100", db=False)
-    assert both.returncode == 0, output(both)
-    assert any(line.startswith("app1 | ") and "/marker-one" in line for line in both.stdout.splitlines()), both.stdout
-    assert any(line.startswith("app2 | ") and "/marker-two" in line for line in both.stdout.splitlines()), both.stdout
+    both = shown_once(deployed, ["logs", "--lines", "100"], ("app1 | ", "/marker-one"), ("app2 | ", "/marker-two"))
+    assert both.index("/marker-one") < both.index("/marker-two"), "merged by time"
     one = deployed.fab("logs", "--host", "app2", "--since", "1 hour ago", db=False)
     assert one.returncode == 0 and "/marker-two" in one.stdout and "app1 |" not in one.stdout, output(one)
     assert "no host 'db' runs the app units" in assert_clean_failure(deployed.fab("logs", "--host", "db", db=False))
@@ -42,10 +53,7 @@ def test_logs_show_each_app_host_s_journal_with_its_name_one_host_alone_and_the_
     assert "journalctl exited" in bad, bad
     assert deployed.fab("setup", db=False).returncode == 0  # the backup units
     in_host(deployed.sandbox.find("app1"), ["systemctl", "start", "app-backup-check.service"])
-    shown = deployed.fab("logs", "--unit", "backup", db=False)
-    assert shown.returncode == 0, output(shown)
-    assert any(line.startswith("app1 | ") and "app-backup-check" in line for line in shown.stdout.splitlines()), \
-        shown.stdout
+    shown_once(deployed, ["logs", "--unit", "backup"], ("app1 | ", "app-backup-check"))
     assert "--unit must be app or backup" in assert_clean_failure(deployed.fab("logs", "--unit", "web", db=False))
 
 
