@@ -260,10 +260,13 @@ def _install_units(stage, remote: Remote, units: dict[str, str]) -> str:
                    "sudoers", sudoers], input=rule)
         admin.run(["sudo", "-n", "systemctl", "daemon-reload"])
         # fab logs: the deploy user reads the system journal (its units' lines among them), no more.
-        admin.run(["sudo", "-n", "usermod", "--append", "--groups", "systemd-journal", stage.user])
+        journal = admin.run(["sudo", "-n", "usermod", "--append", "--groups", "systemd-journal", stage.user],
+                            check=False)
         timers = [name for name in units if name.endswith(".timer")]
         notes = [f"installed {', '.join(units)} and {sudoers} (as {stage.admin_user}); "
-                 f"{stage.user} reads the journal (group systemd-journal)"]
+                 + (f"{stage.user} reads the journal (group systemd-journal)" if journal.exited == 0 else
+                    f"{stage.user} could not join the group systemd-journal ({_last_line(journal)}): "
+                    "fab logs will not read the journal")]
         if before is not None and before.exited == 0 and before.stdout != units[app]:
             # The running service keeps its old settings until a restart, which a reload is not.
             rolling.mark_restart_needed(remote, Layout(stage.deploy_to))
