@@ -38,7 +38,8 @@ def test_first_deploy_onto_empty_hosts_installs_the_environment_migrates_and_ser
     release = current(project, "app1")
     for host in ("app1", "app2"):
         assert current(project, host) == release
-        assert health(project, host) == {"release": release, "revision": HEAD, "expected_revision": HEAD, "status": "ok"}
+        assert health(project, host) == {"release": release, "revision": HEAD, "expected_revision": HEAD, "status": "ok",
+                                         "env_reload": True}
     assert sql(project, "SELECT version_num FROM alembic_version") == HEAD
     status = json.loads(project.fab("status", "--json", db=False).stdout)
     assert status["hosts"]["app2"]["health"]["code"] == 200 and status["lock"] is None
@@ -230,7 +231,7 @@ def test_rollback_after_a_good_deploy_puts_code_and_database_back(deployed):
     forward = deployed.fab("rollback", "--to", newer, db=False)  # and forward again
     assert forward.returncode == 0, output(forward)
     assert health(deployed, "app2") == {"release": newer, "revision": "a0d0a0d0beef",
-                                        "expected_revision": "a0d0a0d0beef", "status": "ok"}
+                                        "expected_revision": "a0d0a0d0beef", "status": "ok", "env_reload": True}
 
 
 def test_dry_run_prints_the_plan_with_the_sql_and_changes_nothing(deployed):

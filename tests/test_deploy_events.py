@@ -44,16 +44,21 @@ def test_a_deploy_posts_its_events_runs_its_hooks_and_a_hanging_webhook_blocks_n
         deployed.commit_all("a change")
         deployed.push()
         failed = deployed.fab("deploy", db=False, env=env)
+        after_failure = current(deployed, "app1"), sql(deployed, "SELECT version_num FROM alembic_version")
+        rolled = deployed.fab("rollback", db=False, env=env)
+        assert rolled.returncode == 0, output(rolled)
     finally:
         webhook.close()
         hanging.close()
     text = assert_clean_failure(failed)
     assert "step 'migrate' failed: the before_migrate hook exited with 1" in text, text
-    assert current(deployed, "app1") == release and sql(deployed, "SELECT version_num FROM alembic_version") \
-        == "a0d0a0d0beef", "nothing changed"
+    assert after_failure == (release, "a0d0a0d0beef"), "the failed deploy changed nothing"
+    assert current(deployed, "app2") == deployed.first_release, "then rolled back"
     assert "notify: slack: no answer within 1s" in good.stdout, good.stdout
     events = [(body["event"], body.get("outcome")) for _, _, body in webhook.received]
-    assert events == [("started", None), ("succeeded", "ok"), ("started", None), ("failed", "failed")], events
+    assert events == [("started", None), ("succeeded", "ok"), ("started", None), ("failed", "failed"),
+                      ("rolled_back", "ok")], events
+    assert webhook.received[4][2]["release"] == deployed.first_release and webhook.received[4][2]["previous"] == release
     succeeded = webhook.received[1][2]
     assert succeeded["release"] == release and succeeded["revisions"] == ["a0d0a0d0beef"]
     assert succeeded["duration_seconds"] > 0 and "before_migrate hook" in webhook.received[3][2]["error"]

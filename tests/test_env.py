@@ -118,7 +118,8 @@ def test_env_set_reaches_every_worker_by_a_graceful_reload_with_each_character_a
     assert "simple value" not in everything and "second line" not in everything and "padded" not in everything
 
 
-def test_a_change_the_app_cannot_serve_with_is_undone_on_every_host_and_the_old_env_serves_again(deployed):
+def test_a_change_the_app_cannot_serve_with_is_undone_everywhere_then_hosts_that_disagree_are_shown_and_pushed_alike(
+        deployed, tmp_path):
     before = files(deployed)
     url = ssh(deployed, "app1", "grep ^DATABASE_URL= /srv/app/shared/env").stdout.strip().split("=", 1)[1]
     wrong = url.split("://", 1)[0] + "://app:wrong-password-x9@" + url.split("@", 1)[1]
@@ -131,6 +132,19 @@ def test_a_change_the_app_cannot_serve_with_is_undone_on_every_host_and_the_old_
     key = ssh(deployed, "app2", "cat /srv/app/shared/env.key").stdout.strip().encode()
     assert health(deployed, "app2")["env_digest"] == digest(served.encode(), key)
     assert log_lines(deployed)[-1]["outcome"] == "failed"
+
+    ssh(deployed, "app2", "printf 'APP_ONLY_HERE=on-app2-x5\\n' >> /srv/app/shared/env")
+    differ = deployed.fab("env.diff", db=False)
+    assert differ.returncode == 1 and "APP_ONLY_HERE: unset on app1, db; value A on app2" in differ.stdout, \
+        output(differ)
+    assert "on-app2-x5" not in output(differ)
+    pushed_file = tmp_path / "env"
+    pushed_file.write_text(served + "APP_PUSHED='pushed value'\n")
+    pushed = deployed.fab("env.push", str(pushed_file), db=False)
+    assert pushed.returncode == 0 and "added APP_PUSHED; removed APP_ONLY_HERE" in pushed.stdout, output(pushed)
+    assert deployed.fab("env.diff", db=False).returncode == 0
+    for host in HOLDERS:
+        assert ssh(deployed, host, "stat -c '%a %U' /srv/app/shared/env").stdout.strip() == "600 deploy", host
 
 
 def test_a_host_cut_off_during_an_env_change_is_put_back_everywhere_by_the_undo_or_by_recover(deployed):
