@@ -166,8 +166,7 @@ def test_a_host_cut_off_during_an_env_change_is_put_back_everywhere_by_the_undo_
     assert deployed.fab("env.diff", db=False).returncode == 0
 
 
-def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(reporting):
-    deployed = reporting
+def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(deployed):
     before = files(deployed)
     proc = run_until(deployed, "-> reload", ["env.set", "APP_Y=2"])
     proc.send_signal(signal.SIGKILL)
@@ -179,4 +178,7 @@ def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(reportin
     recovered = deployed.fab("recover", db=False)
     assert recovered.returncode == 0 and "env file as before" in recovered.stdout, output(recovered)
     assert files(deployed) == before
-    assert "APP_Y" not in worker_env(deployed, "app1")
+    key = ssh(deployed, "app1", "cat /srv/app/shared/env.key").stdout.strip().encode()
+    restored = ssh(deployed, "app1", "cat /srv/app/shared/env").stdout
+    assert "APP_Y" not in restored and health(deployed, "app1")["env_digest"] == digest(restored.encode(), key), \
+        "the app runs on the old file again"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import output
-from fleet_helpers import GOOD_MIGRATION, add_migration, break_the_app, current, deploy, ssh
+from fleet_helpers import FAILING_MIGRATION, add_migration, current, deploy, ssh
 
 from deploy.sandbox.system import in_host
 from deploy.servertool.reports import prometheus
@@ -77,8 +77,7 @@ def test_a_deploy_and_the_backup_check_timer_write_textfiles_that_promtool_accep
         assert check_metrics(text).returncode == 0, text
         assert "flask_deploy_last_deploy_success{stage=\"sandbox\"} 1" in text, text
         assert f'release="{current(deployed, host)}"' in text, text
-    add_migration(deployed, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    break_the_app(deployed)
+    add_migration(deployed, FAILING_MIGRATION, "f00dfa11beef_fail.py")
     failed = deploy(deployed)
     assert failed.returncode == 1, output(failed)
     after = ssh(deployed, "app2", f"cat {path}; ls -a /srv/app/metrics").stdout
