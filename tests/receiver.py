@@ -34,3 +34,9 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def notifying(project) -> None:
+    """The project's sandbox stage posts its events to the webhook named by TEST_WEBHOOK."""
+    with open(project.root / "deploy.toml", "a") as f:
+        f.write('\n[stages.sandbox.notify]\nwebhook = "env:TEST_WEBHOOK"\n')

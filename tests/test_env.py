@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import Load, deploy_and_seed, health, run_until, ssh, through_lb
+from receiver import Receiver, notifying
 
 from deploy.env_text import assignment
 from deploy.sandbox import faults
@@ -175,8 +176,14 @@ def test_an_env_change_whose_controller_was_killed_is_undone_by_recover(deployed
     assert "INTERRUPTED" in shown.stdout and "env change of APP_Y" in shown.stdout, output(shown)
     refused = assert_clean_failure(deployed.fab("env.set", "APP_Z=3", db=False))
     assert "fab recover" in refused, refused
-    recovered = deployed.fab("recover", db=False)
+    notifying(deployed)
+    webhook = Receiver()
+    try:
+        recovered = deployed.fab("recover", db=False, env={"TEST_WEBHOOK": webhook.url})
+    finally:
+        webhook.close()
     assert recovered.returncode == 0 and "env file as before" in recovered.stdout, output(recovered)
+    assert [(e["event"], e["action"]) for _, _, e in webhook.received] == [("recovered", "env")], webhook.received
     assert files(deployed) == before
     key = ssh(deployed, "app1", "cat /srv/app/shared/env.key").stdout.strip().encode()
     restored = ssh(deployed, "app1", "cat /srv/app/shared/env").stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import output
 from fleet_helpers import FAILING_MIGRATION, add_migration, current, deploy, ssh
+from receiver import Receiver, notifying
 
 from deploy.sandbox.system import in_host
 from deploy.servertool.reports import prometheus
@@ -89,3 +90,14 @@ def test_a_deploy_and_the_backup_check_timer_write_textfiles_that_promtool_accep
     backup_text = ssh(deployed, "app1", "cat /srv/app/metrics/flask_deploy_backup.prom").stdout
     checked = check_metrics(backup_text)
     assert checked.returncode == 0 and "flask_deploy_backup_check_status" in backup_text, (backup_text, checked.stdout)
+
+    ssh(deployed, "app1", 'f=$(ls -d /srv/app/backups/*/ | tail -1); echo corrupted >> "$f/toc.dat"')
+    notifying(deployed)
+    webhook = Receiver()
+    try:
+        critical = deployed.fab("backups.check", "--skip-restore-test", db=False, env={"TEST_WEBHOOK": webhook.url})
+    finally:
+        webhook.close()
+    assert critical.returncode == 2, output(critical)
+    [(_, _, event)] = webhook.received
+    assert (event["event"], event["outcome"]) == ("backup_check", "CRITICAL") and "sha256" in event["error"], event
