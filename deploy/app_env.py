@@ -58,11 +58,16 @@ def _files_of(stage: StageConfig, remotes: dict[str, Remote]) -> dict[str, str]:
     return texts
 
 
-def show(project: ProjectConfig, stage_name: str | None, values: bool = False) -> dict[str, dict[str, str]]:
-    """The keys of the stage's env (values redacted unless `values`); says when hosts disagree."""
+def _parsed_files(project: ProjectConfig, stage_name: str | None) -> tuple[StageConfig, dict[str, dict[str, str]]]:
+    """The stage, and each host's env file as the app reads it."""
     stage = load_stage(project, stage_name)
     with connect(stage) as remotes:
-        parsed = {name: envfile.parse(text) for name, text in _files_of(stage, remotes).items()}
+        return stage, {name: envfile.parse(text) for name, text in _files_of(stage, remotes).items()}
+
+
+def show(project: ProjectConfig, stage_name: str | None, values: bool = False) -> dict[str, dict[str, str]]:
+    """The keys of the stage's env (values redacted unless `values`); says when hosts disagree."""
+    stage, parsed = _parsed_files(project, stage_name)
     console.heading(f"env of {stage.name}: {Layout(stage.deploy_to).env_file} on {', '.join(sorted(parsed))}")
     keys = sorted(set().union(*parsed.values()))
     for key in keys:
@@ -81,9 +86,7 @@ def show(project: ProjectConfig, stage_name: str | None, values: bool = False) -
 
 def diff(project: ProjectConfig, stage_name: str | None) -> dict[str, dict[str, list[str]]]:
     """Each key on which the hosts disagree, with the hosts grouped by value (never shown)."""
-    stage = load_stage(project, stage_name)
-    with connect(stage) as remotes:
-        parsed = {name: envfile.parse(text) for name, text in _files_of(stage, remotes).items()}
+    stage, parsed = _parsed_files(project, stage_name)
     found = {}
     for key in sorted(set().union(*parsed.values())):
         groups: dict[str | None, list[str]] = {}

@@ -157,10 +157,8 @@ def check(project: ProjectConfig, stage_name: str | None, as_json: bool = False,
             console.say(reports.table(report))
         if report["status"]:
             failing = [f"{c['check']} {c['state']}" for c in report["checks"] if c["status"]]
-            notifier = notify.Notifier(stage.notify, project.root)
-            notifier.send("backup_check", events.event("backup check", stage, report["state"], ", ".join(failing),
-                                                       backup=report.get("backup")))
-            notifier.wait()
+            notify.post(stage.notify, project.root, "backup_check", events.event(
+                "backup check", stage, report["state"], ", ".join(failing), backup=report.get("backup")))
             raise BackupCheckFailed(f"backup check {report['state']}: {', '.join(failing)}", report["status"],
                                     hint=f"fab backups --stage {stage.name}; a fresh backup: fab backup --stage {stage.name}")
         return report

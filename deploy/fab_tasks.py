@@ -2,6 +2,7 @@
 Each task parses its arguments and calls one function of the toolkit."""
 from invoke import Collection
 
+import getpass
 import sys
 
 from . import app_env, backups, commands, journal, logs as logs_, maintenance, phases
@@ -162,7 +163,6 @@ def env_diff(c, stage=None):
 def _secret_input() -> str:
     """A value typed without echo at a terminal, else standard input to its end."""
     if sys.stdin.isatty():
-        import getpass
         return getpass.getpass("value (not echoed): ")
     return sys.stdin.read()
 

@@ -56,10 +56,8 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
         for note in notes:
             console.say(f"  {note}")
         console.ok(f"recovered {stage.name}: the {action} is undone; lock released")
-        notifier = notify.Notifier(stage.notify, project.root)
-        notifier.send("recovered", events.event(action, stage, "recovered", guard.describe(record),
-                                                release=record.get("release_id") or record.get("target")))
-        notifier.wait()
+        notify.post(stage.notify, project.root, "recovered", events.event(
+            action, stage, "recovered", guard.describe(record), release=record.get("release_id") or record.get("target")))
         return notes
 
 

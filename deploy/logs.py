@@ -18,18 +18,16 @@ NO_ACCESS = ("insufficient permissions", "not seeing messages from other users a
 def units_and_hosts(stage: StageConfig, unit: str, host: str | None) -> tuple[list[str], list]:
     """The systemd units of `unit` (app or backup) and the hosts that run them (or `host` alone)."""
     if unit == "app":
-        units, hosts = [f"{stage.service}.service"], list(stage.app_hosts)
+        units, running = [f"{stage.service}.service"], list(stage.app_hosts)
     elif unit == "backup":
         units = [f"{stage.service}-backup.service", f"{stage.service}-backup-check.service"]
-        hosts = [stage.backup_host]
+        running = [stage.backup_host]
     else:
         raise ConfigError(f"--unit must be app or backup, got {unit!r}")
-    if host is not None:
-        hosts = [h for h in hosts if h.name == host]
-        if not hosts:
-            raise ConfigError(f"no host {host!r} runs the {unit} units on {stage.name}",
-                              hint="hosts: " + ", ".join(h.name for h in (stage.app_hosts if unit == "app"
-                                                                          else [stage.backup_host])))
+    hosts = [h for h in running if host is None or h.name == host]
+    if not hosts:
+        raise ConfigError(f"no host {host!r} runs the {unit} units on {stage.name}",
+                          hint="hosts: " + ", ".join(h.name for h in running))
     return units, hosts
 
 

@@ -43,7 +43,7 @@ class NotifySettings:
         return [t for t in TARGETS if getattr(self, t)]
 
 
-def settings(table: _Table, project_root: Path) -> NotifySettings:
+def settings(table: _Table) -> NotifySettings:
     """The stage's notify table, validated: every URL and token is a reference, never a value."""
     refs = {}
     for key in (*TARGETS, "grafana_token"):
@@ -101,6 +101,13 @@ def grafana_annotation(event: dict) -> dict:
     started = now_ms - int((event.get("duration_seconds") or 0) * 1000)
     return {"time": started, "timeEnd": now_ms, "tags": ["flask-deploy", event["stage"], event["event"]],
             "text": slack_message(event)["text"]}
+
+
+def post(settings_: NotifySettings | None, root: Path, name: str, event: dict) -> list[str]:
+    """One event posted now, for a command that has nothing else to do meanwhile (its problems)."""
+    notifier = Notifier(settings_, root)
+    notifier.send(name, event)
+    return notifier.wait()
 
 
 class Notifier:

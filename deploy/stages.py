@@ -20,6 +20,7 @@ ROLES = ("app", "migrations", "db")
 ROLLBACK_POLICIES = ("downgrade-or-restore", "downgrade", "stop")
 POST_MIGRATIONS = ("deploy", "manual")   # post revisions run by the deploy, or by `fab migrate --post`
 UNDO_EXPAND = ("keep", "downgrade")      # a failed deploy's pre revisions that the old release was checked on
+MAINTENANCE_MAP = "/etc/haproxy/maintenance.map"  # [stages.S.lb] maintenance_map, and the sandbox's
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class LoadBalancer:
     backend: str
     servers: dict[str, str]     # app host name -> HAProxy's server name (default: the same)
     drain_timeout: float        # how long a drained host's open requests may take to finish
-    maintenance_map: str = "/etc/haproxy/maintenance.map"  # fab maintenance.on puts its page here
+    maintenance_map: str = MAINTENANCE_MAP  # fab maintenance.on puts its page here
 
     def server(self, host: str) -> str:
         return self.servers.get(host, host)
@@ -194,7 +195,7 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
         backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
         lb=_load_balancer(table.table("lb"), hosts) if "lb" in table.data else None,
-        notify=notify.settings(table.table("notify"), project.root) if "notify" in table.data else None,
+        notify=notify.settings(table.table("notify")) if "notify" in table.data else None,
         hooks=hooks.settings(table.table("hooks")),
     )
 
@@ -226,7 +227,7 @@ def _load_balancer(table: _Table, hosts: tuple[StageHost, ...]) -> LoadBalancer:
         backend=table.matching("backend", "app", name_pattern, "a HAProxy backend name"),
         servers=dict(servers),
         drain_timeout=float(table.integer("drain_timeout", 30, 1, 3600)),
-        maintenance_map=table.matching("maintenance_map", "/etc/haproxy/maintenance.map", r"(/[A-Za-z0-9_.-]+)+",
+        maintenance_map=table.matching("maintenance_map", MAINTENANCE_MAP, r"(/[A-Za-z0-9_.-]+)+",
                                        "an absolute path"),
     )
 

@@ -28,12 +28,21 @@ RESERVED = frozenset({"APP_ROOT", "BIND", "PWD", "PYTHONPATH", "DEPLOY_ENV_FILE"
                       "HOME", "USER", "LOGNAME", "SHELL", "LANG", "INVOCATION_ID", "JOURNAL_STREAM", KEYS, DIGEST})
 
 
+def shared_folder() -> str | None:
+    """The stage's shared folder (the env file, the maintenance flag): DEPLOY_SHARED, else beside
+    `current` (the unit's APP_ROOT)."""
+    if os.environ.get("DEPLOY_SHARED"):
+        return os.environ["DEPLOY_SHARED"]
+    root = os.environ.get("APP_ROOT")
+    return os.path.join(os.path.dirname(root.rstrip("/")), "shared") if root else None
+
+
 def env_file() -> str | None:
-    """The unit names it (DEPLOY_ENV_FILE); units installed before that are found from APP_ROOT."""
+    """The unit names it (DEPLOY_ENV_FILE); units installed before that have it in the shared folder."""
     if os.environ.get("DEPLOY_ENV_FILE"):
         return os.environ["DEPLOY_ENV_FILE"]
-    root = os.environ.get("APP_ROOT")
-    return os.path.join(os.path.dirname(root.rstrip("/")), "shared", "env") if root else None
+    shared = shared_folder()
+    return os.path.join(shared, "env") if shared else None
 
 
 def digest(data: bytes, key: bytes) -> str:

@@ -11,17 +11,11 @@ from __future__ import annotations
 import json
 import os
 
+from .environment import shared_folder
+
 FLAG, PAGE = "maintenance.json", "maintenance.html"
 DEFAULT_PAGE = (b"<!doctype html><html><head><meta charset=\"utf-8\"><title>Down for maintenance</title></head>"
                 b"<body><h1>Down for maintenance</h1><p>We will be back shortly.</p></body></html>\n")
-
-
-def shared_folder() -> str | None:
-    """The stage's shared folder: beside `current` (APP_ROOT), where the env file lives too."""
-    if os.environ.get("DEPLOY_SHARED"):
-        return os.environ["DEPLOY_SHARED"]
-    root = os.environ.get("APP_ROOT")
-    return os.path.join(os.path.dirname(root.rstrip("/")), "shared") if root else None
 
 
 class Maintenance:

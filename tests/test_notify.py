@@ -36,7 +36,7 @@ def settings_for(monkeypatch, **urls) -> notify.NotifySettings:
     if "grafana" in urls:
         monkeypatch.setenv("GRAFANA_TOKEN", "gtoken")
         data["grafana_token"] = "env:GRAFANA_TOKEN"
-    return notify.settings(_Table(Path("deploy.toml"), {**data, "timeout": 2}, "stages.p.notify"), Path("."))
+    return notify.settings(_Table(Path("deploy.toml"), {**data, "timeout": 2}, "stages.p.notify"))
 
 
 def test_each_target_gets_its_own_format_with_the_event_s_facts(monkeypatch, receiver):
@@ -78,7 +78,7 @@ def test_a_hanging_or_failing_webhook_never_blocks_and_is_reported_without_its_u
 
 def test_a_missing_secret_or_an_unlisted_event_sends_nothing_and_says_which(monkeypatch, receiver):
     monkeypatch.delenv("NOWHERE", raising=False)
-    s = notify.settings(_Table(Path("deploy.toml"), {"webhook": "env:NOWHERE", "events": ["failed"]}, "n"), Path("."))
+    s = notify.settings(_Table(Path("deploy.toml"), {"webhook": "env:NOWHERE", "events": ["failed"]}, "n"))
     n = notify.Notifier(s)
     n.send("succeeded", EVENT)
     assert n.threads == []
@@ -88,9 +88,9 @@ def test_a_missing_secret_or_an_unlisted_event_sends_nothing_and_says_which(monk
 
 def test_a_url_written_into_deploy_toml_is_refused():
     with pytest.raises(ConfigError, match="env:NAME or file:PATH"):
-        notify.settings(_Table(Path("deploy.toml"), {"slack": "https://hooks.slack.com/services/x"}, "n"), Path("."))
+        notify.settings(_Table(Path("deploy.toml"), {"slack": "https://hooks.slack.com/services/x"}, "n"))
     with pytest.raises(ConfigError, match="events among"):
-        notify.settings(_Table(Path("deploy.toml"), {"events": ["exploded"]}, "n"), Path("."))
+        notify.settings(_Table(Path("deploy.toml"), {"events": ["exploded"]}, "n"))
 
 
 def test_hooks_get_the_deploy_s_facts_a_failing_before_hook_stops_its_step_and_everything_is_undone(tmp_path):
@@ -108,6 +108,11 @@ def test_hooks_get_the_deploy_s_facts_a_failing_before_hook_stops_its_step_and_e
     assert "the before_migrate hook exited with 3" in str(failed.value)
     assert done == ["build", "undo migrate", "undo build"], "migrate never ran; everything was undone"
     assert seen.read_text() == "after build\nbefore_migrate r1 a b\n", "a failing after hook is reported only"
+
+
+def test_the_hooks_name_every_step_of_the_deploy_and_no_other():
+    from deploy.steps import STEPS
+    assert hooks.STEP_NAMES == tuple(s.name for s in STEPS)  # hooks.py cannot import steps.py (a cycle)
 
 
 def test_a_hook_that_hangs_is_stopped_and_unknown_hooks_are_refused(tmp_path):

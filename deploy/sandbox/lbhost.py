@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from ..ssh import balancer
+from ..stages import MAINTENANCE_MAP
 from .hostfs import inside, write_as
 from .system import SandboxError, in_host
 from .spec import LB_PORT, Host, Sandbox
@@ -13,7 +14,6 @@ from .spec import LB_PORT, Host, Sandbox
 UNIT = "haproxy.service"
 GROUP = "haproxy"   # may use the runtime API socket (mode 660)
 CONFIG = "/etc/haproxy/haproxy.cfg"
-MAINTENANCE_MAP = "/etc/haproxy/maintenance.map"  # the stage's lb.maintenance_map default
 SOCKET = "/run/haproxy/admin.sock"
 BACKEND = "app"
 APP_PORT = 8000
