@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from . import console, events, notify
+from . import console, events, notify, pgbr
 from .config import ProjectConfig
 from .errors import BackupCheckFailed, DeployError
 from .ssh import build, lock, server_tools, service
@@ -30,12 +30,20 @@ def check_id(backup_id: str) -> str:
 
 
 def backup(project: ProjectConfig, stage_name: str | None, label: str | None = None,
-           download: str | None = None) -> dict:
+           download: str | None = None, kind: str | None = None) -> dict:
     """A pg_dump of the stage's database on its backup host, with its manifest, then pruning
-    (the stage's retention); optionally copied here."""
+    (the stage's retention); optionally copied here. With the pgbackrest engine, a pgBackRest
+    backup of `kind` (full, diff, incr)."""
     if label is not None and not LABEL.fullmatch(label):
         raise DeployError(f"--label must be 1-40 letters, digits, '-' or '_', got {label[:60]!r}")
     stage = load_stage(project, stage_name)
+    if stage.backups.engine == "pgbackrest":
+        if label or download:
+            raise DeployError("--label and --download are for pg_dump backups; this stage's engine is pgbackrest",
+                              hint="fab backup --type full|diff|incr")
+        return pgbr.backup(project, stage.name, kind or "diff")
+    if kind:
+        raise DeployError("--type is for the pgbackrest engine; this stage's backups are pg_dumps")
     layout = Layout(stage.deploy_to)
     with connect(stage) as remotes:
         remote = remotes[stage.backup_host.name]
@@ -124,8 +132,10 @@ def _download(remote: Remote, remote_path: str, target: Path) -> None:
         raise
 
 
-def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
+def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict] | dict:
     stage = load_stage(project, stage_name)
+    if stage.backups.engine == "pgbackrest":
+        return pgbr.list_backups(project, stage.name, as_json)
     layout = Layout(stage.deploy_to)
     with connect(stage) as remotes:
         remote = remotes[stage.backup_host.name]

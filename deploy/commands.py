@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import console, events, hooks, notify, phases, pipeline, plan, rolling, steps
+from . import console, events, hooks, notify, pgbr_setup, phases, pipeline, plan, rolling, steps
 from .config import GENERATED_GUNICORN_CONFIG, ProjectConfig
 from .errors import DeployError
 from .ssh import build, dbops, guard, lock, server_tools, service
@@ -187,9 +187,10 @@ def releases(project: ProjectConfig, stage_name: str | None, as_json: bool = Fal
         return found
 
 
-def setup(project: ProjectConfig, stage_name: str | None) -> None:
+def setup(project: ProjectConfig, stage_name: str | None, restart_db: bool = False) -> None:
     """The layout on every host; an env file template only where none exists; with the stage's
-    admin account, the units and the deploy user's sudo rule installed (else it says how)."""
+    admin account, the units and the deploy user's sudo rule installed (else it says how); with
+    the pgbackrest engine, its repository, WAL archiving and SSH between them (pgbr_setup)."""
     stage = load_stage(project, stage_name)
     layout = Layout(stage.deploy_to)
     template = render("env.example") + "".join(
@@ -225,6 +226,9 @@ def setup(project: ProjectConfig, stage_name: str | None) -> None:
     with connect(stage) as remotes:
         for name, text in on_hosts("setup", list(remotes.values()), prepare).items():
             console.ok(f"{name}: {text}")
+        if stage.backups.engine == "pgbackrest":
+            for note in pgbr_setup.setup(stage, remotes, restart_db):
+                console.ok(note)
 
 
 MISSING_KEYS = "import os, sys; print(' '.join(k for k in sys.argv[1:] if not os.environ.get(k)))"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import backups, console, restore
+from . import backups, console, pgbr, pgbr_restore, restore
 from .console import indent
 from .errors import DeployError, MigrationError
 from .migrations import MIGRATION_LOCK_KEY, error_summary
@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 def backup(d: Deploy) -> None:
     if not d.pending:
         console.say("  no migration to run: no backup needed")
+        return
+    if d.stage.backups.engine == "pgbackrest":
+        d.backup = pgbr.safety_point(d.stage, d.remotes, f"{d.release_id}-predeploy", d.release_id)
+        d.say(pgbr.db_host(d.stage).name, f"restore point {d.backup['name']} at {d.backup['lsn']} (timeline "
+              f"{d.backup['timeline']}); archive checked in {d.backup['archive_check_seconds']}s; newest backup "
+              f"{d.backup['base_backup']}")
         return
     d.backup = backups.take(d.stage, d.remotes, "predeploy", backup_id=f"{d.release_id}-predeploy",
                             release=d.release_id, content=True)
@@ -96,14 +102,19 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
     nothing but the migration wrote since (server/unwritten.py), with every writer of the
     app stopped first; otherwise stop and say exactly what to run."""
     backup_id = d.backup["id"]
-    result, reasons = restore.restore_if_unwritten(d.stage, d.remotes, backup_id, d.migration_xids)
+    if d.backup.get("engine") == "pgbackrest":
+        result, reasons = pgbr_restore.restore_point_if_unwritten(d.stage, d.remotes, d.backup, d.migration_xids)
+    else:
+        result, reasons = restore.restore_if_unwritten(d.stage, d.remotes, backup_id, d.migration_xids)
+    point = d.backup.get("engine") == "pgbackrest"
+    what = f"restore point {backup_id}" if point else f"backup {backup_id}"
     if reasons:
         raise DeployError(
             f"the database is at {now}, not {d.db_before or '(empty)'}: the downgrade failed, and the pre-deploy "
-            f"backup {backup_id} was not restored: it cannot be proven that nothing was written since "
+            f"{what} was not restored: it cannot be proven that nothing was written since "
             f"({'; '.join(reasons)}); restoring would lose it",
-            hint=f"save what you need, then fab restore --stage {d.stage.name} {backup_id}; "
-                 "or finish the downgrade by hand")
-    d.notes.append(f"database restored from the pre-deploy backup {backup_id} (the downgrade failed; nothing "
-                   f"but the migration wrote since the backup); the database as it was is in the safety "
-                   f"backup {result.get('safety')}")
+            hint=f"save what you need, then fab restore --stage {d.stage.name} "
+                 f"{'--point ' if point else ''}{backup_id}; or finish the downgrade by hand")
+    d.notes.append(f"database restored to the pre-deploy {what} (the downgrade failed; nothing but the "
+                   f"migration wrote since); the database as it was is at the safety "
+                   f"{'point' if point else 'backup'} {result.get('safety')}")

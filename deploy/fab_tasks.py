@@ -39,10 +39,11 @@ def rollback(c, stage=None, to=None):
 
 
 @task(help={**STAGE, "label": "a word for the backup's id (default: manual)",
-            "download": "also copy the backup and its manifest into this folder (sha256 checked)"})
-def backup(c, stage=None, label=None, download=None):
-    """Back up the stage's database (pg_dump on the migrations host, with a manifest)."""
-    backups.backup(load_project(), stage, label, download)
+            "download": "also copy the backup and its manifest into this folder (sha256 checked)",
+            "type": "pgbackrest engine: full, diff (default) or incr"})
+def backup(c, stage=None, label=None, download=None, type=None):
+    """Back up the stage's database (pg_dump with a manifest, or a pgBackRest backup)."""
+    backups.backup(load_project(), stage, label, download, type)
 
 
 @task(name="list", help={**STAGE, "json": "print JSON"})
@@ -62,10 +63,14 @@ def check_backups(c, stage=None, json=False, restore_test=False, skip_restore_te
     backups.check(load_project(), stage, json, True if restore_test else False if skip_restore_test else None)
 
 
-@task(positional=["backup_id"], help={**STAGE, "backup_id": "an id from fab backups"})
-def restore(c, backup_id, stage=None):
-    """Restore a verified backup: safety backup first, app stopped meanwhile, put back if it fails."""
-    restore_.restore(load_project(), stage, backup_id)
+@task(positional=["backup_id"], optional=["backup_id"],
+      help={**STAGE, "backup_id": "an id from fab backups",
+            "time": "pgbackrest engine: the moment to restore to (UTC unless an offset is given)",
+            "release": "pgbackrest engine: the restore point its deploy made before migrating",
+            "point": "pgbackrest engine: a restore point by name (fab backups lists them)"})
+def restore(c, backup_id=None, stage=None, time=None, release=None, point=None):
+    """Restore a backup (or a point in time): safety backup or point first, app stopped meanwhile, put back if it fails."""
+    restore_.restore_any(load_project(), stage, backup_id, time, release, point)
 
 
 @task(help=STAGE)
@@ -86,10 +91,10 @@ def releases(c, stage=None, json=False):
     commands.releases(load_project(), stage, json)
 
 
-@task(help=STAGE)
-def setup(c, stage=None):
+@task(help={**STAGE, "restart-db": "pgbackrest engine: restart PostgreSQL if WAL archiving needs it (archive_mode)"})
+def setup(c, stage=None, restart_db=False):
     """Create the server layout and an env file template (never overwriting one); check the unit."""
-    commands.setup(load_project(), stage)
+    commands.setup(load_project(), stage, restart_db)
 
 
 @task(help=STAGE)

@@ -7,7 +7,7 @@ the database is are read from the hosts, not from the journal.
 """
 from __future__ import annotations
 
-from . import app_env, console, events, notify, pipeline, restore, rollback, steps
+from . import app_env, console, events, notify, pgbr_restore, pipeline, restore, rollback, steps
 from .config import ProjectConfig
 from .errors import DeployError
 from .ssh import guard, lock, service
@@ -44,7 +44,9 @@ def recover(project: ProjectConfig, stage_name: str | None) -> list[str]:
                 return []
             console.heading(f"recovering {guard.describe(record)}")
             action = record.get("action", "deploy")
-            if action == "restore":
+            if action == "restore" and record.get("engine") == "pgbackrest":
+                notes = pgbr_restore.recover(stage, remotes, record)
+            elif action == "restore":
                 notes = restore.recover(stage, remotes, record)
             elif action == "env":
                 notes = app_env.recover(stage, remotes, record)

@@ -25,7 +25,7 @@ from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
 
 
-def _serving(remote: Remote, layout: Layout) -> str:
+def serving_release(remote: Remote, layout: Layout) -> str:
     release = service.current_release(remote, layout)
     if not release:
         raise DeployError(f"{remote.name} has no current release: a restore brings the app back and checks it",
@@ -77,7 +77,7 @@ class WrittenSince(DeployError):
 
 
 def _check(r: Restore) -> None:
-    r.release = _serving(r.apps[0], r.layout)  # the migrations host need not serve the app
+    r.release = serving_release(r.apps[0], r.layout)  # the migrations host need not serve the app
     found = r.backup_remote.run(["cat", f"{r.layout.backups}/{r.backup_id}.json"], check=False)
     if found.exited != 0:
         raise DeployError(f"there is no backup {r.backup_id} on {r.stage.name}",
@@ -174,6 +174,21 @@ def restore_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], backup_
         on_hosts("starting the app", running, lambda m: service.systemctl(m, "start", stage.service))
 
 
+def restore_any(project: ProjectConfig, stage_name: str | None, backup_id: str | None, at: str | None = None,
+                release: str | None = None, point: str | None = None) -> dict:
+    """`fab restore`: by the stage's engine, a pg_dump backup, or a pgBackRest target."""
+    stage = load_stage(project, stage_name)
+    if stage.backups.engine == "pgbackrest":
+        from . import pgbr_restore
+        return pgbr_restore.restore(project, stage.name, backup_id, at, release, point)
+    if at or release or point:
+        raise DeployError("--time, --release and --point need the pgbackrest engine; this stage's backups are "
+                          "pg_dumps", hint=f"fab backups --stage {stage.name}; fab restore --stage {stage.name} ID")
+    if not backup_id:
+        raise DeployError("name the backup to restore", hint=f"fab backups --stage {stage.name} lists them")
+    return restore(project, stage.name, backup_id)
+
+
 def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> dict:
     """Restore BACKUP_ID into the stage's database (see the module docstring)."""
     stage = load_stage(project, stage_name)
@@ -182,7 +197,7 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str) -> d
         console.heading(f"restore {backup_id} on {stage.name}")
         with guard.guarded(r.migrator, r.layout, lock.holder("restore", backup_id), stage.name) as r.holder, r.pinned():
             guard.run_journaled(r, "restore", STEPS, lambda outcome, error: _log(r, outcome, error))
-        _report_health(r)
+        report_health(r)
     return r.result or {}
 
 
@@ -217,7 +232,7 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
     return notes
 
 
-def _report_health(r: Restore) -> None:
+def report_health(r: Restore) -> None:
     """The app runs again; say whether its code expects the restored revision, and what to run if not."""
     restored = r.result["revision"]
     answers = on_hosts("health", r.apps, lambda m: service.health(m, r.stage.health_url))

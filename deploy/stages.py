@@ -12,11 +12,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hooks, notify
+from . import backup_settings, hooks, notify
+from .backup_settings import BackupSettings
 from .config import ProjectConfig, _Table
 from .errors import ConfigError
 
-ROLES = ("app", "migrations", "db")
+ROLES = ("app", "migrations", "db", "backup")
 ROLLBACK_POLICIES = ("downgrade-or-restore", "downgrade", "stop")
 POST_MIGRATIONS = ("deploy", "manual")   # post revisions run by the deploy, or by `fab migrate --post`
 UNDO_EXPAND = ("keep", "downgrade")      # a failed deploy's pre revisions that the old release was checked on
@@ -29,35 +30,6 @@ class StageHost:
     address: str
     roles: tuple[str, ...]
     port: int = 22
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    """`[stages.NAME.backups]`: how backups are taken, kept and checked."""
-
-    format: str                 # directory (parallel dump, the default) or custom
-    compress: int               # gzip level; 4 with 2 jobs was measured best (docs/backups.md)
-    jobs: int                   # parallel pg_dump/pg_restore jobs
-    keep: int                   # the newest N are kept...
-    keep_daily_days: int        # ...and the newest of each of the last D days
-    warn_age_hours: float
-    crit_age_hours: float
-    size_tolerance: float       # the newest may be this much (a fraction) smaller than the median of earlier ones
-    restore_test_days: float    # a real restore into a scratch database at least this often (0: never by itself)
-    schedule: str               # systemd OnCalendar= of the nightly backup
-    check_schedule: str         # and of the check
-    textfile: str               # the Prometheus textfile-collector file the check rewrites
-    host: str | None            # where backups are taken and kept (default: the migrations host)
-
-    def dump_args(self, label: str) -> list[str]:
-        return ["dump", "--label", label, "--format", self.format, "--compress", str(self.compress),
-                "--jobs", str(self.jobs), "--keep", str(self.keep), "--keep-daily-days", str(self.keep_daily_days)]
-
-    def check_args(self) -> list[str]:
-        return ["check", "--warn-age-hours", f"{self.warn_age_hours:g}", "--crit-age-hours",
-                f"{self.crit_age_hours:g}", "--size-tolerance", f"{self.size_tolerance:g}",
-                "--restore-test-days", f"{self.restore_test_days:g}", "--jobs", str(self.jobs),
-                "--textfile", self.textfile]
 
 
 @dataclass(frozen=True)
@@ -193,7 +165,7 @@ def _build(project: ProjectConfig, name: str, table: _Table) -> StageConfig:
                     if "admin_user" in table.data else None),
         admin_key=_admin_key(project, table),
         bind=table.matching("bind", "127.0.0.1:8000", r"[0-9A-Za-z.:\[\]-]+:\d+", "host:port"),
-        backups=_backups(table.table("backups"), table.data.get("deploy_to", ""), hosts),
+        backups=backup_settings.read(table.table("backups"), table.data.get("deploy_to", ""), hosts),
         lb=_load_balancer(table.table("lb"), hosts) if "lb" in table.data else None,
         notify=notify.settings(table.table("notify")) if "notify" in table.data else None,
         hooks=hooks.settings(table.table("hooks")),
@@ -229,36 +201,6 @@ def _load_balancer(table: _Table, hosts: tuple[StageHost, ...]) -> LoadBalancer:
         drain_timeout=float(table.integer("drain_timeout", 30, 1, 3600)),
         maintenance_map=table.matching("maintenance_map", MAINTENANCE_MAP, r"(/[A-Za-z0-9_.-]+)+",
                                        "an absolute path"),
-    )
-
-
-CALENDAR = r"[A-Za-z0-9*:./, ~-]+"
-
-
-def _backups(table: _Table, deploy_to: str, hosts: tuple[StageHost, ...]) -> BackupSettings:
-    host = table.data.get("host")
-    if host is not None and not any(h.name == host and {"db", "migrations"} & set(h.roles) for h in hosts):
-        raise table.fail("host", f"the name of a host with the role \"db\" or \"migrations\", got {host!r}")
-    fmt = table.text("format", "directory")
-    if fmt not in ("directory", "custom"):
-        raise table.fail("format", f"directory or custom, got {fmt!r}")
-    warn = table.number("warn_age_hours", 26, 0.01, 24 * 366)
-    return BackupSettings(
-        format=fmt,
-        compress=table.integer("compress", 4, 0, 9),
-        jobs=table.integer("jobs", 2, 1, 64),
-        keep=table.integer("keep", 7, 1, 1000),
-        keep_daily_days=table.integer("keep_daily_days", 14, 0, 3660),
-        warn_age_hours=warn,
-        crit_age_hours=table.number("crit_age_hours", max(50, warn), warn, 24 * 366),
-        size_tolerance=table.number("size_tolerance", 0.5, 0.01, 0.99),
-        restore_test_days=table.number("restore_test_days", 7, 0, 366),
-        schedule=table.matching("schedule", "*-*-* 03:00:00", CALENDAR, "a systemd calendar spec like *-*-* 03:00:00"),
-        check_schedule=table.matching("check_schedule", "*-*-* 04:30:00", CALENDAR,
-                                      "a systemd calendar spec like *-*-* 04:30:00"),
-        textfile=table.matching("textfile", f"{deploy_to}/metrics/flask_deploy_backup.prom", r"(/[A-Za-z0-9_.-]+)+\.prom",
-                                "an absolute path ending in .prom"),
-        host=host,
     )
 
 

@@ -119,6 +119,19 @@ def ensure_app_database(sandbox: Sandbox, db: Host) -> None:
     """)
 
 
+# What fab setup's pgbackrest engine (pgbr_setup.py) adds to the db host.
+PGBACKREST_FILES = ("/etc/pgbackrest/flask-deploy", "/usr/local/sbin/flask-deploy-pgbackrest", "/var/lib/postgresql/.ssh")
+
+
+def reset_archiving(db: Host) -> None:
+    """The cluster as the sandbox made it: no WAL archiving (a restart when it was on), and none of
+    the pgbackrest engine's files."""
+    in_host(db, ["sh", "-c", 'rm -rf "$@" /etc/sudoers.d/flask-deploy-*-pgbackrest', "reset", *PGBACKREST_FILES])
+    if psql(db, "SHOW archive_mode").strip() == "on":
+        psql(db, "ALTER SYSTEM RESET archive_mode; ALTER SYSTEM RESET archive_command;")
+        in_host(db, ["systemctl", "restart", UNIT])
+
+
 def reset(db: Host) -> None:
     """Drop every database but postgres and the templates, then an empty app database."""
     names = psql(db, "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')")

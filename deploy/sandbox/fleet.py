@@ -202,6 +202,7 @@ def _reset_host(sandbox: Sandbox, host: Host, keep: tuple[str, ...]) -> None:
     in_host(host, ["sh", "-c", "systemctl daemon-reload && systemctl reset-failed"])
     if host.is_db:
         dbhost.start(host)
+        dbhost.reset_archiving(host)
         dbhost.reset(host)
     if host.is_lb:
         lbhost.ready_all(sandbox, host)

@@ -25,9 +25,9 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("SANDBOX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What a plain Debian server of each role has: sshd, sudo, git and Python with venv
 # on every host (the releases are built there), PostgreSQL 15 for the db host,
-# HAProxy for the load balancer; procps for ps.
+# HAProxy for the load balancer; pgBackRest for the db and backup hosts; procps for ps.
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3", "python3-venv", "git",
-            "postgresql-15", "postgresql-client-15", "haproxy", "iproute2", "procps")
+            "postgresql-15", "postgresql-client-15", "haproxy", "pgbackrest", "iproute2", "procps")
 # Units of a stock install that would wake up at random in every host (package
 # updates, trims, scrubs, a weekly pg_dump) and consoles a container has no use for.
 MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",

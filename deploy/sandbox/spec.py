@@ -15,6 +15,7 @@ from ..config import SandboxSettings
 
 DB_HOST = "db"
 LB_HOST = "lb"
+BACKUP_HOST = "backup"
 ORIGIN_REPO = "origin.git"
 GIT_PORT = 9418
 POSTGRES_PORT = 5432
@@ -56,6 +57,10 @@ class Host:
     @property
     def is_lb(self) -> bool:
         return "lb" in self.roles
+
+    @property
+    def is_backup(self) -> bool:
+        return "backup" in self.roles
 
     @property
     def machine(self) -> str:
@@ -162,8 +167,13 @@ class Sandbox:
         return self.host(LB_HOST, ("lb",), 9)
 
     @property
+    def backup(self) -> Host:
+        """The backup repository host (pgBackRest's, for a stage with backups.engine = "pgbackrest")."""
+        return self.host(BACKUP_HOST, ("backup",), 8)
+
+    @property
     def hosts(self) -> list[Host]:
-        return [*self.apps, self.db, self.lb]
+        return [*self.apps, self.db, self.backup, self.lb]
 
     @property
     def lb_url(self) -> str:

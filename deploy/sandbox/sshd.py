@@ -20,7 +20,7 @@ AuthenticationMethods publickey
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers {user} {admin}
+AllowUsers {users}
 AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
 X11Forwarding no
 AllowAgentForwarding no
@@ -67,7 +67,9 @@ def prepare_host(sandbox: Sandbox, host: Host) -> bool:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{host.name}-host-key",
              "-f", str(host_key(host))])
     user, admin = sandbox.settings.user, admin_name(sandbox.settings.user)
-    config = SSHD_CONFIG.format(name=host.name, user=user, admin=admin)
+    # postgres logs in on the db host only: pgBackRest's repository host reaches the cluster as it.
+    users = " ".join([user, admin] + (["postgres"] if host.is_db else []))
+    config = SSHD_CONFIG.format(name=host.name, users=users)
     changed = write_as(host, "/etc/ssh/sshd_config.d/sandbox.conf", config, 0o644)
     home = f"/home/{user}"
     dot_ssh = inside(host, f"{home}/.ssh")

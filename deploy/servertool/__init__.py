@@ -9,7 +9,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 MODULES = ("envfile.py", "pgenv.py", "digests.py", "dumps.py", "retention.py", "checks.py", "reports.py", "unwritten.py", "locks.py",
-           "backup_tool.py")
+           "pgbr.py", "pgbr_checks.py", "backup_tool.py")
 ENTRY = "backup_tool.py"
 
 BOOT = """import json, os, runpy, sys

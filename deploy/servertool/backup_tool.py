@@ -26,6 +26,8 @@ from contextlib import nullcontext
 import checks
 import locks
 import dumps
+import pgbr
+import pgbr_checks
 import envfile
 import reports
 import retention
@@ -77,6 +79,15 @@ def cmd_check(a: argparse.Namespace) -> dict:
     checks.record(a.folder, report)
     if a.textfile:
         checks.write_textfile(a.textfile, reports.prometheus(report, database_name()))
+    return report
+
+
+def cmd_pgbr_check(a: argparse.Namespace) -> dict:
+    limits = checks.Limits(a.warn_age_hours, a.crit_age_hours, 0.5, a.restore_test_days, 1)
+    report = pgbr_checks.run(a.deploy_to, a.stanza, a.folder, limits, a.restore_test)
+    checks.record_history(a.folder, report)
+    if a.textfile:
+        checks.write_textfile(a.textfile, reports.prometheus(report, a.stanza))
     return report
 
 
@@ -135,7 +146,13 @@ COMMANDS = {
     "revision": lambda a: {"revisions": revisions(), "xids": revision_xids(), "tables": table_count(),
                            **client_versions()},
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
+    "pgbr-backup": lambda a: pgbr.backup(a.deploy_to, a.stanza, a.type),
+    "pgbr-list": lambda a: {"backups": pgbr.backups(a.deploy_to, a.stanza), "points": pgbr.points(a.deploy_to)},
+    "pgbr-ready": lambda a: pgbr.ready(a.deploy_to, a.stanza, a.crit_age_hours),
+    "pgbr-point": lambda a: pgbr.record_point(a.deploy_to, json.loads(a.point)),
+    "pgbr-check": cmd_pgbr_check,
 }
+CHECKS = {"check", "pgbr-check"}  # exit 0, 1 or 2; a table unless --json
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,7 +195,24 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list")
     sub.add_parser("revision")
     sub.add_parser("end-migrations").add_argument("key", type=int)
+    _pgbackrest_commands(sub)
     return p
+
+
+def _pgbackrest_commands(sub) -> None:
+    """The pgbackrest engine's commands, on the repository host."""
+    for name in ("pgbr-backup", "pgbr-list", "pgbr-ready", "pgbr-point", "pgbr-check"):
+        sub.add_parser(name).add_argument("--stanza", required=True)
+    sub.choices["pgbr-backup"].add_argument("--type", choices=("full", "diff", "incr"), default="full")
+    sub.choices["pgbr-ready"].add_argument("--crit-age-hours", type=float, required=True)
+    sub.choices["pgbr-point"].add_argument("point", help="the restore point, as JSON")
+    check = sub.choices["pgbr-check"]
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--textfile")
+    check.add_argument("--warn-age-hours", type=float, default=26)
+    check.add_argument("--crit-age-hours", type=float, default=50)
+    check.add_argument("--restore-test-days", type=float, default=7)
+    check.add_argument("--restore-test", action=argparse.BooleanOptionalAction, default=None)
 
 
 def main(argv: list[str]) -> int:
@@ -195,12 +229,12 @@ def main(argv: list[str]) -> int:
             answer = COMMANDS[args.command](args)
     except ToolError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
-        return checks.CRITICAL if args.command == "check" else 1
-    if args.command == "check" and not args.json:
+        return checks.CRITICAL if args.command in CHECKS else 1
+    if args.command in CHECKS and not args.json:
         print(reports.table(answer))
     else:
         print(json.dumps(answer))
-    return answer["status"] if args.command == "check" else 0
+    return answer["status"] if args.command in CHECKS else 0
 
 
 if __name__ == "__main__":

@@ -163,22 +163,32 @@ def run(folder: str, limits: Limits, restore_test: bool | None, now: float | Non
     return report
 
 
-def record(folder: str, report: dict) -> None:
-    """Append the run to the history, and keep the verdict beside the backup it checked."""
+def record_history(folder: str, report: dict) -> None:
+    """Append the run to the history (the restore-test cadence is read from it)."""
     old = os.umask(0o077)
     try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         with open(os.path.join(folder, HISTORY), "a") as f:
             f.write(json.dumps(report) + "\n")
-        if report["backup"]:
-            by_name = {c["check"]: c for c in report["checks"]}
-            verdict = {"id": report["backup"], "time": report["time"], "source": "check",
-                       "ok": by_name["sha256"]["status"] == OK and by_name["read"]["status"] == OK
-                       and by_name["restore"]["status"] == OK,
-                       "sha256_ok": by_name["sha256"]["status"] == OK, "read_ok": by_name["read"]["status"] == OK,
-                       "restore": by_name["restore"]["detail"]}
-            keep_verdict(folder, verdict)
     finally:
         os.umask(old)
+
+
+def record(folder: str, report: dict) -> None:
+    """Append the run to the history, and keep the verdict beside the backup it checked."""
+    record_history(folder, report)
+    if report["backup"]:
+        by_name = {c["check"]: c for c in report["checks"]}
+        verdict = {"id": report["backup"], "time": report["time"], "source": "check",
+                   "ok": by_name["sha256"]["status"] == OK and by_name["read"]["status"] == OK
+                   and by_name["restore"]["status"] == OK,
+                   "sha256_ok": by_name["sha256"]["status"] == OK, "read_ok": by_name["read"]["status"] == OK,
+                   "restore": by_name["restore"]["detail"]}
+        old = os.umask(0o077)
+        try:
+            keep_verdict(folder, verdict)
+        finally:
+            os.umask(old)
 
 
 def write_textfile(path: str, text: str) -> None:

@@ -10,7 +10,7 @@ import deploy_runtime
 from ..servertool import envfile
 
 if TYPE_CHECKING:
-    from ..stages import BackupSettings
+    from ..backup_settings import BackupSettings
 
 FOLDER = Path(__file__).resolve().parent
 RUNTIME = Path(deploy_runtime.__file__).resolve().parent  # shipped into each release
@@ -57,12 +57,26 @@ def tool_command(deploy_to: str, args: list[str]) -> list[str]:
 
 
 def backup_units(service: str, user: str, deploy_to: str, backups: BackupSettings) -> dict[str, str]:
-    """File name -> text of the nightly backup's and the backup check's service and timer units."""
+    """File name -> text of the scheduled backups' and the backup check's service and timer units:
+    a nightly dump (pgdump), or full and differential backups (pgbackrest)."""
     values = {"service": service, "user": user, "deploy_to": deploy_to}
+    if backups.pgbackrest:
+        pb = backups.pgbackrest
+        runs = {"full": pb.full_schedule, "diff": pb.diff_schedule}
+        units = {}
+        for kind, schedule in runs.items():
+            args = ["pgbr-backup", "--stanza", pb.stanza, "--type", kind]  # physical: no table locks to wait for
+            units[f"{service}-backup-{kind}.service"] = render("backup.service", **values, command=shlex.join(
+                tool_command(deploy_to, args)))
+            units[f"{service}-backup-{kind}.timer"] = render("backup.timer", **values, schedule=schedule)
+    else:
+        units = {
+            f"{service}-backup.service": render("backup.service", **values, command=shlex.join(
+                tool_command(deploy_to, [*backups.dump_args("nightly"), "--wait-for-stage"]))),
+            f"{service}-backup.timer": render("backup.timer", **values, schedule=backups.schedule),
+        }
     return {
-        f"{service}-backup.service": render("backup.service", **values, command=shlex.join(
-            tool_command(deploy_to, [*backups.dump_args("nightly"), "--wait-for-stage"]))),
-        f"{service}-backup.timer": render("backup.timer", **values, schedule=backups.schedule),
+        **units,
         f"{service}-backup-check.service": render("backup-check.service", **values, command=shlex.join(
             tool_command(deploy_to, backups.check_args()))),
         f"{service}-backup-check.timer": render("backup-check.timer", **values, schedule=backups.check_schedule),

@@ -1,0 +1,152 @@
+"""The pgbackrest engine on the sandbox: Debian's pgBackRest with its repository on the backup
+host, WAL archived from the db host's PostgreSQL over SSH; backups, the check, restores to a
+backup, a time and a release's restore point after real writes; the deploy's restore point and
+its faults (the archive broken, a WAL file missing, a target no backup precedes)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import assert_clean_failure, output
+from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app, current,
+                           deploy, sql, ssh)
+
+from deploy.sandbox import faults
+
+pytestmark = pytest.mark.timeout(400)
+BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
+PGBACKREST = """
+[stages.sandbox.backups]
+engine = "pgbackrest"
+
+[stages.sandbox.backups.pgbackrest]
+archive_timeout = 5
+"""
+
+
+def use_pgbackrest(project) -> None:
+    with open(project.root / "deploy.toml", "a") as f:
+        f.write(PGBACKREST)
+    project.commit_all("back up with pgBackRest")
+    project.push()
+
+
+def fab_ok(project, *args: str) -> str:
+    proc = project.fab(*args, db=False)
+    assert proc.returncode == 0, output(proc)
+    return output(proc)
+
+
+@pytest.fixture
+def archived(staged):
+    """The stage on the pgbackrest engine: set up (archiving on, the stanza made), a full backup,
+    then the seed commit deployed with two boards."""
+    use_pgbackrest(staged)
+    text = fab_ok(staged, "setup", "--restart-db")
+    assert "stanza app ready, archiving checked" in text, text
+    fab_ok(staged, "backup", "--type", "full")
+    assert deploy(staged).returncode == 0
+    staged.first_release = current(staged, "app1")
+    sql(staged, "INSERT INTO boards (name) VALUES ('one'), ('two')")
+    return staged
+
+
+def listing(project) -> dict:
+    return json.loads(project.fab("backups", "--json", db=False).stdout)
+
+
+def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_deploy_migrated(archived):
+    add_migration(archived, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    text = output(deploy(archived))
+    assert "restore point" in text and "archive checked" in text, text
+    second = current(archived, "app1")
+    sql(archived, "INSERT INTO boards (name, note) VALUES ('three', 'written after the deploy')")
+    point = next(p for p in listing(archived)["points"] if p["release"] == second)
+    assert point["name"] == f"{second}-predeploy" and point["timeline"] == 1
+
+    text = fab_ok(archived, "restore", "--release", second)
+    assert f"restore point {second}-predeploy" in text
+    assert sql(archived, BOARDS) == "one,two"  # as before the migration: 'three' came after
+    assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+    assert "fab rollback" in text  # the serving release expects the newer revision: it says what to run
+    fab_ok(archived, "rollback", "--to", archived.first_release)
+    assert_serving(archived, archived.first_release, HEAD)
+
+    # The safety point holds the database as it was before the restore: 'three' is back from it.
+    safety = next(p["name"] for p in listing(archived)["points"] if p["name"].startswith("before-restore-"))
+    fab_ok(archived, "restore", "--point", safety)
+    assert sql(archived, BOARDS) == "one,two,three"
+    log = ssh(archived, "app1", "tail -2 /srv/app/deploy.log").stdout
+    assert f"the restore point {safety}" in log and "before-restore-" in log
+
+
+def test_backups_are_listed_and_checked_with_a_real_restore_into_a_scratch_cluster(archived):
+    fab_ok(archived, "backup")  # a differential on top of the full
+    found = listing(archived)["backups"]
+    assert [b["type"] for b in found] == ["full", "diff"] and all(b["size"] > 0 for b in found)
+    proc = archived.fab("backups.check", "--restore-test", "--json", db=False)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["state"] == "OK", output(proc)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert set(checks) == {"age", "size", "archive", "verify", "restore"}
+    assert checks["restore"]["ran"] and checks["restore"]["row_counts"]["app.public.boards"] == 2
+    metrics = ssh(archived, "backup", "cat /srv/app/metrics/flask_deploy_backup.prom").stdout
+    assert 'flask_deploy_backup_check_status{database="app",check="archive"} 0' in metrics
+    assert ssh(archived, "backup", "ls /srv/app/pgbackrest | grep -c scratch- || true").stdout.strip() == "0"
+    units = ssh(archived, "backup", "systemctl list-timers --all --no-legend").stdout
+    assert "app-backup-full.timer" in units and "app-backup-diff.timer" in units and "app-backup-check.timer" in units
+
+
+def test_a_missing_wal_file_is_critical_and_targets_without_a_backup_before_them_are_refused(archived):
+    before_any = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 3600))
+    text = assert_clean_failure(archived.fab("restore", "--time", before_any, db=False))
+    assert "no backup ended before" in text
+    assert "in the future" in assert_clean_failure(archived.fab("restore", "--time", "2999-01-01 00:00:00", db=False))
+    assert "name one target" in assert_clean_failure(archived.fab("restore", db=False))
+    assert "no restore point of the release nope" in assert_clean_failure(
+        archived.fab("restore", "--release", "nope", db=False))
+
+    folder = "/srv/app/pgbackrest/repo/archive/app/15-1/0000000100000000"
+    for _ in range(2):  # each check switches to a new WAL file: one in the middle can go
+        sql(archived, "INSERT INTO boards (name) VALUES ('x')")
+        fab_ok(archived, "backups.check", "--skip-restore-test")
+    files = sorted(ssh(archived, "backup", f"ls {folder}").stdout.split())
+    wal = [f for f in files if len(f.split("-")[0]) == 24 and "." not in f.split("-")[0]]
+    gone = wal[len(wal) // 2]
+    ssh(archived, "backup", f"rm {folder}/{gone}")
+    proc = archived.fab("backups.check", "--skip-restore-test", db=False)
+    assert proc.returncode == 2, output(proc)
+    assert "archive  CRITICAL" in output(proc) and gone[:24] in output(proc)
+
+
+def test_a_broken_archive_stops_the_deploy_before_it_migrates_and_the_check_is_critical(archived):
+    add_migration(archived, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    sandbox = archived.sandbox
+    faults.fill_disk(sandbox, sandbox.backup)  # the repository's disk is full: archive-push fails
+    try:
+        text = assert_clean_failure(deploy(archived))
+        assert "step 'backup' failed" in text and "WAL archiving is broken" in text, text
+        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+        proc = archived.fab("backups.check", "--skip-restore-test", db=False)
+        assert proc.returncode == 2 and "archive  CRITICAL" in output(proc), output(proc)
+    finally:
+        faults.free_disk(sandbox, sandbox.backup)
+    faults.cut_network(sandbox, sandbox.backup)  # the repository host is gone
+    try:
+        text = assert_clean_failure(deploy(archived))
+        assert "step 'backup' failed" in text and "backup" in text, text
+        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+    finally:
+        faults.restore_network(sandbox, sandbox.backup)
+    assert_serving(archived, archived.first_release, HEAD)
+
+
+def test_a_failed_downgrade_goes_back_to_the_restore_point_only_when_nothing_else_wrote(archived):
+    add_migration(archived, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(archived)
+    text = assert_clean_failure(deploy(archived))
+    assert "step 'switch' failed" in text and "restored to the pre-deploy restore point" in text, text
+    assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(archived, BOARDS) == "one,two"
+    assert_serving(archived, archived.first_release, HEAD)
