@@ -63,14 +63,18 @@ def check_backups(c, stage=None, json=False, restore_test=False, skip_restore_te
     backups.check(load_project(), stage, json, True if restore_test else False if skip_restore_test else None)
 
 
-@task(positional=["backup_id"], optional=["backup_id"],
-      help={**STAGE, "backup_id": "an id from fab backups",
-            "time": "pgbackrest engine: the moment to restore to (UTC unless an offset is given)",
-            "release": "pgbackrest engine: the restore point its deploy made before migrating",
-            "point": "pgbackrest engine: a restore point by name (fab backups lists them)"})
-def restore(c, backup_id=None, stage=None, time=None, release=None, point=None):
-    """Restore a backup (or a point in time): safety backup or point first, app stopped meanwhile, put back if it fails."""
-    restore_.restore_any(load_project(), stage, backup_id, time, release, point)
+@task(positional=["backup_id"], help={**STAGE, "backup_id": "an id from fab backups"})
+def restore(c, backup_id, stage=None):
+    """Restore a verified backup: safety backup first, app stopped meanwhile, put back if it fails."""
+    restore_.restore_any(load_project(), stage, backup_id)
+
+
+@task(name="to", help={**STAGE, "time": "the moment to restore to (UTC unless an offset is given)",
+                       "release": "the restore point its deploy made before migrating",
+                       "point": "a restore point by name (fab backups lists them)"})
+def restore_to(c, stage=None, time=None, release=None, point=None):
+    """pgbackrest engine: restore to a point in time, a release's restore point or a named one (safety point first)."""
+    restore_.restore_any(load_project(), stage, None, time, release, point)
 
 
 @task(help=STAGE)
@@ -180,6 +184,9 @@ def _number(option: str, value):
     return int(value)
 
 
+restore_ns = Collection("restore")
+restore_ns.add_task(restore, default=True)
+restore_ns.add_task(restore_to)
 backups_ns = Collection("backups")
 backups_ns.add_task(list_backups, default=True)
 backups_ns.add_task(check_backups)
@@ -188,5 +195,5 @@ env_ns.add_task(env_list, default=True)
 for env_task in (env_set, env_unset, env_push, env_diff):
     env_ns.add_task(env_task)
 maintenance_ns = Collection("maintenance", maintenance_on, maintenance_off)
-ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore, recover, status, releases, setup, lock, unlock,
+ns = Collection(deploy, migrate, rollback, backup, backups_ns, restore_ns, recover, status, releases, setup, lock, unlock,
                 env_ns, logs, maintenance_ns)

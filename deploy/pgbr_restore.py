@@ -63,7 +63,7 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
     """The target the operator named, and the newest backup before it; refused when none precedes it."""
     backups = [b for b in found["backups"] if not b["error"]]
     if sum(x is not None for x in (backup_id, at, release, point)) != 1:
-        raise DeployError("name one target: a backup id, --time T, --release R or --point NAME",
+        raise DeployError("name one target: fab restore ID, or fab restore.to --time T, --release R or --point NAME",
                           hint="fab backups lists the backups and the restore points")
     if backup_id is not None:
         if not any(b["id"] == backup_id for b in backups):

@@ -182,8 +182,9 @@ def restore_any(project: ProjectConfig, stage_name: str | None, backup_id: str |
         from . import pgbr_restore
         return pgbr_restore.restore(project, stage.name, backup_id, at, release, point)
     if at or release or point:
-        raise DeployError("--time, --release and --point need the pgbackrest engine; this stage's backups are "
-                          "pg_dumps", hint=f"fab backups --stage {stage.name}; fab restore --stage {stage.name} ID")
+        raise DeployError("fab restore.to (a time, a release's restore point) needs the pgbackrest engine; this "
+                          "stage's backups are pg_dumps", hint=f"fab backups --stage {stage.name}; "
+                                                              f"fab restore --stage {stage.name} ID")
     if not backup_id:
         raise DeployError("name the backup to restore", hint=f"fab backups --stage {stage.name} lists them")
     return restore(project, stage.name, backup_id)

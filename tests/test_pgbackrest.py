@@ -65,7 +65,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     point = next(p for p in listing(archived)["points"] if p["release"] == second)
     assert point["name"] == f"{second}-predeploy" and point["timeline"] == 1
 
-    text = fab_ok(archived, "restore", "--release", second)
+    text = fab_ok(archived, "restore.to", "--release", second)
     assert f"restore point {second}-predeploy" in text
     assert sql(archived, BOARDS) == "one,two"  # as before the migration: 'three' came after
     assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
@@ -75,7 +75,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
 
     # The safety point holds the database as it was before the restore: 'three' is back from it.
     safety = next(p["name"] for p in listing(archived)["points"] if p["name"].startswith("before-restore-"))
-    fab_ok(archived, "restore", "--point", safety)
+    fab_ok(archived, "restore.to", "--point", safety)
     assert sql(archived, BOARDS) == "one,two,three"
     log = ssh(archived, "app1", "tail -2 /srv/app/deploy.log").stdout
     assert f"the restore point {safety}" in log and "before-restore-" in log
@@ -100,12 +100,12 @@ def test_backups_are_listed_and_checked_with_a_real_restore_into_a_scratch_clust
 
 def test_a_missing_wal_file_is_critical_and_targets_without_a_backup_before_them_are_refused(archived):
     before_any = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 3600))
-    text = assert_clean_failure(archived.fab("restore", "--time", before_any, db=False))
+    text = assert_clean_failure(archived.fab("restore.to", "--time", before_any, db=False))
     assert "no backup ended before" in text
-    assert "in the future" in assert_clean_failure(archived.fab("restore", "--time", "2999-01-01 00:00:00", db=False))
-    assert "name one target" in assert_clean_failure(archived.fab("restore", db=False))
+    assert "in the future" in assert_clean_failure(archived.fab("restore.to", "--time", "2999-01-01 00:00:00", db=False))
+    assert "name one target" in assert_clean_failure(archived.fab("restore.to", db=False))
     assert "no restore point of the release nope" in assert_clean_failure(
-        archived.fab("restore", "--release", "nope", db=False))
+        archived.fab("restore.to", "--release", "nope", db=False))
 
     folder = "/srv/app/pgbackrest/repo/archive/app/15-1/0000000100000000"
     for _ in range(2):  # each check switches to a new WAL file: one in the middle can go
