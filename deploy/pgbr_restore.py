@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import console, pgbr, pipeline, restore
+from . import console, pgbr, pipeline
+from . import restore as dump_restore
 from .config import ProjectConfig
 from .errors import DeployError
 from .ssh import dbops, deploylog, guard, lock, service
@@ -187,11 +188,11 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str | Non
     with connect(stage) as remotes:
         target = choose(pgbr.repo_tool(stage, remotes, "list"), backup_id, at, release, point)
         r = PointRestore(stage, remotes, Layout(stage.deploy_to), target)
-        r.release = restore.serving_release(r.apps[0], r.layout)
+        r.release = dump_restore.serving_release(r.apps[0], r.layout)
         console.heading(f"restore {stage.name} to {target.describe} (from the backup {target.backup})")
         with guard.guarded(r.migrator, r.layout, lock.holder("restore", target.describe), stage.name) as r.holder:
             guard.run_journaled(r, "restore", STEPS, lambda outcome, error: _log(r, outcome, error))
-        restore.report_health(r)
+        dump_restore.report_health(r)
     return r.result or {}
 
 
