@@ -236,8 +236,10 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
 def report_health(r: Restore) -> None:
     """The app runs again; say whether its code expects the restored revision, and what to run if not."""
     restored = r.result["revision"]
-    answers = on_hosts("health", r.apps, lambda m: service.health(m, r.stage.health_url))
-    expected = {body.get("expected_revision") for _, body in answers.values() if isinstance(body, dict)}
+    # The app was just started: first its release must answer (at whatever revision it expects).
+    answers = on_hosts("health", r.apps, lambda m: service.wait_healthy(
+        m, r.stage.health_url, r.release, None, r.stage.health_timeout, any_revision=True, service=r.stage.service))
+    expected = {body.get("expected_revision") for body in answers.values() if isinstance(body, dict)}
     if expected <= {restored}:
         on_hosts("health", r.apps, lambda m: service.wait_healthy(
             m, r.stage.health_url, r.release, restored, r.stage.health_timeout, service=r.stage.service))
