@@ -108,8 +108,8 @@ def test_a_missing_wal_file_is_critical_and_targets_without_a_backup_before_them
         archived.fab("restore.to", "--release", "nope", db=False))
 
     folder = "/srv/app/pgbackrest/repo/archive/app/15-1/0000000100000000"
-    for _ in range(2):  # each check switches to a new WAL file: one in the middle can go
-        sql(archived, "INSERT INTO boards (name) VALUES ('x')")
+    for n in range(2):  # each check switches to a new WAL file: one in the middle can go
+        sql(archived, f"INSERT INTO boards (name) VALUES ('x{n}')")
         fab_ok(archived, "backups.check", "--skip-restore-test")
     files = sorted(ssh(archived, "backup", f"ls {folder}").stdout.split())
     wal = [f for f in files if len(f.split("-")[0]) == 24 and "." not in f.split("-")[0]]
