@@ -75,19 +75,26 @@ def cmd_dump(a: argparse.Namespace) -> dict:
 
 def cmd_check(a: argparse.Namespace) -> dict:
     limits = checks.Limits(a.warn_age_hours, a.crit_age_hours, a.size_tolerance, a.restore_test_days, a.jobs)
-    report = checks.run(a.folder, limits, a.restore_test)
-    checks.record(a.folder, report)
-    if a.textfile:
-        checks.write_textfile(a.textfile, reports.prometheus(report, database_name()))
-    return report
+    return _recorded(a, checks.run(a.folder, limits, a.restore_test), checks.record, database_name())
 
 
 def cmd_pgbr_check(a: argparse.Namespace) -> dict:
     limits = checks.Limits(a.warn_age_hours, a.crit_age_hours, 0.5, a.restore_test_days, 1)
     report = pgbr_checks.run(a.deploy_to, a.stanza, a.folder, limits, a.restore_test)
-    checks.record_history(a.folder, report)
-    if a.textfile:
-        checks.write_textfile(a.textfile, reports.prometheus(report, a.stanza))
+    return _recorded(a, report, checks.record_history, a.stanza)
+
+
+def _recorded(a: argparse.Namespace, report: dict, record, database: str) -> dict:
+    """The report kept in the history and the textfile; a host that cannot write them (its disk
+    full) still gets its verdict, with that failure as one more CRITICAL check."""
+    try:
+        record(a.folder, report)
+        if a.textfile:
+            checks.write_textfile(a.textfile, reports.prometheus(report, database))
+    except OSError as exc:
+        report["checks"].append(checks.result("record", checks.CRITICAL, f"the history or the metrics file could "
+                                                                         f"not be written: {exc.strerror}"))
+        report["status"], report["state"] = checks.CRITICAL, checks.NAMES[checks.CRITICAL]
     return report
 
 
