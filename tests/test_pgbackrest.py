@@ -134,8 +134,8 @@ def test_a_broken_archive_stops_the_deploy_before_it_migrates_and_the_check_is_c
         faults.free_disk(sandbox, sandbox.backup)
     faults.cut_network(sandbox, sandbox.backup)  # the repository host is gone
     try:
-        text = assert_clean_failure(deploy(archived))
-        assert "step 'backup' failed" in text and "backup" in text, text
+        text = assert_clean_failure(deploy(archived))  # found by the preflight: before anything is built
+        assert "step 'preflight' failed: backup: unreachable" in text, text
         assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
     finally:
         faults.restore_network(sandbox, sandbox.backup)
