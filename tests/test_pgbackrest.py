@@ -150,3 +150,28 @@ def test_a_failed_downgrade_goes_back_to_the_restore_point_only_when_nothing_els
     assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(archived, BOARDS) == "one,two"
     assert_serving(archived, archived.first_release, HEAD)
+
+
+def helper(project, *args: str) -> dict:
+    """The db host's helper as the deploy user runs it (its sudo rule)."""
+    proc = ssh(project, "db", " ".join(["sudo", "-n", "/usr/local/sbin/flask-deploy-pgbackrest", args[0],
+                                        "--stanza", "app", "--cluster", "15/main", *args[1:]]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_the_wal_since_a_restore_point_shows_other_transactions_writes_but_not_the_migrations(archived):
+    point = helper(archived, "point", "probe")
+    migration = sql(archived, "ALTER TABLE boards ADD COLUMN note2 text; UPDATE boards SET note2 = 'backfill'; "
+                              "SELECT txid_current();")
+    sql(archived, "ANALYZE boards")  # statistics are the catalog's, not the app's data
+    assert helper(archived, "unwritten", "--since", point["lsn"], "--xids", migration)["reasons"] == []
+    other = sql(archived, "DELETE FROM boards WHERE name = 'two'; SELECT txid_current();")
+    reasons = helper(archived, "unwritten", "--since", point["lsn"], "--xids", migration)["reasons"]
+    assert len(reasons) == 1 and f"transaction {other} wrote" in reasons[0], reasons
+    # The helper takes only what its sudo rule names, each argument checked.
+    refused = ssh(archived, "db", "sudo -n /usr/local/sbin/flask-deploy-pgbackrest point --stanza app "
+                                  "--cluster 15/main 'x;reboot'")
+    assert refused.returncode != 0 and "not a valid name" in refused.stderr
+    assert ssh(archived, "db", "sudo -n /usr/local/sbin/flask-deploy-pgbackrest archive --stanza app "
+                               "--cluster 15/main").returncode != 0  # setup's, not the deploy user's
