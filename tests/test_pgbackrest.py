@@ -5,6 +5,7 @@ its faults (the archive broken, a WAL file missing, a target no backup precedes)
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import pytest
@@ -154,8 +155,8 @@ def test_a_failed_downgrade_goes_back_to_the_restore_point_only_when_nothing_els
 
 def helper(project, *args: str) -> dict:
     """The db host's helper as the deploy user runs it (its sudo rule)."""
-    proc = ssh(project, "db", " ".join(["sudo", "-n", "/usr/local/sbin/flask-deploy-pgbackrest", args[0],
-                                        "--stanza", "app", "--cluster", "15/main", *args[1:]]))
+    proc = ssh(project, "db", shlex.join(["sudo", "-n", "/usr/local/sbin/flask-deploy-pgbackrest", args[0],
+                                          "--stanza", "app", "--cluster", "15/main", *args[1:]]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 
@@ -163,10 +164,10 @@ def helper(project, *args: str) -> dict:
 def test_the_wal_since_a_restore_point_shows_other_transactions_writes_but_not_the_migrations(archived):
     point = helper(archived, "point", "probe")
     migration = sql(archived, "ALTER TABLE boards ADD COLUMN note2 text; UPDATE boards SET note2 = 'backfill'; "
-                              "SELECT txid_current();")
+                              "SELECT txid_current();").splitlines()[-1]  # (after the command tags)
     sql(archived, "ANALYZE boards")  # statistics are the catalog's, not the app's data
     assert helper(archived, "unwritten", "--since", point["lsn"], "--xids", migration)["reasons"] == []
-    other = sql(archived, "DELETE FROM boards WHERE name = 'two'; SELECT txid_current();")
+    other = sql(archived, "DELETE FROM boards WHERE name = 'two'; SELECT txid_current();").splitlines()[-1]
     reasons = helper(archived, "unwritten", "--since", point["lsn"], "--xids", migration)["reasons"]
     assert len(reasons) == 1 and f"transaction {other} wrote" in reasons[0], reasons
     # The helper takes only what its sudo rule names, each argument checked.
