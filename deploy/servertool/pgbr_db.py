@@ -132,10 +132,13 @@ def log_tail(cluster: str) -> str:
     return " / ".join(lines[-2:])[:500] or "(see " + path + ")"
 
 
+# Read up to what is flushed, after a switch to the next WAL file has flushed every record written
+# so far (a commit without synchronous_commit may still be in the WAL buffers).
 WAL_RECORDS = """
 CREATE EXTENSION IF NOT EXISTS pg_walinspect;
+SELECT pg_switch_wal() \\g /dev/null
 SELECT xid, resource_manager, record_type, coalesce(block_ref, ''), description
-  FROM pg_get_wal_records_info(:'since', pg_current_wal_lsn()) WHERE xid <> 0;
+  FROM pg_get_wal_records_info(:'since', pg_current_wal_flush_lsn()) WHERE xid <> 0;
 """
 USER_FILES = """
 SELECT pg_relation_filenode(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
