@@ -11,6 +11,7 @@ from deploy.errors import ConfigError
 from .backups import bench_backups
 from .deploy_time import bench_deploy_time
 from .expand_contract import bench_expand_contract
+from .predeploy import bench_predeploy
 from .rollback import bench_rollback
 from .zero_downtime import bench_zero_downtime
 from .results import RESULTS, write_section
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, Callable[..., str]] = {
     "rollback": bench_rollback,
     "zero_downtime": bench_zero_downtime,
     "expand_contract": bench_expand_contract,
+    "predeploy": bench_predeploy,
 }
 
 

@@ -64,3 +64,12 @@ def test_zero_downtime_smoke_run_drops_no_request_during_deploys_while_plain_res
     # The same client sees the refused connections of plain restarts: it can tell a failure.
     assert median(table["during 5 plain restarts: failed"][0]) > 0
     assert "p99 during the dependency change deploys" in table
+
+
+def test_predeploy_smoke_run_times_both_engines_safety_steps_and_their_restores(tmp_path):
+    table = run_smoke(tmp_path, "predeploy", 30)
+    size = next(name.split(":")[0] for name in table if "pgbackrest pre-deploy restore point" in name)
+    for measure in ("pgdump pre-deploy backup", "pgbackrest pre-deploy restore point", "pgdump restore of that backup",
+                    "pgbackrest restore to that point", "pgbackrest full backup"):
+        name = next(n for n in table if n.startswith(f"{size}: {measure}"))
+        assert median(table[name][0]) > 0 and table[name][3] == "1", (name, table[name])

@@ -82,7 +82,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     assert f"the restore point {safety}" in log and "before-restore-" in log
 
 
-def test_backups_are_listed_and_checked_with_a_real_restore_into_a_scratch_cluster(archived):
+def test_backups_are_listed_checked_restored_by_id_refused_before_any_backup_and_a_missing_wal_file_is_critical(archived):
     fab_ok(archived, "backup")  # a differential on top of the full
     found = listing(archived)["backups"]
     assert [b["type"] for b in found] == ["full", "diff"] and all(b["size"] > 0 for b in found)
@@ -98,8 +98,13 @@ def test_backups_are_listed_and_checked_with_a_real_restore_into_a_scratch_clust
     units = ssh(archived, "backup", "systemctl list-timers --all --no-legend").stdout
     assert "app-backup-full.timer" in units and "app-backup-diff.timer" in units and "app-backup-check.timer" in units
 
+    sql(archived, "DELETE FROM boards")
+    text = fab_ok(archived, "restore", found[-1]["id"])  # the differential, as it was when it ended
+    assert sql(archived, BOARDS) == "one,two"
+    assert f"restored {found[-1]['id']}" not in text or "healthy" in text
+    assert_serving(archived, archived.first_release, HEAD)
 
-def test_a_missing_wal_file_is_critical_and_targets_without_a_backup_before_them_are_refused(archived):
+    # Targets that no backup precedes are refused before anything changes; a missing WAL file is found.
     before_any = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 3600))
     text = assert_clean_failure(archived.fab("restore.to", "--time", before_any, db=False))
     assert "no backup ended before" in text
@@ -143,16 +148,6 @@ def test_a_broken_archive_stops_the_deploy_before_it_migrates_and_the_check_is_c
     assert_serving(archived, archived.first_release, HEAD)
 
 
-def test_a_failed_downgrade_goes_back_to_the_restore_point_only_when_nothing_else_wrote(archived):
-    add_migration(archived, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
-    break_the_app(archived)
-    text = assert_clean_failure(deploy(archived))
-    assert "step 'switch' failed" in text and "restored to the pre-deploy restore point" in text, text
-    assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
-    assert sql(archived, BOARDS) == "one,two"
-    assert_serving(archived, archived.first_release, HEAD)
-
-
 def helper(project, *args: str) -> dict:
     """The db host's helper as the deploy user runs it (its sudo rule)."""
     proc = ssh(project, "db", shlex.join(["sudo", "-n", "/usr/local/sbin/flask-deploy-pgbackrest", args[0],
@@ -161,7 +156,7 @@ def helper(project, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_the_wal_since_a_restore_point_shows_other_transactions_writes_but_not_the_migrations(archived):
+def test_the_wal_since_a_restore_point_tells_the_migrations_writes_from_others_and_a_failed_downgrade_goes_back_to_it(archived):
     point = helper(archived, "point", "probe")
     migration = sql(archived, "ALTER TABLE boards ADD COLUMN note2 text; UPDATE boards SET note2 = 'backfill'; "
                               "SELECT txid_current();").splitlines()[-1]  # (after the command tags)
@@ -176,3 +171,12 @@ def test_the_wal_since_a_restore_point_shows_other_transactions_writes_but_not_t
     assert refused.returncode != 0 and "not a valid name" in refused.stderr
     assert ssh(archived, "db", "sudo -n /usr/local/sbin/flask-deploy-pgbackrest archive --stanza app "
                                "--cluster 15/main").returncode != 0  # setup's, not the deploy user's
+
+    # A failed downgrade goes back to the deploy's restore point when nothing but the migration wrote.
+    add_migration(archived, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")
+    break_the_app(archived)
+    text = assert_clean_failure(deploy(archived))
+    assert "step 'switch' failed" in text and "restored to the pre-deploy restore point" in text, text
+    assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+    assert sql(archived, BOARDS) == "one"  # as at the deploy's point: after the probe's delete
+    assert_serving(archived, archived.first_release, HEAD)
