@@ -113,10 +113,12 @@ def test_backups_are_listed_checked_restored_by_id_refused_before_any_backup_and
     assert "no restore point of the release nope" in assert_clean_failure(
         archived.fab("restore.to", "--release", "nope", db=False))
 
-    folder = "/srv/app/pgbackrest/repo/archive/app/15-1/0000000100000000"
+    archive = "/srv/app/pgbackrest/repo/archive/app/15-1"
     for n in range(2):  # each check switches to a new WAL file: one in the middle can go
         sql(archived, f"INSERT INTO boards (name) VALUES ('x{n}')")
         fab_ok(archived, "backups.check", "--skip-restore-test")
+    timelines = [d for d in ssh(archived, "backup", f"ls {archive}").stdout.split() if len(d) == 16]
+    folder = f"{archive}/{sorted(timelines)[-1]}"  # the restore began a new timeline
     files = sorted(ssh(archived, "backup", f"ls {folder}").stdout.split())
     wal = [f for f in files if len(f.split("-")[0]) == 24 and "." not in f.split("-")[0]]
     gone = wal[len(wal) // 2]
