@@ -106,7 +106,10 @@ def cmd_restore(a) -> dict:
     run(["pgbackrest", f"--config={CONFIG}", f"--stanza={a.stanza}", *options, "restore"], user="postgres",
         timeout=6 * 3600)
     restored = time.monotonic()
-    run(["systemctl", "start", unit(a.cluster)], timeout=6 * 3600)
+    try:
+        run(["systemctl", "start", unit(a.cluster)], timeout=6 * 3600)
+    except Refused:
+        raise Refused(f"the restored cluster did not start: {log_tail(a.cluster)}") from None
     deadline = time.monotonic() + 6 * 3600
     while True:
         try:
@@ -126,7 +129,7 @@ def cmd_restore(a) -> dict:
 def log_tail(cluster: str) -> str:
     path = f"/var/log/postgresql/postgresql-{cluster.replace('/', '-')}.log"
     try:
-        lines = [line for line in open(path).read().splitlines() if "FATAL" in line or "PANIC" in line]
+        lines = [line for line in open(path).read().splitlines()[-200:] if "FATAL" in line or "PANIC" in line]
     except OSError:
         return "(no log)"
     return " / ".join(lines[-2:])[:500] or "(see " + path + ")"
