@@ -98,6 +98,7 @@ def safety_point(stage: StageConfig, remotes: dict[str, Remote], name: str, rele
     point = helper(stage, remotes, "point", name)
     ready = repo_tool(stage, remotes, "ready", "--crit-age-hours", f"{stage.backups.crit_age_hours:g}")
     point.update(engine="pgbackrest", id=name, release=release, base_backup=ready["newest"],
+                 base_timeline=ready["newest_timeline"],
                  archive_check_seconds=ready["archive_check_seconds"])
     repo_tool(stage, remotes, "point", json.dumps(point))
     return point

@@ -47,7 +47,14 @@ class Target:
     describe: str
     backup: str                     # the backup set restored from
     target: str | None = None
-    timeline: int | None = None
+    timeline: int | str | None = None   # a number, or "current": the timeline of the backup restored
+
+    @classmethod
+    def point(cls, point: dict, describe: str, backup: str, backup_timeline: int | None) -> "Target":
+        """To a restore point: on its backup's own timeline ("current": no history file needed, as
+        after a stanza made on a cluster that was once promoted), else along its recorded timeline."""
+        timeline = "current" if point["timeline"] == backup_timeline else point["timeline"]
+        return cls("name", describe, backup, point["name"], timeline)
 
     def helper_args(self) -> list[str]:
         args = ["--type", self.kind, "--set", self.backup]
@@ -87,13 +94,14 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
         raise DeployError(f"no restore point of the {what} is recorded (a deploy makes one only when it migrates)",
                           hint="fab backups lists the restore points")
     chosen = points[-1]
-    before = [b for b in backups if lsn_value(b["lsn_stop"]) <= lsn_value(chosen["lsn"])]
+    before = [b for b in backups if lsn_value(b["lsn_stop"]) <= lsn_value(chosen["lsn"])
+              and int(b["wal_start"][:8], 16) <= chosen["timeline"]]
     if not before:
         raise DeployError(f"the restore point {chosen['name']} has no backup before it in the repository (the "
                           f"oldest began at {backups[0]['lsn_start'] if backups else '(there is none)'})",
                           hint="fab backups")
-    return Target("name", f"the restore point {chosen['name']}", before[-1]["id"], chosen["name"],
-                  chosen["timeline"])
+    return Target.point(chosen, f"the restore point {chosen['name']}", before[-1]["id"],
+                        int(before[-1]["wal_start"][:8], 16))
 
 
 @dataclass
@@ -162,8 +170,8 @@ def _put_safety_back(r: PointRestore) -> None:
     Also when the restore may not have begun: a restore to where the cluster already is changes nothing."""
     if r.refused:
         return
-    back = Target("name", f"the safety point {r.safety_name}", r.safety["base_backup"], r.safety_name,
-                  r.safety["timeline"])
+    back = Target.point(r.safety, f"the safety point {r.safety_name}", r.safety["base_backup"],
+                        r.safety.get("base_timeline"))
     pgbr.helper(r.stage, r.remotes, "restore", *back.helper_args())
     console.say(f"  put the database back to the safety point {r.safety_name}")
 
@@ -215,8 +223,8 @@ def restore_point_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], p
         reasons = unwritten(stage, remotes, evidence)
         if reasons:
             return {}, reasons
-        target = Target("name", f"the restore point {point['name']}", point["base_backup"], point["name"],
-                        point["timeline"])
+        target = Target.point(point, f"the restore point {point['name']}", point["base_backup"],
+                              point.get("base_timeline"))
         r = PointRestore(stage, remotes, Layout(stage.deploy_to), target, unless_written=evidence)
         pipeline.run(STEPS[2:4], r, lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
         return {**(r.result or {}), "safety": r.safety_name}, []

@@ -95,7 +95,8 @@ def ready(deploy_to: str, stanza: str, crit_age_hours: float) -> dict:
         pgbackrest(deploy_to, stanza, "check")
     except ToolError as exc:
         raise ToolError(f"WAL archiving is broken: {exc}") from None
-    return {"newest": found[-1]["id"], "newest_age_hours": round(age, 2),
+    return {"newest": found[-1]["id"], "newest_timeline": int(found[-1]["wal_start"][:8], 16),
+            "newest_age_hours": round(age, 2),
             "archive_check_seconds": round(time.monotonic() - started, 2)}
 
 

@@ -30,6 +30,7 @@ PATTERNS = {
     "time": r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)?",
     "set": r"\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?",
     "lsn": r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}",
+    "timeline": r"current|latest|[1-9]\d{0,9}",
     "xids": r"\d{1,20}(,\d{1,20}){0,200}",
 }
 
@@ -190,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     restore = sub.choices["restore"]
     restore.add_argument("--type", choices=("immediate", "time", "name", "latest"), required=True)
     restore.add_argument("--target")
-    restore.add_argument("--target-timeline", type=int)
+    restore.add_argument("--target-timeline", type=checked("timeline"))
     restore.add_argument("--set", type=checked("set"))
     unwritten = sub.choices["unwritten"]
     unwritten.add_argument("--since", type=checked("lsn"), required=True)
