@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import CONFIG_NAME
+from . import console
 from .console import indent
 from .errors import ConfigError, DeployError
 from .local.tools import installed_tool
@@ -58,20 +59,55 @@ def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_ver
     if not (migrations / "env.py").is_file():
         raise ConfigError(f"{root} has no migrations/env.py: this is for a Flask-Migrate project",
                           hint="run `flask --app YOURAPP db init` first (and commit it)")
-    wanted = requirements_in(root)  # refused now, before anything is written, when there are no requirements
+    # Everything that can refuse runs before anything is written: the requirements, the tools'
+    # versions, the app, and the lock (resolved into a temporary file first).
+    wanted = requirements_in(root)
+    check_versions(installed_versions())
     sources = python_files(root)
     app = app or detect_app(root, sources, ask)
+    lock_text = resolve_lock(root, wanted, server_python)
     steps = [
         write_new(root / CONFIG_NAME, deploy_toml(root, app, sources, pg_version)),
         write_new(root / "fabfile.py", FABFILE, needs="deploy.fab_tasks"),
         write_new(root / "tasks.py", TASKS, needs="deploy.inv_tasks"),
         patch_env_py(migrations / "env.py"),
-        *make_lock(root, wanted, server_python),
+        *make_lock(root, wanted, lock_text, server_python),
         ignore_local(root),
     ]
     for step in steps:
         step.path = str(Path(step.path).relative_to(root)) if Path(step.path).is_absolute() else step.path
     return steps
+
+
+# What the local workflow calls: `flask --app` (Flask 2.2), `flask db check` (Flask-Migrate 4.0).
+FLOORS = {"flask": (2, 2), "flask-migrate": (4, 0), "sqlalchemy": (1, 4)}
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The versions of the app's tools in this virtualenv (the project's, where init runs)."""
+    from importlib.metadata import PackageNotFoundError, version
+    found: dict[str, str | None] = {}
+    for name in FLOORS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def check_versions(found: dict[str, str | None]) -> None:
+    """Refuse, before writing anything, tools the workflow cannot use, naming each."""
+    missing = [name for name, v in found.items() if v is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in this "
+                          "virtualenv: init reads the app as `flask --app` will",
+                          hint="install the app's own requirements here first (pip install -r requirements.txt)")
+    old = [f"{name} {v} (needs >= {'.'.join(map(str, FLOORS[name]))})" for name, v in found.items()
+           if tuple(int(x) for x in re.findall(r"\d+", v)[:2]) < FLOORS[name]]
+    if old:
+        raise ConfigError("too old for the workflow: " + ", ".join(old) + "; `flask --app` needs Flask 2.2, "
+                          "`flask db check` Flask-Migrate 4.0",
+                          hint="raise them in requirements.txt, pip install -r requirements.txt, then run init again")
 
 
 def python_files(root: Path) -> list[Path]:
@@ -86,20 +122,27 @@ def python_files(root: Path) -> list[Path]:
 
 def detect_app(root: Path, sources: list[Path], ask: Callable[[list[str]], str] | None = None) -> str:
     """The import path `flask --app` needs: FLASK_APP from .flaskenv/.env, else the one module
-    that makes a Flask app (`app = Flask(...)`) or the one package with a create_app factory."""
+    that makes a Flask app (`app = Flask(...)` or `app = create_app(...)`) or the one package with
+    a create_app factory that takes no argument; a module that sets up Flask-Migrate wins."""
     for name in (".flaskenv", ".env"):
         match = re.search(r"^FLASK_APP\s*=\s*['\"]?([^'\"\s]+)", _read(root / name), re.M)
         if match:
             return match.group(1)
-    found = []
+    found, migrating = [], []
     for path in sources:
         text = _read(path)
         module = ".".join(path.relative_to(root).with_suffix("").parts)
         module = module.removesuffix(".__init__")
-        if re.search(r"^def create_app\(", text, re.M):
-            found.append(f"{module}:create_app")
-        elif (match := re.search(r"^(\w+)\s*=\s*Flask\(", text, re.M)):
+        if (match := re.search(r"^(\w+)\s*=\s*(?:Flask|create_app)\(", text, re.M)):
             found.append(f"{module}:{match.group(1)}")
+        elif re.search(r"^def create_app\(\s*(\)|\w+\s*=|\*)", text, re.M):  # flask calls it with no argument
+            found.append(f"{module}:create_app")
+        else:
+            continue
+        if re.search(r"\bMigrate\(", text):
+            migrating.append(found[-1])
+    if len(migrating) == 1 and len(found) > 1:
+        return migrating[0]
     if len(found) != 1 and ask:
         return ask(found)
     if len(found) != 1:
@@ -157,25 +200,70 @@ def patch_env_py(path: Path) -> Step:
     return Step(str(path), "changed", diff)
 
 
-def make_lock(root: Path, wanted: str, server_python: str) -> list[Step]:
+def resolve_lock(root: Path, wanted: str, server_python: str) -> str | None:
+    """The hashed lock of `wanted` (requirements/app.in's text), resolved into temporary files
+    beside where it goes, so that a requirement that cannot be met stops init before it writes
+    anything; None when the project has its lock already."""
+    folder = root / "requirements"
+    if (folder / "app.lock").exists():
+        return None
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    source, target = folder / f".app.in.{os.getpid()}", folder / f".app.lock.{os.getpid()}"
+    try:
+        source.write_text(wanted)
+        argv = [a if a not in ("app.in", "app.lock") else (source.name if a == "app.in" else target.name)
+                for a in _compile_argv(server_python)]
+        proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *argv[1:]], cwd=folder,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DeployError(f"could not lock the requirements (nothing was written):\n{proc.stderr.strip()[-2000:]}",
+                              hint="fix the requirement it names in requirements.txt (gunicorn, if pinned, must be "
+                                   ">= 23), then run init again")
+        return target.read_text().replace(target.name, "app.lock").replace(source.name, "app.in")
+    finally:
+        source.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def make_lock(root: Path, wanted: str, lock_text: str | None, server_python: str) -> list[Step]:
     """requirements/app.in (`wanted`: the project's requirements, and gunicorn) and its hashed lock
-    for the servers."""
+    for the servers (`lock_text`, resolved by resolve_lock)."""
     folder = root / "requirements"
     folder.mkdir(exist_ok=True)
     steps = [write_new(folder / "app.in", wanted)]
     lock = folder / "app.lock"
-    if lock.exists():
-        return steps + [Step(str(lock), "kept", f"remake it after changing app.in: {' '.join(_compile_argv(server_python))}")]
-    proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *_compile_argv(server_python)[1:]], cwd=folder, capture_output=True, text=True)
+    if lock_text is None:
+        return steps + [Step(str(lock), "kept", "remake it after changing your requirements: inv lock")]
+    lock.write_text(lock_text)
+    return steps + [Step(str(lock), "wrote", f"hashed, for Python {server_python} on x86_64 Linux servers; "
+                                            "remake it after changing your requirements: inv lock")]
+
+
+def relock(project, server_python: str = "3.11") -> Path:
+    """`inv lock`: the hashed lock ([project] lock) made again from the .in file beside it."""
+    root = project.root
+    target = root / project.lock
+    source = target.with_suffix(".in")
+    if not source.is_file():
+        raise ConfigError(f"{source.relative_to(root)} is missing: the lock is made from it",
+                          hint="flask-pg-deploy init writes it (your requirements, plus gunicorn)")
+    argv = [a if a not in ("app.in", "app.lock") else (source.name if a == "app.in" else target.name)
+            for a in _compile_argv(server_python)]
+    proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *argv[1:]], cwd=target.parent,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        raise DeployError(f"could not lock requirements/app.in:\n{proc.stderr.strip()[-2000:]}",
-                          hint="fix the requirement it names, then run init again")
-    return steps + [Step(str(lock), "wrote", f"hashed, for Python {server_python} on x86_64 Linux servers")]
+        raise DeployError(f"could not lock {source.relative_to(root)}:\n{proc.stderr.strip()[-2000:]}",
+                          hint="fix the requirement it names, then inv lock again")
+    console.ok(f"locked {project.lock} for Python {server_python}; commit it with your requirements")
+    return target
 
 
 def requirements_in(root: Path) -> str:
-    lines = ["# What runs on the servers (written by flask-pg-deploy init). The lock is made from it:",
-             f"#   {' '.join(_compile_argv('3.11'))}"]
+    lines = ["# What runs on the servers (written by flask-pg-deploy init). The lock is made from it",
+             "# (requirements/app.lock, hashed): `inv lock` after changing your requirements."]
     if (root / "requirements.txt").is_file():
         lines.append("-r ../requirements.txt")
         known = _read(root / "requirements.txt")

@@ -2,6 +2,7 @@
 Each task parses its arguments and calls one function of the toolkit."""
 from invoke import Collection
 
+from . import adopt
 from .config import load_project
 from .local import checks, commands, workflow
 from .sandbox import commands as sandbox
@@ -57,6 +58,12 @@ def commit(c, message=None):
     workflow.commit(load_project(), message)
 
 
+@task(help={"python": "the servers' Python version (default 3.11: Debian 12)"})
+def lock(c, python="3.11"):
+    """Remake the hashed lock the servers install from ([project] lock) from the .in file beside it."""
+    adopt.relock(load_project(), python)
+
+
 @task(name="up")
 def db_up(c):
     """Start the local PostgreSQL (created on first use) and print its URL."""
@@ -105,6 +112,6 @@ def sandbox_fault(c, host, action):
     sandbox.fault(load_project(), host, action)
 
 
-ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit)
+ns = Collection(migrate, upgrade, downgrade, current, history, lint, check, commit, lock)
 ns.add_collection(Collection("db", db_up, db_down, db_reset))
 ns.add_collection(Collection("sandbox", sandbox_up, sandbox_image, sandbox_down, sandbox_status, sandbox_fault))

@@ -30,6 +30,20 @@ _APP_NOT_LOADED = re.compile(r"^.*(No module named \S+|Could not import \S+|Fail
                              r"Could not locate a Flask application[^\n]*).*$", re.M)
 # A traceback through Flask's app loading: the app raised while it was imported or created.
 _RAISED_LOADING = re.compile(r'flask/cli\.py", line \d+, in (?:load_app|locate_app|find_app_by_string|find_best_app)')
+# Tools older than the toolkit needs, and an app that is not on DATABASE_URL: the hint is theirs,
+# not the migration's.
+_OLD_TOOLS = (
+    (re.compile(r"No such option: --app"), "this Flask is older than 2.2 (it has no `flask --app`)",
+     "require Flask>=2.2 in requirements.txt, pip install -r requirements.txt, then remake the lock (inv lock)"),
+    (re.compile(r"No such command '(check|upgrade|migrate|downgrade)'"),
+     "this Flask-Migrate is older than 4.0 (it has no `flask db check`), or Flask-Migrate is not set up in the app",
+     "require Flask-Migrate>=4.0 in requirements.txt, pip install -r requirements.txt, then remake the lock "
+     "(inv lock); check that the app calls Migrate(app, db)"),
+    (re.compile(r"sqlite3\.OperationalError|Context impl SQLiteImpl|sqlite:///"),
+     "the app connected to SQLite, not to DATABASE_URL (the app must take its database from DATABASE_URL)",
+     "set the app's database from DATABASE_URL (and any setting that chooses its configuration, such as "
+     "FLASK_CONFIG, here and in each host's env file: fab env.set)"),
+)
 # Alembic's offline output marks where each revision starts.
 _RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (.*?) -> (\S+)\s*$", re.M)
 _TRANSACTION = re.compile(r"^(BEGIN|START|COMMIT|ROLLBACK|END)\b.*;$", re.M | re.I)
@@ -172,7 +186,11 @@ class FlaskDb:
         return output
 
     def _refuse_unloaded_app(self, output: str) -> None:
-        """AppNotLoaded when `output` shows the app itself failing to load (nothing ran)."""
+        """AppNotLoaded when `output` shows the app itself failing to load (nothing ran), or tools
+        too old for the toolkit, or an app that is not on DATABASE_URL."""
+        for pattern, what, hint in _OLD_TOOLS:
+            if pattern.search(output):
+                raise AppNotLoaded(f"`flask --app {self.project.app} db` failed: {what}", hint=hint)
         missing = _APP_NOT_LOADED.search(output)
         if missing:
             raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: "
@@ -200,6 +218,10 @@ class FlaskDb:
         """
         argv = self.argv("upgrade", "--sql", revision_range)
         proc = subprocess.run(argv, cwd=self.project.root, env=self.env(), text=True, capture_output=True)
+        if proc.returncode != 0 and not in_traceback_of_migration(proc.stdout + proc.stderr):
+            self._refuse_unloaded_app(proc.stdout + proc.stderr)
+        if "Context impl SQLiteImpl" in proc.stderr:  # rendered, but for SQLite: not what the servers run
+            self._refuse_unloaded_app("sqlite:///")
         if proc.returncode != 0 or "FAILED:" in proc.stdout:
             raise MigrationError(
                 f"rendering the SQL of {revision_range} failed (exit {proc.returncode}):\n"

@@ -66,9 +66,9 @@ def migration_connection(engine) -> Iterator:
             yield connection
         finally:
             try:
-                connection.rollback()
+                _finish(connection, "rollback")
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
-                connection.commit()
+                _finish(connection, "commit")
             except Exception:  # the connection is gone; so is its lock
                 pass
 
@@ -86,6 +86,16 @@ def locked_connection(engine):
     return connection
 
 
+def _finish(connection, how: str) -> None:
+    """Commit or roll back: SQLAlchemy 2.0's (or 1.4's future) Connection has the method; 1.4's
+    legacy one does not, and its DBAPI connection does it."""
+    method = getattr(connection, how, None)
+    if method is not None:
+        method()
+    else:
+        getattr(connection.connection, how)()
+
+
 def _prepare(connection) -> None:
     """The timeouts and the application name set for the session, then the lock taken."""
     from sqlalchemy import text
@@ -94,7 +104,7 @@ def _prepare(connection) -> None:
     for name, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout),
                         ("application_name", "migrations")):
         connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": value})
-    connection.commit()
+    _finish(connection, "commit")
     _take_lock(connection, wait)
 
 
@@ -105,11 +115,11 @@ def _take_lock(connection, wait: float) -> None:
     announced = False
     while True:
         got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
-        connection.commit()
+        _finish(connection, "commit")
         if got:
             return
         holder = _lock_holder(connection)
-        connection.commit()
+        _finish(connection, "commit")
         if time.monotonic() >= deadline:
             raise SystemExit(f"another migration is running (held by {holder}); waited {wait:g}s. "
                              "Wait for it to finish and run the upgrade again, or raise MIGRATION_LOCK_WAIT.")

@@ -1,0 +1,73 @@
+"""What `flask-pg-deploy init` and the local tasks find before anything runs, from a trial
+adoption of an older public app: tools too old for the workflow, which app to load, a lock that
+cannot be resolved (nothing written), an app on SQLite, SQLAlchemy 1.4's legacy connection."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from deploy import adopt
+from deploy.errors import AppNotLoaded, ConfigError, DeployError
+from deploy.migrations import FlaskDb
+from deploy_runtime import migrations as runtime
+
+
+def test_init_refuses_tools_too_old_for_the_workflow_naming_each_and_what_to_do():
+    with pytest.raises(ConfigError) as old:
+        adopt.check_versions({"flask": "1.1.4", "flask-migrate": "2.0.3", "sqlalchemy": "1.4.52"})
+    assert "flask 1.1.4 (needs >= 2.2)" in str(old.value) and "flask-migrate 2.0.3 (needs >= 4.0)" in str(old.value)
+    assert "requirements.txt" in old.value.hint
+    with pytest.raises(ConfigError) as missing:
+        adopt.check_versions({"flask": "3.1.0", "flask-migrate": None, "sqlalchemy": "2.0.36"})
+    assert "flask-migrate is not installed" in str(missing.value) and "pip install -r" in missing.value.hint
+    adopt.check_versions({"flask": "2.2.5", "flask-migrate": "4.0.7", "sqlalchemy": "1.4.52"})  # passes
+
+
+def test_init_picks_the_module_that_sets_up_flask_migrate_over_a_factory_that_needs_an_argument(tmp_path: Path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("def create_app(config_name):\n    return Flask(__name__)\n")
+    (tmp_path / "flasky.py").write_text("import os\nfrom app import create_app, db\nfrom flask_migrate import Migrate\n"
+                                        "app = create_app(os.getenv('FLASK_CONFIG') or 'default')\n"
+                                        "migrate = Migrate(app, db)\n")
+    (tmp_path / "worker.py").write_text("from flask import Flask\nside = Flask(__name__)\n")
+    assert adopt.detect_app(tmp_path, adopt.python_files(tmp_path)) == "flasky:app"
+    (tmp_path / "flasky.py").unlink()
+    (tmp_path / "worker.py").unlink()
+    with pytest.raises(ConfigError, match="no module makes a Flask app"):  # flask cannot call create_app(config_name)
+        adopt.detect_app(tmp_path, adopt.python_files(tmp_path))
+
+
+def test_a_lock_that_cannot_be_resolved_stops_init_before_it_writes_anything(tmp_path: Path):
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "env.py").write_text("from alembic import context\n")
+    (tmp_path / "app.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
+    (tmp_path / "requirements.txt").write_text("gunicorn==19.7.1\nflask-pg-deploy-no-such-package-anywhere==1.0\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(DeployError, match="nothing was written"):
+        adopt.init(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("output, says", [
+    ("Usage: flask [OPTIONS] COMMAND [ARGS]...\nError: No such option: --app", "older than 2.2"),
+    ("Error: No such command 'check'.", "Flask-Migrate is older than 4.0"),
+    ("sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such function: set_config", "SQLite"),
+])
+def test_a_flask_cli_too_old_or_an_app_on_sqlite_is_named_instead_of_blaming_the_migration(output, says):
+    flask_db = FlaskDb(SimpleNamespace(app="flasky:app"), "postgresql://x@y/z")
+    with pytest.raises(AppNotLoaded) as refused:
+        flask_db._refuse_unloaded_app(output)
+    assert says in str(refused.value) and "migration" not in refused.value.hint.split("(")[0]
+
+
+def test_the_migration_helpers_commit_on_sqlalchemy_1_4s_legacy_connection_through_its_dbapi_connection():
+    done = []
+    legacy = SimpleNamespace(connection=SimpleNamespace(commit=lambda: done.append("dbapi commit"),
+                                                        rollback=lambda: done.append("dbapi rollback")))
+    runtime._finish(legacy, "commit")
+    runtime._finish(legacy, "rollback")
+    future = SimpleNamespace(commit=lambda: done.append("commit"))
+    runtime._finish(future, "commit")
+    assert done == ["dbapi commit", "dbapi rollback", "commit"]
