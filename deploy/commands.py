@@ -227,7 +227,7 @@ def setup(project: ProjectConfig, stage_name: str | None, restart_db: bool = Fal
         for name, text in on_hosts("setup", list(remotes.values()), prepare).items():
             console.ok(f"{name}: {text}")
         if stage.backups.engine == "pgbackrest":
-            for note in pgbr_setup.setup(stage, remotes, restart_db):
+            for note in pgbr_setup.setup(stage, remotes, restart_db, project.root):
                 console.ok(note)
 
 

@@ -10,10 +10,11 @@ them over its own checked connection. Each side's `ssh` is wrapped to use only t
 from __future__ import annotations
 
 import ipaddress
+import json
 import shlex
 from pathlib import Path
 
-from . import console
+from . import console, notify
 from .backup_settings import PgBackRest
 from .errors import DeployError
 from .ssh.connection import Remote
@@ -43,8 +44,23 @@ def repo_folder(stage: StageConfig) -> str:
     return f"{stage.deploy_to}/pgbackrest"
 
 
-def repo_config(stage: StageConfig, pb: PgBackRest, db_address: str) -> str:
-    """The repository host's pgbackrest.conf (the deploy user's)."""
+def option_values(pb: PgBackRest, root: Path) -> dict[str, str]:
+    """[stages.S.backups.pgbackrest.options], a secret (`env:NAME` or `file:PATH`, an object store's
+    key) read here: it is written only into the repository host's 0600 pgbackrest.conf."""
+    values = {}
+    for name, value in sorted(pb.options.items()):
+        if value.startswith(("env:", "file:")):
+            try:
+                value = notify.resolve(value, root)
+            except LookupError as exc:
+                raise DeployError(f"[stages.S.backups.pgbackrest.options] {name}: {exc}",
+                                  hint="set that variable (or write that file) where you run fab setup") from None
+        values[name] = value
+    return values
+
+
+def repo_config(stage: StageConfig, pb: PgBackRest, db_address: str, options: dict[str, str]) -> str:
+    """The repository host's pgbackrest.conf (the deploy user's, 0600)."""
     folder = repo_folder(stage)
     lines = ["# Written by fab setup (deploy.toml [stages.S.backups.pgbackrest]); rewritten by each setup.",
              "[global]", f"repo1-path={folder}/repo", f"repo1-retention-full={pb.retention_full}",
@@ -52,7 +68,7 @@ def repo_config(stage: StageConfig, pb: PgBackRest, db_address: str) -> str:
              "log-level-console=warn", "log-level-file=info", f"cmd-ssh={folder}/ssh",
              f"compress-type={pb.compress_type}", f"process-max={stage.backups.jobs}", "start-fast=y",
              f"archive-timeout={pb.archive_timeout}",
-             *(f"{name}={value}" for name, value in sorted(pb.options.items())),
+             *(f"{name}={value}" for name, value in options.items()),
              "", f"[{pb.stanza}]", f"pg1-host={db_address}", "pg1-host-user=postgres",
              f"pg1-path={pb.data_directory}", f"pg1-host-config={DB_FOLDER}/pgbackrest.conf",
              "pg1-host-cmd=/usr/bin/pgbackrest", ""]
@@ -92,7 +108,7 @@ def authorized_line(public_key: str, from_address: str) -> str:
     return f"{where}restrict {public_key.split()[0]} {public_key.split()[1]} {MARK}\n"
 
 
-def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool) -> list[str]:
+def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool, root: Path) -> list[str]:
     """Configure both sides, create the stanza, check archiving; what was done, line by line."""
     pb = stage.backups.pgbackrest
     assert pb is not None
@@ -100,6 +116,7 @@ def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool) -> l
         raise DeployError("backups.engine \"pgbackrest\" is set up with the stage's admin account (it writes "
                           "PostgreSQL's archive settings and the postgres account's SSH files)",
                           hint="set admin_user and admin_key in the stage, then fab setup again")
+    options = option_values(pb, root)
     db_host = next(h for h in stage.hosts if "db" in h.roles)
     repo_host = stage.backup_host
     repo = remotes[repo_host.name]
@@ -112,7 +129,7 @@ def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool) -> l
         repo_key, db_key = _keys(stage, repo, db)
         repo_host_keys = repo.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout
         db_host_keys = db.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout
-        _write_repo_side(stage, pb, repo, db_host.address, db_host_keys, db_key, db_host.address)
+        _write_repo_side(stage, pb, repo, db_host.address, db_host_keys, db_key, options)
         _write_db_side(stage, pb, db, repo_host.address, repo_host_keys, repo_key)
         archive = _run_helper(db, "archive", pb, *(["--restart"] if restart_db else []))
         notes = [f"{db_host.name}: WAL archiving to {repo_host.name} "
@@ -148,10 +165,10 @@ def _known_hosts(address: str, host_keys: str) -> str:
 
 
 def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_address: str, db_host_keys: str,
-                     db_key: str, from_address: str) -> None:
+                     db_key: str, options: dict[str, str]) -> None:
     folder = repo_folder(stage)
     files = {"known_hosts": _known_hosts(db_address, db_host_keys), "ssh_config": SSH_CONFIG.format(folder=folder),
-             "ssh": wrapper(folder), "pgbackrest.conf": repo_config(stage, pb, db_address)}
+             "ssh": wrapper(folder), "pgbackrest.conf": repo_config(stage, pb, db_address, options)}
     for name, text in files.items():
         mode = "0700" if name == "ssh" else "0600"
         repo.run(["sh", "-c", 'cat > "$1.new" && chmod "$2" "$1.new" && mv "$1.new" "$1"', "write",
@@ -160,7 +177,7 @@ def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_addres
     repo.run(["sh", "-c", 'umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && '
               '{ grep -v " $1$" ~/.ssh/authorized_keys || true; } > ~/.ssh/authorized_keys.new && cat >> '
               '~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys', "authorize", MARK],
-             input=authorized_line(db_key, from_address))
+             input=authorized_line(db_key, db_address))
 
 
 def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address: str, repo_host_keys: str,
@@ -183,7 +200,6 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address:
 
 
 def _run_helper(remote: Remote, verb: str, pb: PgBackRest, *args: str) -> dict:
-    import json
     done = remote.run(["sudo", "-n", HELPER, verb, "--stanza", pb.stanza, "--cluster", pb.cluster, *args],
                       check=False, timeout=6 * 3600)
     try:
