@@ -201,8 +201,9 @@ class FlaskDb:
             raise AppNotLoaded(f"the app raised while `flask --app {self.project.app}` loaded it, so nothing ran: "
                                f"{error_summary(output).strip().splitlines()[-1]}",
                                hint="give it what it needs to start: a setting it reads at import (export it here, "
-                                    "or put it in .flaskenv/.env; on the servers, in deploy_to/shared/env), or a "
-                                    "missing package (pip install -r requirements.txt)")
+                                    "or put it in a committed .flaskenv: the deploy's checks render from git, where an "
+                                    "ignored .env is not; on the servers: fab env.set KEY=VALUE), or a missing "
+                                    "package (pip install -r requirements.txt)")
 
     def _save_log(self, verb: str, output: str) -> Path:
         log = self.project.root / ".local" / "logs" / f"flask-db-{verb}.log"
