@@ -10,6 +10,7 @@ from .config import ProjectConfig
 from .errors import ConfigError, DeployError
 from .ssh.connection import HostsFailed, Remote, connect, on_hosts
 from .stages import StageConfig, load_stage
+from .templates import backup_units
 
 # What journalctl says when the user may not read the system journal (no lines of the app's unit).
 NO_ACCESS = ("insufficient permissions", "not seeing messages from other users and the system")
@@ -20,7 +21,8 @@ def units_and_hosts(stage: StageConfig, unit: str, host: str | None) -> tuple[li
     if unit == "app":
         units, running = [f"{stage.service}.service"], list(stage.app_hosts)
     elif unit == "backup":
-        units = [f"{stage.service}-backup.service", f"{stage.service}-backup-check.service"]
+        units = [name for name in backup_units(stage.service, stage.user, stage.deploy_to, stage.backups)
+                 if name.endswith(".service")]
         running = [stage.backup_host]
     else:
         raise ConfigError(f"--unit must be app or backup, got {unit!r}")

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app, current,
-                           deploy, sql, ssh)
+                           deploy, run_until, sql, ssh)
 
 from deploy.sandbox import faults
 
@@ -80,6 +80,18 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     assert sql(archived, BOARDS) == "one,two,three"
     log = ssh(archived, "app1", "tail -2 /srv/app/deploy.log").stdout
     assert f"the restore point {safety}" in log and "before-restore-" in log
+
+    # The controller killed while the cluster is being restored: fab recover puts it back at that
+    # restore's safety point and starts the app.
+    proc = run_until(archived, "-> restore", ["restore.to", "--release", second])
+    proc.kill()
+    proc.wait()
+    assert "INTERRUPTED" in fab_ok(archived, "status")
+    text = fab_ok(archived, "recover")
+    assert "back at the safety point before-restore-" in text, text
+    assert sql(archived, BOARDS) == "one,two,three"
+    for host in ("app1", "app2"):
+        assert ssh(archived, host, "systemctl is-active app").stdout.strip() == "active"
 
 
 def test_backups_are_listed_checked_restored_by_id_refused_before_any_backup_and_a_missing_wal_file_is_critical(archived):
