@@ -123,9 +123,10 @@ def check_restore(folder: str, newest: dict, jobs: int) -> dict:
                   ran=True, seconds=restored["duration"])
 
 
-def read_history(folder: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON lines of `path` (a line cut short by a crash is skipped); [] without the file."""
     try:
-        lines = open(os.path.join(folder, HISTORY)).read().splitlines()
+        lines = open(path).read().splitlines()
     except FileNotFoundError:
         return []
     out = []
@@ -135,6 +136,30 @@ def read_history(folder: str) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+def read_history(folder: str) -> list[dict]:
+    return read_jsonl(os.path.join(folder, HISTORY))
+
+
+def restore_check(report: dict, history_folder: str, limits: Limits, now: float, restore_test: bool | None,
+                  run_restore) -> None:
+    """The restore check (`run_restore()`) when forced or due, else why not; the last pass, for the metrics."""
+    history = read_history(history_folder)
+    due, why = restore_test_due(history, limits, now)
+    if restore_test or (restore_test is None and due):
+        report["checks"].append(run_restore())
+    else:
+        report["checks"].append(result("restore", OK, f"not run: {why}", ran=False))
+    passed = restore_tests_passed(history + [report])
+    report["restore_test_passed_epoch"] = passed[-1] if passed else None
+
+
+def verdict(report: dict) -> dict:
+    """The run's status: the worst of its checks."""
+    report["status"] = max(c["status"] for c in report["checks"])
+    report["state"] = NAMES[report["status"]]
+    return report
 
 
 def run(folder: str, limits: Limits, restore_test: bool | None, now: float | None = None) -> dict:
@@ -150,17 +175,8 @@ def run(folder: str, limits: Limits, restore_test: bool | None, now: float | Non
         report["backup"] = newest["id"]
         report["checks"] += [check_age(newest, limits, now), check_size(newest, earlier, limits.size_tolerance),
                              check_sha256(folder, newest), check_read(folder, newest)]
-        history = read_history(folder)
-        due, why = restore_test_due(history, limits, now)
-        if restore_test or (restore_test is None and due):
-            report["checks"].append(check_restore(folder, newest, limits.jobs))
-        else:
-            report["checks"].append(result("restore", OK, f"not run: {why}", ran=False))
-        passed = restore_tests_passed(history + [report])
-        report["restore_test_passed_epoch"] = passed[-1] if passed else None
-    report["status"] = max(c["status"] for c in report["checks"])
-    report["state"] = NAMES[report["status"]]
-    return report
+        restore_check(report, folder, limits, now, restore_test, lambda: check_restore(folder, newest, limits.jobs))
+    return verdict(report)
 
 
 def record_history(folder: str, report: dict) -> None:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 
+from checks import read_jsonl
 from dumps import iso
 from pgenv import ToolError
 
@@ -112,17 +113,7 @@ def record_point(deploy_to: str, point: dict) -> dict:
 
 
 def points(deploy_to: str) -> list[dict]:
-    try:
-        lines = open(os.path.join(folder(deploy_to), POINTS)).read().splitlines()
-    except FileNotFoundError:
-        return []
-    found = []
-    for line in lines:
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            continue
-    return found
+    return read_jsonl(os.path.join(folder(deploy_to), POINTS))
 
 
 def segment_number(name: str) -> tuple[int, int]:
@@ -154,6 +145,6 @@ def missing_segments(found: dict[int, set[int]], oldest_start: str) -> list[str]
         for number in range(low, max(numbers) + 1):
             if number not in numbers:
                 missing.append(f"{timeline:08X}{number // SEGMENTS_PER_LOG:08X}{number % SEGMENTS_PER_LOG:08X}")
-    if first not in found.get(first_timeline, set()):
-        missing.insert(0, oldest_start)
+    if first_timeline not in found:
+        missing.insert(0, oldest_start[:24])
     return missing

@@ -15,8 +15,7 @@ import subprocess
 import time
 
 import pgbr
-from checks import (CRITICAL, NAMES, OK, WARNING, Limits, check_age, check_size, restore_test_due,
-                    restore_tests_passed, read_history, result)
+from checks import CRITICAL, OK, Limits, check_age, check_size, restore_check, result, verdict
 from locks import held
 from pgenv import ToolError, url_variables
 
@@ -75,17 +74,9 @@ def run(deploy_to: str, stanza: str, history_folder: str, limits: Limits, restor
         report["backup"] = newest["id"]
         report["checks"] += [check_age(newest, limits, now), check_size(newest, found[:-1], limits.size_tolerance),
                              check_archive(deploy_to, stanza, found[0]), check_verify(deploy_to, stanza)]
-        history = read_history(history_folder)
-        due, why = restore_test_due(history, limits, now)
-        if restore_test or (restore_test is None and due):
-            report["checks"].append(check_restore(deploy_to, stanza, newest))
-        else:
-            report["checks"].append(result("restore", OK, f"not run: {why}", ran=False))
-        passed = restore_tests_passed(history + [report])
-        report["restore_test_passed_epoch"] = passed[-1] if passed else None
-    report["status"] = max(c["status"] for c in report["checks"])
-    report["state"] = NAMES[report["status"]]
-    return report
+        restore_check(report, history_folder, limits, now, restore_test,
+                      lambda: check_restore(deploy_to, stanza, newest))
+    return verdict(report)
 
 
 def check_restore(deploy_to: str, stanza: str, newest: dict) -> dict:
