@@ -31,8 +31,7 @@ def fill(db, size_mb: int) -> int:
     scale = size_mb / 816
     sql = GENERATE.format(users=max(100, int(400_000 * scale)), orders=max(300, int(1_500_000 * scale)),
                           events=max(400, int(2_000_000 * scale)))
-    dbhost.psql(db, "CHECKPOINT;")
-    return int(dbhost.psql(db, sql, "app").split()[-1])
+    return int(dbhost.psql(db, sql, "app", timeout=3 * 3600).split()[-1])
 
 
 def at_size(bp: BenchProject, project: ProjectConfig, size_mb: int, runs: int) -> dict[str, list[float]]:

@@ -101,10 +101,10 @@ def stop(db: Host) -> bool:
     return True
 
 
-def psql(db: Host, sql: str, database: str = "postgres") -> str:
+def psql(db: Host, sql: str, database: str = "postgres", timeout: float = 60) -> str:
     """Run `sql` (from standard input) as the superuser over the host's own socket."""
     return in_host(db, ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", database],
-                   user="postgres", input=sql).stdout
+                   user="postgres", input=sql, timeout=timeout).stdout
 
 
 def ensure_app_database(sandbox: Sandbox, db: Host) -> None:
