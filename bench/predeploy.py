@@ -54,7 +54,7 @@ def at_size(bp: BenchProject, project: ProjectConfig, size_mb: int, runs: int) -
                 stage, remotes, f"{release}-predeploy", release))))
             got.setdefault("dump_restore", []).append(timed(lambda: server_tools.restore(
                 app1, Layout(stage.deploy_to), dump_stage, taken["id"])))
-            target = Target.point(point, point["name"], point["base_backup"], point["base_timeline"])
+            target = Target.point(point, point["name"])
             got.setdefault("point_restore", []).append(timed(lambda: pgbr.helper(
                 stage, remotes, "restore", *target.helper_args())))
             app1.run(["rm", "-rf", f"{stage.deploy_to}/backups/{taken['id']}.dump",

@@ -130,8 +130,9 @@ def _pgbackrest(table: _Table) -> PgBackRest:
             raise table.fail(f"options.{name}", f"a one-line value, got {value!r}")
     return PgBackRest(
         stanza=table.matching("stanza", "app", r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}", "a name of letters, digits, - and _"),
-        cluster=table.matching("cluster", "15/main", r"1[0-9]/[A-Za-z0-9_-]{1,40}",
-                               "Debian's VERSION/NAME of the db host's cluster, like 15/main"),
+        cluster=table.matching("cluster", "15/main", r"(1[5-9]|[2-9][0-9])/[A-Za-z0-9_-]{1,40}",
+                               "Debian's VERSION/NAME of the db host's cluster, PostgreSQL 15 or later (the "
+                               "restore-point proof reads the WAL with pg_walinspect), like 15/main"),
         full_schedule=table.matching("full_schedule", "Sun *-*-* 01:00:00", CALENDAR,
                                      "a systemd calendar spec like Sun *-*-* 01:00:00"),
         diff_schedule=table.matching("diff_schedule", "Mon..Sat *-*-* 01:00:00", CALENDAR,

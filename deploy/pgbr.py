@@ -51,8 +51,16 @@ def helper(stage: StageConfig, remotes: dict[str, Remote], verb: str, *args: str
                           f"{(done.stderr or done.stdout).strip()[-400:]}",
                           hint=f"fab setup --stage {stage.name} installs it and the sudo rule") from None
     if answer.get("ok") is False:
-        raise DeployError(f"{remote.name}: {answer['error']}")
+        raise HelperFailed(f"{remote.name}: {answer['error']}", touched=answer.get("touched", True))
     return answer
+
+
+class HelperFailed(DeployError):
+    """The helper refused or failed; `touched`: after it had stopped the cluster (a restore)."""
+
+    def __init__(self, message: str, touched: bool = True) -> None:
+        super().__init__(message)
+        self.touched = touched
 
 
 def backup(project: ProjectConfig, stage_name: str | None, kind: str = "diff") -> dict:
@@ -96,9 +104,9 @@ def safety_point(stage: StageConfig, remotes: dict[str, Remote], name: str, rele
     written into the WAL, then the repository is proven ready (a backup no older than
     crit_age_hours before it, and the archive taking WAL: the point's own file reaches it)."""
     point = helper(stage, remotes, "point", name)
-    ready = repo_tool(stage, remotes, "ready", "--crit-age-hours", f"{stage.backups.crit_age_hours:g}")
-    point.update(engine="pgbackrest", id=name, release=release, base_backup=ready["newest"],
-                 base_timeline=ready["newest_timeline"],
-                 archive_check_seconds=ready["archive_check_seconds"])
+    ready = repo_tool(stage, remotes, "ready", "--crit-age-hours", f"{stage.backups.crit_age_hours:g}",
+                      "--lsn", point["lsn"], "--timeline", str(point["timeline"]))
+    point.update(engine="pgbackrest", id=name, release=release, base_backup=ready["backup"],
+                 target_timeline=ready["target_timeline"], archive_check_seconds=ready["archive_check_seconds"])
     repo_tool(stage, remotes, "point", json.dumps(point))
     return point

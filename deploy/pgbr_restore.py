@@ -24,11 +24,6 @@ from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
 
 
-def lsn_value(lsn: str) -> int:
-    high, _, low = lsn.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
 def parse_time(text: str) -> datetime:
     """An ISO time (`2026-11-25 14:03:00`, with an offset or Z; UTC without one)."""
     try:
@@ -47,14 +42,12 @@ class Target:
     describe: str
     backup: str                     # the backup set restored from
     target: str | None = None
-    timeline: int | str | None = None   # a number, or "current": the timeline of the backup restored
+    timeline: str | None = None   # a number, or "current": the timeline of the backup restored
 
     @classmethod
-    def point(cls, point: dict, describe: str, backup: str, backup_timeline: int | None) -> "Target":
-        """To a restore point: on its backup's own timeline ("current": no history file needed, as
-        after a stanza made on a cluster that was once promoted), else along its recorded timeline."""
-        timeline = "current" if point["timeline"] == backup_timeline else point["timeline"]
-        return cls("name", describe, backup, point["name"], timeline)
+    def point(cls, point: dict, describe: str) -> "Target":
+        """To a restore point, from the backup the repository host chose for it (pgbr.base_for)."""
+        return cls("name", describe, point["base_backup"], point["name"], point["target_timeline"])
 
     def helper_args(self) -> list[str]:
         args = ["--type", self.kind, "--set", self.backup]
@@ -67,8 +60,10 @@ class Target:
                 "timeline": self.timeline}
 
 
-def choose(found: dict, backup_id: str | None, at: str | None, release: str | None, point: str | None) -> Target:
-    """The target the operator named, and the newest backup before it; refused when none precedes it."""
+def choose(found: dict, backup_id: str | None, at: str | None, release: str | None,
+           point: str | None) -> Target | dict:
+    """The target the operator named (a backup or a time: with the newest backup before it; refused
+    when none precedes it), or the recorded restore point it names."""
     backups = [b for b in found["backups"] if not b["error"]]
     if sum(x is not None for x in (backup_id, at, release, point)) != 1:
         raise DeployError("name one target: fab restore ID, or fab restore.to --time T, --release R or --point NAME",
@@ -76,7 +71,7 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
     if backup_id is not None:
         if not any(b["id"] == backup_id for b in backups):
             raise DeployError(f"there is no backup {backup_id[:60]!r} in the repository", hint="fab backups")
-        return Target("immediate", f"backup {backup_id}", backup_id)
+        return Target("immediate", f"backup {backup_id}", backup_id, timeline="current")
     if at is not None:
         moment = parse_time(at)
         if moment.timestamp() > time.time():
@@ -93,15 +88,18 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
         what = f"release {release}" if release else f"point {point}"
         raise DeployError(f"no restore point of the {what} is recorded (a deploy makes one only when it migrates)",
                           hint="fab backups lists the restore points")
-    chosen = points[-1]
-    before = [b for b in backups if lsn_value(b["lsn_stop"]) <= lsn_value(chosen["lsn"])
-              and int(b["wal_start"][:8], 16) <= chosen["timeline"]]
-    if not before:
-        raise DeployError(f"the restore point {chosen['name']} has no backup before it in the repository (the "
-                          f"oldest began at {backups[0]['lsn_start'] if backups else '(there is none)'})",
-                          hint="fab backups")
-    return Target.point(chosen, f"the restore point {chosen['name']}", before[-1]["id"],
-                        int(before[-1]["wal_start"][:8], 16))
+    return points[-1]
+
+
+def choose_target(stage: StageConfig, remotes: dict[str, Remote], backup_id: str | None, at: str | None,
+                  release: str | None, point: str | None) -> Target:
+    """The Target, a point's base backup chosen on the repository host along its timeline's history."""
+    chosen = choose(pgbr.repo_tool(stage, remotes, "list"), backup_id, at, release, point)
+    if isinstance(chosen, Target):
+        return chosen
+    base = pgbr.repo_tool(stage, remotes, "base", "--lsn", chosen["lsn"], "--timeline", str(chosen["timeline"]))
+    return Target.point({**chosen, "base_backup": base["backup"], "target_timeline": base["target_timeline"]},
+                        f"the restore point {chosen['name']}")
 
 
 @dataclass
@@ -117,7 +115,7 @@ class PointRestore(StageRemotes):
     holder: dict = field(default_factory=dict)
     reached: str = ""
     unless_written: dict | None = None  # {"since": LSN, "xids": [...]}: a deploy's undo, only if unwritten
-    refused: bool = False               # the restore was refused before it touched anything
+    refused: bool = False               # the restore stopped before it touched the cluster
 
     @property
     def backup_id(self) -> str:
@@ -154,12 +152,20 @@ def _safety_point(r: PointRestore) -> None:
 
 
 def _restore(r: PointRestore) -> None:
+    r.refused = True  # until the helper has stopped the cluster, nothing is to be put back
     if r.unless_written is not None:
         reasons = unwritten(r.stage, r.remotes, r.unless_written)
         if reasons:
-            r.refused = True
             raise WrittenSince("; ".join(reasons))
-    r.result = pgbr.helper(r.stage, r.remotes, "restore", *r.target.helper_args())
+    try:
+        r.result = pgbr.helper(r.stage, r.remotes, "restore", *r.target.helper_args())
+    except pgbr.HelperFailed as exc:
+        r.refused = not exc.touched
+        raise
+    except DeployError:  # the connection lost: the helper may have begun
+        r.refused = False
+        raise
+    r.refused = False
     r.result["revision"] = _revision(r)
     console.say(f"  restored to {r.target.describe} from {r.target.backup} in {r.result['seconds']}s "
                 f"(timeline {r.result['timeline']}); revision {r.result['revision']}")
@@ -170,8 +176,7 @@ def _put_safety_back(r: PointRestore) -> None:
     Also when the restore may not have begun: a restore to where the cluster already is changes nothing."""
     if r.refused:
         return
-    back = Target.point(r.safety, f"the safety point {r.safety_name}", r.safety["base_backup"],
-                        r.safety.get("base_timeline"))
+    back = Target.point(r.safety, f"the safety point {r.safety_name}")
     pgbr.helper(r.stage, r.remotes, "restore", *back.helper_args())
     console.say(f"  put the database back to the safety point {r.safety_name}")
 
@@ -194,7 +199,7 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str | Non
     """Restore the stage's cluster to a backup, a time, a release's restore point or a named point."""
     stage = load_stage(project, stage_name)
     with connect(stage) as remotes:
-        target = choose(pgbr.repo_tool(stage, remotes, "list"), backup_id, at, release, point)
+        target = choose_target(stage, remotes, backup_id, at, release, point)
         r = PointRestore(stage, remotes, Layout(stage.deploy_to), target)
         r.release = dump_restore.serving_release(r.apps[0], r.layout)
         console.heading(f"restore {stage.name} to {target.describe} (from the backup {target.backup})")
@@ -205,8 +210,12 @@ def restore(project: ProjectConfig, stage_name: str | None, backup_id: str | Non
 
 
 def unwritten(stage: StageConfig, remotes: dict[str, Remote], evidence: dict) -> list[str]:
-    return pgbr.helper(stage, remotes, "unwritten", "--since", evidence["since"],
-                       "--xids", ",".join(map(str, evidence["xids"])))["reasons"]
+    """Why the WAL since the point does not prove that only the migration wrote; [] when it does."""
+    try:
+        return pgbr.helper(stage, remotes, "unwritten", "--since", evidence["since"],
+                           "--xids", ",".join(map(str, evidence["xids"])))["reasons"]
+    except pgbr.HelperFailed as exc:  # e.g. the WAL since the point already recycled: nothing is proven
+        return [f"the WAL since the restore point could not be read ({exc})"]
 
 
 def restore_point_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], point: dict,
@@ -223,8 +232,7 @@ def restore_point_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], p
         reasons = unwritten(stage, remotes, evidence)
         if reasons:
             return {}, reasons
-        target = Target.point(point, f"the restore point {point['name']}", point["base_backup"],
-                              point.get("base_timeline"))
+        target = Target.point(point, f"the restore point {point['name']}")
         r = PointRestore(stage, remotes, Layout(stage.deploy_to), target, unless_written=evidence)
         pipeline.run(STEPS[2:4], r, lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
         return {**(r.result or {}), "safety": r.safety_name}, []

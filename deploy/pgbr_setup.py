@@ -97,7 +97,12 @@ def sudo_rule(user: str) -> str:
             f"Defaults:{user} !requiretty\n{user} ALL=(root) NOPASSWD: {commands}\n")
 
 
-def authorized_line(public_key: str, from_address: str) -> str:
+def mark(stage: StageConfig) -> str:
+    """The comment that names this stage's authorized_keys line (another stage's is left alone)."""
+    return f"{MARK}-{stage.name}"
+
+
+def authorized_line(public_key: str, from_address: str, comment: str) -> str:
     """The other side's key, able to run commands only (no forwarding, no terminal), and from an
     IP address only that address."""
     try:
@@ -105,7 +110,7 @@ def authorized_line(public_key: str, from_address: str) -> str:
         where = f'from="{from_address}",'
     except ValueError:
         where = ""
-    return f"{where}restrict {public_key.split()[0]} {public_key.split()[1]} {MARK}\n"
+    return f"{where}restrict {public_key.split()[0]} {public_key.split()[1]} {comment}\n"
 
 
 def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool, root: Path) -> list[str]:
@@ -176,8 +181,8 @@ def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_addres
     # The database host's postgres may log in here as the deploy user, for archive-push only.
     repo.run(["sh", "-c", 'umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && '
               '{ grep -v " $1$" ~/.ssh/authorized_keys || true; } > ~/.ssh/authorized_keys.new && cat >> '
-              '~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys', "authorize", MARK],
-             input=authorized_line(db_key, db_address))
+              '~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys', "authorize", mark(stage)],
+             input=authorized_line(db_key, db_address, mark(stage)))
 
 
 def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address: str, repo_host_keys: str,
@@ -193,7 +198,8 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address:
     db.run(["sudo", "-n", "-u", "postgres", "sh", "-c", 'umask 077 && mkdir -p "$1/.ssh" && touch "$1/.ssh/authorized_keys" '
             '&& { grep -v " $2$" "$1/.ssh/authorized_keys" || true; } > "$1/.ssh/authorized_keys.new" && cat >> '
             '"$1/.ssh/authorized_keys.new" && mv "$1/.ssh/authorized_keys.new" "$1/.ssh/authorized_keys"',
-            "authorize", home, MARK], input=authorized_line(repo_key, stage.backup_host.address))
+            "authorize", home, mark(stage)],
+           input=authorized_line(repo_key, stage.backup_host.address, mark(stage)))
     sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}-pgbackrest"
     db.run(["sudo", "-n", "sh", "-c", 'umask 337 && t="$1.new.$$" && cat > "$t" && visudo -cqf "$t" && mv "$t" "$1"',
             "sudoers", sudoers], input=sudo_rule(stage.user))

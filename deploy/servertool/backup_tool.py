@@ -155,7 +155,8 @@ COMMANDS = {
     "end-migrations": lambda a: {"ended": end_sessions_holding(a.key)},
     "pgbr-backup": lambda a: pgbr.backup(a.deploy_to, a.stanza, a.type),
     "pgbr-list": lambda a: {"backups": pgbr.backups(a.deploy_to, a.stanza), "points": pgbr.points(a.deploy_to)},
-    "pgbr-ready": lambda a: pgbr.ready(a.deploy_to, a.stanza, a.crit_age_hours),
+    "pgbr-ready": lambda a: pgbr.ready(a.deploy_to, a.stanza, a.crit_age_hours, a.lsn, a.timeline),
+    "pgbr-base": lambda a: pgbr.base_for(a.deploy_to, a.stanza, a.lsn, a.timeline),
     "pgbr-point": lambda a: pgbr.record_point(a.deploy_to, json.loads(a.point)),
     "pgbr-check": cmd_pgbr_check,
 }
@@ -208,8 +209,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _pgbackrest_commands(sub) -> None:
     """The pgbackrest engine's commands, on the repository host."""
-    for name in ("pgbr-backup", "pgbr-list", "pgbr-ready", "pgbr-point", "pgbr-check"):
+    for name in ("pgbr-backup", "pgbr-list", "pgbr-ready", "pgbr-base", "pgbr-point", "pgbr-check"):
         sub.add_parser(name).add_argument("--stanza", required=True)
+    for name in ("pgbr-ready", "pgbr-base"):
+        sub.choices[name].add_argument("--lsn", required=True)
+        sub.choices[name].add_argument("--timeline", type=int, required=True)
     sub.choices["pgbr-backup"].add_argument("--type", choices=("full", "diff", "incr"), default="full")
     sub.choices["pgbr-ready"].add_argument("--crit-age-hours", type=float, required=True)
     sub.choices["pgbr-point"].add_argument("point", help="the restore point, as JSON")

@@ -80,9 +80,57 @@ def backup(deploy_to: str, stanza: str, kind: str) -> dict:
     return {**made[-1], "seconds": round(time.monotonic() - started, 2)}
 
 
-def ready(deploy_to: str, stanza: str, crit_age_hours: float) -> dict:
-    """Before a deploy migrates: a backup no older than `crit_age_hours`, and the archive taking
-    WAL now (`pgbackrest check` switches to a new WAL file and waits for it to arrive)."""
+def lsn_value(lsn: str) -> int:
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def timeline_of(backup: dict) -> int:
+    return int(backup["wal_start"][:8], 16)
+
+
+def history(deploy_to: str, stanza: str, timeline: int) -> dict[int, int]:
+    """Each ancestor timeline of `timeline` -> the LSN where it ended (its .history file in the
+    repository, which PostgreSQL archives when a restore or a promotion begins a timeline)."""
+    if timeline == 1:
+        return {}
+    archive_id = info(deploy_to, stanza)["archive"][-1]["id"]
+    done = pgbackrest(deploy_to, stanza, "repo-get", f"archive/{stanza}/{archive_id}/{timeline:08X}.history",
+                      check=False)
+    if done.returncode != 0:
+        raise ToolError(f"the repository lacks the history of timeline {timeline} (made before the stanza?): "
+                        "no backup of an earlier timeline can reach it; take a full backup (fab backup --type full)")
+    ends = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            ends[int(parts[0])] = lsn_value(parts[1])
+    return ends
+
+
+def base_for(deploy_to: str, stanza: str, lsn: str, timeline: int, found: list[dict] | None = None) -> dict:
+    """The newest backup from which recovery reaches `lsn` on `timeline`: one of that timeline that
+    ended before it, or one of an ancestor timeline that ended before that timeline forked off
+    (a backup of an abandoned branch leads elsewhere). With the recovery_target_timeline to ask:
+    "current" on the backup's own timeline (no history file needed), else the number."""
+    found = [b for b in (found if found is not None else backups(deploy_to, stanza)) if not b["error"]]
+    same = [b for b in found if timeline_of(b) == timeline and lsn_value(b["lsn_stop"]) <= lsn_value(lsn)]
+    ancestors = history(deploy_to, stanza, timeline) if any(timeline_of(b) != timeline for b in found) else {}
+    earlier = [b for b in found if timeline_of(b) in ancestors
+               and lsn_value(b["lsn_stop"]) <= min(ancestors[timeline_of(b)], lsn_value(lsn))]
+    usable = sorted(same + earlier, key=lambda b: lsn_value(b["lsn_stop"]))
+    if not usable:
+        raise ToolError(f"no backup in the repository leads to {lsn} on timeline {timeline} (none ended before it "
+                        "on its timeline's history): take one (fab backup --type full)")
+    base = usable[-1]
+    return {"backup": base["id"], "backup_timeline": timeline_of(base),
+            "target_timeline": "current" if timeline_of(base) == timeline else str(timeline)}
+
+
+def ready(deploy_to: str, stanza: str, crit_age_hours: float, lsn: str, timeline: int) -> dict:
+    """After a restore point at `lsn` on `timeline` was made (a deploy's, a restore's safety point):
+    a backup no older than `crit_age_hours` from which it can be reached, and the archive taking
+    WAL (`pgbackrest check` switches to a new WAL file and waits for it: the point's file is in)."""
     found = backups(deploy_to, stanza)
     if not found:
         raise ToolError("the repository holds no backup: a restore point needs a backup before it "
@@ -96,9 +144,9 @@ def ready(deploy_to: str, stanza: str, crit_age_hours: float) -> dict:
         pgbackrest(deploy_to, stanza, "check")
     except ToolError as exc:
         raise ToolError(f"WAL archiving is broken: {exc}") from None
-    return {"newest": found[-1]["id"], "newest_timeline": int(found[-1]["wal_start"][:8], 16),
-            "newest_age_hours": round(age, 2),
-            "archive_check_seconds": round(time.monotonic() - started, 2)}
+    checked = round(time.monotonic() - started, 2)
+    return {**base_for(deploy_to, stanza, lsn, timeline, found), "newest_age_hours": round(age, 2),
+            "archive_check_seconds": checked}
 
 
 def record_point(deploy_to: str, point: dict) -> dict:

@@ -15,6 +15,7 @@ JSON document; exits 0, or 1 with {"ok": false, "error": ...}. Standard library 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import re
 import subprocess
@@ -25,7 +26,7 @@ CONFIG = "/etc/pgbackrest/flask-deploy/pgbackrest.conf"
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}"
 PATTERNS = {
     "stanza": r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}",
-    "cluster": r"1[0-9]/[A-Za-z0-9_-]{1,40}",
+    "cluster": r"(1[5-9]|[2-9][0-9])/[A-Za-z0-9_-]{1,40}",
     "name": NAME,
     "time": r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)?",
     "set": r"\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?",
@@ -36,7 +37,14 @@ PATTERNS = {
 
 
 class Refused(Exception):
-    pass
+    """An expected failure; `touched`: the cluster was stopped (and may have been changed) first."""
+
+    def __init__(self, message: str, touched: bool = False) -> None:
+        super().__init__(message)
+        self.touched = touched
+
+
+LOCK = "/run/flask-deploy-pgbackrest.lock"  # one restore at a time: a killed controller's may still run
 
 
 def checked(kind: str):
@@ -94,7 +102,7 @@ def in_recovery() -> bool:
 
 def cmd_restore(a) -> dict:
     """Stop the cluster, restore in place (--delta: only the files that differ), start it and wait
-    until it has replayed to its target and promoted."""
+    until it has replayed to its target and promoted. One at a time (a lock the kernel releases)."""
     started = time.monotonic()
     options = [f"--type={a.type}", "--delta", "--target-action=promote"] if a.type != "latest" else ["--delta"]
     if a.type in ("time", "name"):
@@ -103,28 +111,37 @@ def cmd_restore(a) -> dict:
         options.append(f"--target-timeline={a.target_timeline}")
     if a.set:
         options.append(f"--set={a.set}")
-    run(["systemctl", "stop", unit(a.cluster)])
-    run(["pgbackrest", f"--config={CONFIG}", f"--stanza={a.stanza}", *options, "restore"], user="postgres",
-        timeout=6 * 3600)
-    restored = time.monotonic()
-    try:
-        run(["systemctl", "start", unit(a.cluster)], timeout=6 * 3600)
-    except Refused:
-        raise Refused(f"the restored cluster did not start: {log_tail(a.cluster)}") from None
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(["systemctl", "stop", unit(a.cluster)])
+        try:
+            run(["pgbackrest", f"--config={CONFIG}", f"--stanza={a.stanza}", *options, "restore"], user="postgres",
+                timeout=6 * 3600)
+            restored = time.monotonic()
+            try:
+                run(["systemctl", "start", unit(a.cluster)], timeout=6 * 3600)
+            except Refused:
+                raise Refused(f"the restored cluster did not start: {log_tail(a.cluster)}") from None
+            wait_until_promoted(a.cluster)
+        except Refused as exc:
+            raise Refused(str(exc), touched=True) from None
+    walfile = psql("SELECT pg_walfile_name(pg_current_wal_lsn());")[0][0]
+    return {"ok": True, "restore_seconds": round(restored - started, 2),
+            "seconds": round(time.monotonic() - started, 2), "timeline": int(walfile[:8], 16)}
+
+
+def wait_until_promoted(cluster: str) -> None:
     deadline = time.monotonic() + 6 * 3600
     while True:
         try:
             if not in_recovery():
-                break
+                return
         except Refused:
-            if subprocess.run(["systemctl", "is-active", "--quiet", unit(a.cluster)]).returncode != 0:
-                raise Refused(f"the cluster stopped during its recovery: {log_tail(a.cluster)}") from None
+            if subprocess.run(["systemctl", "is-active", "--quiet", unit(cluster)]).returncode != 0:
+                raise Refused(f"the cluster stopped during its recovery: {log_tail(cluster)}") from None
         if time.monotonic() > deadline:
             raise Refused("the cluster did not finish its recovery")
         time.sleep(0.2)
-    walfile = psql("SELECT pg_walfile_name(pg_current_wal_lsn());")[0][0]
-    return {"ok": True, "restore_seconds": round(restored - started, 2),
-            "seconds": round(time.monotonic() - started, 2), "timeline": int(walfile[:8], 16)}
 
 
 def log_tail(cluster: str) -> str:
@@ -144,38 +161,42 @@ SELECT pg_switch_wal() \\g /dev/null
 SELECT xid, resource_manager, record_type, coalesce(block_ref, ''), description
   FROM pg_get_wal_records_info(:'since', pg_current_wal_flush_lsn()) WHERE xid <> 0;
 """
-USER_FILES = """
-SELECT pg_relation_filenode(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND pg_relation_filenode(c.oid) IS NOT NULL;
-"""
-DATABASES = "SELECT oid, datname FROM pg_database WHERE datallowconn AND NOT datistemplate;"
+FIRST_USER_OBJECT = 16384  # PostgreSQL's FirstNormalObjectId: every user table's file is numbered from here
 
 
 def cmd_unwritten(a) -> dict:
     """Why it cannot be proven that nothing but the migration (its xids) wrote to a table of the
     cluster since the LSN `since`; [] when it can. The evidence is the WAL itself: every change to
     a table is logged with its transaction's id and the file it changed. Every database counts: a
-    restore rewinds the whole cluster."""
+    restore rewinds the whole cluster. Also reasons: a transaction that committed in the range
+    having written before it (its rows are older than the point, its commit is not), one still
+    open that wrote, a prepared one."""
     ours = {int(x) & 0xFFFFFFFF for x in a.xids.split(",")}
     records = psql(WAL_RECORDS, since=a.since)
-    for xid, manager, kind, _, description in records:  # the migration's subtransactions count as its own
-        if manager == "Transaction" and kind.startswith("COMMIT") and int(xid) in ours:
-            ours |= {int(x) for x in re.findall(r"\d+", description.partition("subxacts:")[2].split(";")[0])}
-    user_files = {(oid, row[0]) for oid, name in psql(DATABASES) for row in psql(USER_FILES, database=name)}
-    reasons: dict[str, set[str]] = {}
-    for xid, manager, kind, blocks, _ in records:
+    commits = [(xid, description) for xid, manager, kind, _, description in records
+               if manager == "Transaction" and kind.startswith("COMMIT")]
+    for xid, description in commits:  # the migration's subtransactions count as its own
         if int(xid) in ours:
+            ours |= {int(x) for x in re.findall(r"\d+", description.partition("subxacts:")[2].split(";")[0])}
+    reasons: dict[str, set[str]] = {}
+    wrote_in_range = set()
+    for xid, manager, kind, blocks, _ in records:
+        if int(xid) in ours or (manager == "Transaction" and kind.startswith("COMMIT")):
             continue
-        for _, db, filenode in re.findall(r"rel (\d+)/(\d+)/(\d+)", blocks):
-            # a file of a user table, or one made since (FirstNormalObjectId and up): a catalog's
-            # own files (an ANALYZE's statistics) are not the app's data
-            if (db, filenode) in user_files or int(filenode) >= 16384:
+        wrote_in_range.add(xid)
+        for _, _, filenode in re.findall(r"rel (\d+)/(\d+)/(\d+)", blocks):
+            if int(filenode) >= FIRST_USER_OBJECT:  # a catalog's own files (ANALYZE's statistics) are not data
                 reasons.setdefault(xid, set()).add(f"{manager} {kind}")
+    for xid, _ in commits:
+        if int(xid) not in ours and xid not in wrote_in_range:
+            reasons.setdefault(xid, set()).add("committed what it wrote before the restore point")
     open_writers = psql("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' "
-                        "AND granted AND pid <> pg_backend_pid();")[0][0]
-    found = [f"transaction {xid} wrote to the app's tables since the restore point ({', '.join(sorted(kinds))})"
+                        "AND granted AND pid IS DISTINCT FROM pg_backend_pid();")[0][0]
+    prepared = psql("SELECT count(*) FROM pg_prepared_xacts;")[0][0]
+    found = [f"transaction {xid} wrote to the cluster's tables since the restore point ({', '.join(sorted(kinds))})"
              for xid, kinds in sorted(reasons.items())]
     found += [f"{open_writers} open transaction(s) have written and may commit"] if int(open_writers) else []
+    found += [f"{prepared} prepared transaction(s) may commit"] if int(prepared) else []
     return {"unwritten": not found, "reasons": found, "records": len(records)}
 
 
@@ -208,7 +229,7 @@ def main(argv: list[str]) -> int:
         answer = {"archive": cmd_archive, "point": cmd_point, "restore": cmd_restore,
                   "unwritten": cmd_unwritten}[args.command](args)
     except (Refused, subprocess.TimeoutExpired) as exc:
-        print(json.dumps({"ok": False, "error": str(exc)}))
+        print(json.dumps({"ok": False, "error": str(exc), "touched": getattr(exc, "touched", True)}))
         return 1
     print(json.dumps(answer))
     return 0
