@@ -172,8 +172,8 @@ def _restore(r: PointRestore) -> None:
 
 
 def _put_safety_back(r: PointRestore) -> None:
-    """Back to the safety point (it is where the database was: the app stopped before it was made).
-    Also when the restore may not have begun: a restore to where the cluster already is changes nothing."""
+    """Back to the safety point (where the database was: the app stopped before it was made), once the
+    cluster was touched or may have been (a lost connection; fab recover, which cannot know)."""
     if r.refused:
         return
     back = Target.point(r.safety, f"the safety point {r.safety_name}")
