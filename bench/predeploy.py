@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import time
 
 from deploy import backups, pgbr
 from deploy.config import ProjectConfig, load_project
@@ -34,8 +35,18 @@ def fill(db, size_mb: int) -> int:
     return int(dbhost.psql(db, sql, "app", timeout=3 * 3600).split()[-1])
 
 
+def archived(db) -> None:
+    """Until the archive has caught up with the generated data's WAL (a switch first)."""
+    dbhost.psql(db, "SELECT pg_switch_wal();")
+    deadline = time.monotonic() + 3600
+    while dbhost.psql(db, "SELECT pg_walfile_name(pg_current_wal_lsn()) > coalesce(last_archived_wal, '') "
+                          "FROM pg_stat_archiver").strip() == "t" and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def at_size(bp: BenchProject, project: ProjectConfig, size_mb: int, runs: int) -> dict[str, list[float]]:
     actual = fill(bp.sandbox.db, size_mb)
+    archived(bp.sandbox.db)
     stage = load_stage(project, "sandbox")
     dump_stage = dataclasses.replace(stage, backups=dataclasses.replace(stage.backups, engine="pgdump",
                                                                         pgbackrest=None, host=None))

@@ -83,7 +83,10 @@ def db_config(stage: StageConfig, pb: PgBackRest, repo_address: str) -> str:
         "repo1-host-cmd=/usr/bin/pgbackrest", f"cmd-ssh={DB_FOLDER}/ssh", "log-level-console=warn",
         "log-level-file=off", f"lock-path={DB_FOLDER}/lock", f"spool-path={DB_FOLDER}/spool",
         f"compress-type={pb.compress_type}", f"process-max={stage.backups.jobs}",
-        f"archive-timeout={pb.archive_timeout}", "", f"[{pb.stanza}]", f"pg1-path={pb.data_directory}", ""])
+        f"archive-timeout={pb.archive_timeout}",
+        # Asynchronous archiving: WAL files are pushed in batches over one connection, so a burst of
+        # writes (a bulk load, a backfill) does not leave the archive minutes behind.
+        "archive-async=y", "", f"[{pb.stanza}]", f"pg1-path={pb.data_directory}", ""])
 
 
 def wrapper(folder: str) -> str:

@@ -143,7 +143,9 @@ def ready(deploy_to: str, stanza: str, crit_age_hours: float, lsn: str, timeline
     try:
         pgbackrest(deploy_to, stanza, "check")
     except ToolError as exc:
-        raise ToolError(f"WAL archiving is broken: {exc}") from None
+        raise ToolError(f"WAL archiving is broken: {exc} (the WAL did not reach the repository in time: "
+                        "the repository host down or full, SSH refused, or an archive far behind a burst of "
+                        "writes: see pg_stat_archiver on the db host)") from None
     checked = round(time.monotonic() - started, 2)
     return {**base_for(deploy_to, stanza, lsn, timeline, found), "newest_age_hours": round(age, 2),
             "archive_check_seconds": checked}
