@@ -36,11 +36,12 @@ def fill(db, size_mb: int) -> int:
 
 
 def archived(db) -> None:
-    """Until the archive has caught up with the generated data's WAL (a switch first)."""
+    """Until the archive has caught up with the generated data's WAL: the file a switch completes is in."""
+    last = dbhost.psql(db, "SELECT pg_walfile_name(pg_current_wal_lsn());").strip()
     dbhost.psql(db, "SELECT pg_switch_wal();")
     deadline = time.monotonic() + 3600
-    while dbhost.psql(db, "SELECT pg_walfile_name(pg_current_wal_lsn()) > coalesce(last_archived_wal, '') "
-                          "FROM pg_stat_archiver").strip() == "t" and time.monotonic() < deadline:
+    while time.monotonic() < deadline and dbhost.psql(
+            db, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver;").strip() < last:
         time.sleep(1)
 
 
