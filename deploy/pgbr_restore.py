@@ -71,7 +71,7 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
     if backup_id is not None:
         if not any(b["id"] == backup_id for b in backups):
             raise DeployError(f"there is no backup {backup_id[:60]!r} in the repository", hint="fab backups")
-        return Target("immediate", f"backup {backup_id}", backup_id, timeline="current")
+        return Target("immediate", f"backup {backup_id}", backup_id)  # stops where the backup ends: no timeline to follow
     if at is not None:
         moment = parse_time(at)
         if moment.timestamp() > time.time():
