@@ -79,8 +79,8 @@ def init(root: Path, app: str | None = None, server_python: str = "3.11", pg_ver
     return steps
 
 
-# What the local workflow calls: `flask --app` (Flask 2.2), `flask db check` (Flask-Migrate 4.0).
-FLOORS = {"flask": (2, 2), "flask-migrate": (4, 0), "sqlalchemy": (1, 4)}
+# What the local workflow calls: `flask --app` (Flask 2.2), `flask db check` (Flask-Migrate 4.0.2).
+FLOORS = {"flask": (2, 2), "flask-migrate": (4, 0, 2), "sqlalchemy": (1, 4)}
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -103,10 +103,10 @@ def check_versions(found: dict[str, str | None]) -> None:
                           "virtualenv: init reads the app as `flask --app` will",
                           hint="install the app's own requirements here first (pip install -r requirements.txt)")
     old = [f"{name} {v} (needs >= {'.'.join(map(str, FLOORS[name]))})" for name, v in found.items()
-           if tuple(int(x) for x in re.findall(r"\d+", v)[:2]) < FLOORS[name]]
+           if tuple(int(x) for x in re.findall(r"\d+", v)[:len(FLOORS[name])]) < FLOORS[name]]
     if old:
         raise ConfigError("too old for the workflow: " + ", ".join(old) + "; `flask --app` needs Flask 2.2, "
-                          "`flask db check` Flask-Migrate 4.0",
+                          "`flask db check` Flask-Migrate 4.0.2",
                           hint="raise them in requirements.txt, pip install -r requirements.txt, then run init again")
 
 

@@ -36,8 +36,8 @@ _OLD_TOOLS = (
     (re.compile(r"No such option: --app"), "this Flask is older than 2.2 (it has no `flask --app`)",
      "require Flask>=2.2 in requirements.txt, pip install -r requirements.txt, then remake the lock (inv lock)"),
     (re.compile(r"No such command '(check|upgrade|migrate|downgrade)'"),
-     "this Flask-Migrate is older than 4.0 (it has no `flask db check`), or Flask-Migrate is not set up in the app",
-     "require Flask-Migrate>=4.0 in requirements.txt, pip install -r requirements.txt, then remake the lock "
+     "this Flask-Migrate is older than 4.0.2 (it has no `flask db check`), or Flask-Migrate is not set up in the app",
+     "require Flask-Migrate>=4.0.2 in requirements.txt, pip install -r requirements.txt, then remake the lock "
      "(inv lock); check that the app calls Migrate(app, db)"),
     (re.compile(r"sqlite3\.OperationalError|Context impl SQLiteImpl|sqlite:///"),
      "the app connected to SQLite, not to DATABASE_URL (the app must take its database from DATABASE_URL)",

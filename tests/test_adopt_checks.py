@@ -17,12 +17,14 @@ from deploy_runtime import migrations as runtime
 def test_init_refuses_tools_too_old_for_the_workflow_naming_each_and_what_to_do():
     with pytest.raises(ConfigError) as old:
         adopt.check_versions({"flask": "1.1.4", "flask-migrate": "2.0.3", "sqlalchemy": "1.4.52"})
-    assert "flask 1.1.4 (needs >= 2.2)" in str(old.value) and "flask-migrate 2.0.3 (needs >= 4.0)" in str(old.value)
+    assert "flask 1.1.4 (needs >= 2.2)" in str(old.value) and "flask-migrate 2.0.3 (needs >= 4.0.2)" in str(old.value)
     assert "requirements.txt" in old.value.hint
     with pytest.raises(ConfigError) as missing:
         adopt.check_versions({"flask": "3.1.0", "flask-migrate": None, "sqlalchemy": "2.0.36"})
     assert "flask-migrate is not installed" in str(missing.value) and "pip install -r" in missing.value.hint
-    adopt.check_versions({"flask": "2.2.5", "flask-migrate": "4.0.7", "sqlalchemy": "1.4.52"})  # passes
+    with pytest.raises(ConfigError, match=r"flask-migrate 4.0.1 \(needs >= 4.0.2\)"):  # flask db check came in 4.0.2
+        adopt.check_versions({"flask": "2.2.5", "flask-migrate": "4.0.1", "sqlalchemy": "1.4.52"})
+    adopt.check_versions({"flask": "2.2.5", "flask-migrate": "4.0.2", "sqlalchemy": "1.4.52"})  # passes
 
 
 def test_init_picks_the_module_that_sets_up_flask_migrate_over_a_factory_that_needs_an_argument(tmp_path: Path):
@@ -71,3 +73,12 @@ def test_the_migration_helpers_commit_on_sqlalchemy_1_4s_legacy_connection_throu
     future = SimpleNamespace(commit=lambda: done.append("commit"))
     runtime._finish(future, "commit")
     assert done == ["dbapi commit", "dbapi rollback", "commit"]
+
+
+def test_commands_in_a_release_read_no_flaskenv_so_the_migration_sees_the_settings_the_workers_get():
+    from deploy.ssh import dbops
+    from deploy.ssh.layout import Layout
+    ran = []
+    fake = SimpleNamespace(run=lambda argv, **kw: ran.append(argv))  # the one seam: the SSH connection
+    dbops.flask_db(fake, Layout("/srv/app"), "20260101000000-abc", "flasky:app", "upgrade")
+    assert "FLASK_SKIP_DOTENV=1" in ran[0] and ran[0].index("FLASK_SKIP_DOTENV=1") < ran[0].index("-m")

@@ -66,8 +66,9 @@ def run(app_import: str, directory: str) -> int:
     """Round-trip every revision of `directory` for the app `app_import` names."""
     import flask_migrate
     from alembic.script import ScriptDirectory
-    from flask.cli import ScriptInfo
+    from flask.cli import ScriptInfo, load_dotenv
 
+    load_dotenv()  # .env and .flaskenv, as `flask --app` reads them for the other tasks
     app = ScriptInfo(app_import_path=app_import).load_app()
     script = ScriptDirectory(directory)
     revisions = list(reversed(list(script.walk_revisions("base", "heads"))))

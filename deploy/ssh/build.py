@@ -144,8 +144,9 @@ def check_boot(remote: Remote, layout: Layout, release_id: str, gunicorn_config:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-6:])
         raise DeployError(f"{remote.name}: release {release_id} cannot boot (gunicorn --check-config "
                           f"exited {out.exited}):\n{tail}",
-                          hint=f"a setting it needs at start? add it to {layout.env_file} on each host (fab setup "
-                               "lists those in [project] env) and deploy again; else run the app locally "
+                          hint="a setting it needs at start? fab env.set KEY=VALUE (every host; the servers "
+                               "read no .flaskenv or .env: set what those hold too) and deploy again; else run the "
+                               "app locally "
                                "(flask --app ... run) to see the error, fix, commit, push, deploy again")
 
 

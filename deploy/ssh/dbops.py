@@ -19,8 +19,10 @@ def in_release(remote: Remote, layout: Layout, release_id: str, argv: list[str],
                check: bool = True, timeout: float | None = None, input: str | None = None,
                env_file: str | None = None):
     """`argv` in the release's folder with the server's env file (or `env_file`) loaded (secrets stay
-    on the server), and the toolkit's runtime (.deploy/) importable, as the project's env.py expects."""
-    env = {"PYTHONPATH": f"{layout.release(release_id)}/.deploy", **(env or {})}
+    on the server), and the toolkit's runtime (.deploy/) importable, as the project's env.py expects.
+    Flask's CLI reads no .flaskenv or .env there: the migration sees exactly the settings the app's
+    workers get from the unit (a FLASK_CONFIG in .flaskenv would migrate one database and serve another)."""
+    env = {"PYTHONPATH": f"{layout.release(release_id)}/.deploy", "FLASK_SKIP_DOTENV": "1", **(env or {})}
     extra = [f"{k}={v}" for k, v in env.items()]
     return remote.run(["python3", "-c", LAUNCHER, env_file or layout.env_file, layout.release(release_id),
                        "env", *extra, *argv], check=check, timeout=timeout, input=input)

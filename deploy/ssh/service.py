@@ -100,4 +100,5 @@ def wait_healthy(remote: Remote, url: str, release_id: str, revision: str | None
     wanted = f" with env {env_digest}" if env_digest else ""
     raise Unhealthy(f"{remote.name}: {url} did not report release {release_id} at revision {revision}{wanted} within "
                     f"{timeout:.0f}s; last answer: {code} {body}",
-                    hint=f"look at the service's log on {remote.name}: sudo journalctl -u SERVICE (as an operator)")
+                    hint=f"look at the service's log: fab logs --host {remote.name}" + (
+                        f" (or journalctl -u {service} on it)" if service else ""))
