@@ -191,6 +191,12 @@ class FlaskDb:
         for pattern, what, hint in _OLD_TOOLS:
             if pattern.search(output):
                 raise AppNotLoaded(f"`flask --app {self.project.app} db` failed: {what}", hint=hint)
+        importing = re.search(r"While importing '([\w.]+)', an? (\w+) was raised", output)
+        if importing:  # Flask's CLI may print nothing more of it
+            raise AppNotLoaded(f"importing {importing.group(1)} raised {importing.group(2)}, so nothing ran",
+                               hint=f"see the error: python -c 'import {importing.group(1)}' (often an extension "
+                                    "too old for the Flask it now runs with: raise it in requirements.txt, pip "
+                                    "install -r requirements.txt, then inv lock)")
         missing = _APP_NOT_LOADED.search(output)
         if missing:
             raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: "

@@ -56,6 +56,8 @@ def test_a_lock_that_cannot_be_resolved_stops_init_before_it_writes_anything(tmp
     ("Usage: flask [OPTIONS] COMMAND [ARGS]...\nError: No such option: --app", "older than 2.2"),
     ("Error: No such command 'check'.", "Flask-Migrate is older than 4.0"),
     ("sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such function: set_config", "SQLite"),
+    ("Error: While importing 'flasky', an ImportError was raised:\n\nError: No such command 'db'.",
+     "importing flasky raised ImportError"),
 ])
 def test_a_flask_cli_too_old_or_an_app_on_sqlite_is_named_instead_of_blaming_the_migration(output, says):
     flask_db = FlaskDb(SimpleNamespace(app="flasky:app"), "postgresql://x@y/z")
