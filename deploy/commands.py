@@ -157,6 +157,8 @@ def status(project: ProjectConfig, stage_name: str | None, as_json: bool = False
                 detail = f"{body.get('status')} rev {body.get('revision')}" if isinstance(body, dict) else str(body)[:60]
                 if isinstance(body, dict) and body.get("post_pending"):
                     detail += f" (post revisions to run: {', '.join(body['post_pending'])}; fab migrate --post)"
+                if isinstance(body, dict) and body.get("reason"):  # why it is not OK: the database ahead...
+                    detail += f" ({body['reason']})"
                 if isinstance(body, dict) and body.get("maintenance"):
                     detail += " MAINTENANCE (fab maintenance.off ends it)"
                 line += f"  service {state['service']}  health {state['health']['code']} {detail}"
