@@ -212,10 +212,7 @@ def resolve_lock(root: Path, wanted: str, server_python: str) -> str | None:
     source, target = folder / f".app.in.{os.getpid()}", folder / f".app.lock.{os.getpid()}"
     try:
         source.write_text(wanted)
-        argv = [a if a not in ("app.in", "app.lock") else (source.name if a == "app.in" else target.name)
-                for a in _compile_argv(server_python)]
-        proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *argv[1:]], cwd=folder,
-                              capture_output=True, text=True)
+        proc = _compile(folder, source.name, target.name, wanted, server_python)
         if proc.returncode != 0:
             raise DeployError(f"could not lock the requirements (nothing was written):\n{proc.stderr.strip()[-2000:]}",
                               hint="fix the requirement it names in requirements.txt (gunicorn, if pinned, must be "
@@ -250,10 +247,7 @@ def relock(project, server_python: str = "3.11") -> Path:
     if not source.is_file():
         raise ConfigError(f"{source.relative_to(root)} is missing: the lock is made from it",
                           hint="flask-pg-deploy init writes it (your requirements, plus gunicorn)")
-    argv = [a if a not in ("app.in", "app.lock") else (source.name if a == "app.in" else target.name)
-            for a in _compile_argv(server_python)]
-    proc = subprocess.run([installed_tool("uv", "it makes the hashed lock", "uv"), *argv[1:]], cwd=target.parent,
-                          capture_output=True, text=True)
+    proc = _compile(target.parent, source.name, target.name, source.read_text(), server_python)
     if proc.returncode != 0:
         raise DeployError(f"could not lock {source.relative_to(root)}:\n{proc.stderr.strip()[-2000:]}",
                           hint="fix the requirement it names, then inv lock again")
@@ -269,7 +263,7 @@ def requirements_in(root: Path) -> str:
         known = _read(root / "requirements.txt")
     elif (root / "pyproject.toml").is_file():
         deps = tomllib.loads(_read(root / "pyproject.toml")).get("project", {}).get("dependencies", [])
-        lines += deps
+        lines.append("# also: ../pyproject.toml    ([project] dependencies: inv lock reads them from there)")
         known = "\n".join(deps)
     else:
         raise ConfigError(f"{root} has neither requirements.txt nor pyproject.toml dependencies",
@@ -297,9 +291,16 @@ def ignore_local(root: Path) -> Step:
     return Step(str(path), "changed", "added " + ", ".join(missing))
 
 
-def _compile_argv(server_python: str) -> list[str]:
-    return ["uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", server_python,
-            "--python-platform", "x86_64-manylinux_2_28", "app.in", "-o", "app.lock"]
+ALSO = re.compile(r"^# also: (\S+)", re.M)  # another input of the lock, named in the .in file (a pyproject.toml)
+
+
+def _compile(folder: Path, source: str, target: str, text: str, server_python: str) -> subprocess.CompletedProcess:
+    """`uv pip compile` of `source` (and the files its `# also:` lines name) into `target`, hashed,
+    for the servers' Python on x86_64 Linux."""
+    argv = [installed_tool("uv", "it makes the hashed lock", "uv"), "pip", "compile", "--quiet", "--generate-hashes",
+            "--python-version", server_python, "--python-platform", "x86_64-manylinux_2_28", source,
+            *ALSO.findall(text), "-o", target]
+    return subprocess.run(argv, cwd=folder, capture_output=True, text=True)
 
 
 def _toml_list(items: list[str]) -> str:

@@ -96,7 +96,7 @@ class LintReport:
             out.append(f"{status:4} {_relative(rev.path, root)}  revision {rev.id}: {rev.message}")
             for f in found:
                 tag = ("waived" if f.waiver else "warning" if f.warning else
-                       "contract (post: runs after the switch)" if f.contract else "error")
+                       "contract (post: runs after the switch)" if f.contract else "fails")
                 out.append(f"     {tag}: [{f.rule}] {f.message}")
                 out.append(f"       statement: {f.statement}")
                 if f.help:
@@ -108,9 +108,10 @@ class LintReport:
         failing = sum(f.fails for f in self.findings)
         waived = sum(f.waiver is not None for f in self.findings)
         warnings = sum(f.warning and f.waiver is None for f in self.findings)
+        not_linted = f", {len(self.errors)} could not be linted" if self.errors else ""
         out.append(
-            f"lint: {len(self.revisions)} revision(s), {failing} finding(s), {warnings} warning(s), "
-            f"{waived} waived, {len(self.errors)} error(s): {'FAILED' if self.failed else 'passed'}"
+            f"lint: {len(self.revisions)} revision(s), {failing} failing finding(s), {warnings} warning(s), "
+            f"{waived} waived{not_linted}: {'FAILED' if self.failed else 'passed'}"
         )
         return "\n".join(out)
 

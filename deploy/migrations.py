@@ -39,6 +39,10 @@ _OLD_TOOLS = (
      "this Flask-Migrate is older than 4.0.2 (it has no `flask db check`), or Flask-Migrate is not set up in the app",
      "require Flask-Migrate>=4.0.2 in requirements.txt, pip install -r requirements.txt, then remake the lock "
      "(inv lock); check that the app calls Migrate(app, db)"),
+    (re.compile(r"No module named '?psycopg'?(?!2)"),
+     "the app's SQLAlchemy connects postgresql:// URLs with psycopg (version 3: SQLAlchemy 2.1's default), "
+     "which is not installed",
+     "add psycopg[binary] to your requirements (pip install it here, then inv lock)"),
     (re.compile(r"sqlite3\.OperationalError|Context impl SQLiteImpl|sqlite:///"),
      "the app connected to SQLite, not to DATABASE_URL (the app must take its database from DATABASE_URL)",
      "set the app's database from DATABASE_URL (and any setting that chooses its configuration, such as "
@@ -192,11 +196,14 @@ class FlaskDb:
             if pattern.search(output):
                 raise AppNotLoaded(f"`flask --app {self.project.app} db` failed: {what}", hint=hint)
         importing = re.search(r"While importing '([\w.]+)', an? (\w+) was raised", output)
-        if importing:  # Flask's CLI may print nothing more of it
-            raise AppNotLoaded(f"importing {importing.group(1)} raised {importing.group(2)}, so nothing ran",
-                               hint=f"see the error: python -c 'import {importing.group(1)}' (often an extension "
-                                    "too old for the Flask it now runs with: raise it in requirements.txt, pip "
-                                    "install -r requirements.txt, then inv lock)")
+        if importing:
+            raised = [line.strip() for line in output.splitlines()
+                      if re.match(r"\s*\w+(\.\w+)*(Error|Exception)\b.*:", line)]
+            detail = f": {raised[-1][:300]}" if raised else ""
+            raise AppNotLoaded(f"importing {importing.group(1)} raised {importing.group(2)}{detail}, so nothing ran",
+                               hint=f"see the whole error: flask --app {self.project.app} db current (often an "
+                                    "extension too old for the Flask it runs with, a driver missing, or syntax "
+                                    "newer than this Python)")
         missing = _APP_NOT_LOADED.search(output)
         if missing:
             raise AppNotLoaded(f"`flask --app {self.project.app}` could not load the app, so nothing ran: "

@@ -56,8 +56,12 @@ def test_a_lock_that_cannot_be_resolved_stops_init_before_it_writes_anything(tmp
     ("Usage: flask [OPTIONS] COMMAND [ARGS]...\nError: No such option: --app", "older than 2.2"),
     ("Error: No such command 'check'.", "Flask-Migrate is older than 4.0"),
     ("sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such function: set_config", "SQLite"),
-    ("Error: While importing 'flasky', an ImportError was raised:\n\nError: No such command 'db'.",
-     "importing flasky raised ImportError"),
+    ("Error: While importing 'flasky', an ImportError was raised:\n\nTraceback (most recent call last):\n"
+     "  File \"flasky.py\", line 1\nModuleNotFoundError: No module named 'psycopg'\n\nError: No such command 'db'.",
+     "SQLAlchemy 2.1's default"),
+    ("Error: While importing 'flasky', an ImportError was raised:\n\nTraceback (most recent call last):\n"
+     "ImportError: cannot import name 'safe_str_cmp' from 'werkzeug.security'\n",
+     "importing flasky raised ImportError: ImportError: cannot import name 'safe_str_cmp'"),
 ])
 def test_a_flask_cli_too_old_or_an_app_on_sqlite_is_named_instead_of_blaming_the_migration(output, says):
     flask_db = FlaskDb(SimpleNamespace(app="flasky:app"), "postgresql://x@y/z")
@@ -84,3 +88,17 @@ def test_commands_in_a_release_read_no_flaskenv_so_the_migration_sees_the_settin
     fake = SimpleNamespace(run=lambda argv, **kw: ran.append(argv))  # the one seam: the SSH connection
     dbops.flask_db(fake, Layout("/srv/app"), "20260101000000-abc", "flasky:app", "upgrade")
     assert "FLASK_SKIP_DOTENV=1" in ran[0] and ran[0].index("FLASK_SKIP_DOTENV=1") < ran[0].index("-m")
+
+
+def test_a_pyproject_projects_lock_follows_its_dependencies_when_inv_lock_remakes_it(tmp_path: Path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "todo"\nversion = "1"\ndependencies = ["itsdangerous>=2"]\n')
+    wanted = adopt.requirements_in(tmp_path)
+    assert "# also: ../pyproject.toml" in wanted and "gunicorn>=23" in wanted and "itsdangerous" not in wanted
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "app.in").write_text(wanted)
+    project = SimpleNamespace(root=tmp_path, lock="requirements/app.lock")
+    lock = adopt.relock(project).read_text()
+    assert "itsdangerous==" in lock and "gunicorn==" in lock and "--hash=sha256:" in lock
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "todo"\nversion = "1"\n'
+                                             'dependencies = ["itsdangerous>=2", "blinker>=1.6"]\n')
+    assert "blinker==" in adopt.relock(project).read_text()  # no edit of app.in needed

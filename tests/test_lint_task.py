@@ -46,7 +46,7 @@ def test_a_waived_rule_passes_and_is_reported_as_waived(project):
     assert proc.returncode == 0, text
     assert "waived: [require-concurrent-index-creation]" in text
     assert "cards holds a few rows in every stage" in text
-    assert "0 finding(s), 0 warning(s), 1 waived" in text
+    assert "0 failing finding(s), 0 warning(s), 1 waived" in text
 
 
 def test_a_waiver_without_a_reason_fails(project):
@@ -83,7 +83,7 @@ def test_lint_since_something_that_is_not_a_ref_is_a_clear_error(project):
 def test_the_seed_migrations_pass_lint(project):
     proc = project.inv("lint")
     assert proc.returncode == 0, output(proc)
-    assert "4 revision(s), 0 finding(s)" in output(proc)
+    assert "4 revision(s), 0 failing finding(s)" in output(proc)
 
 
 CLASSIC_TABLE = """    op.create_table('tags',
@@ -101,14 +101,14 @@ def test_a_classic_flask_sqlalchemy_table_passes_with_style_warnings_only(projec
     assert proc.returncode == 0, text
     assert "warning: [prefer-bigint-over-int]" in text and "warning: [prefer-text-field]" in text
     assert "warning: [prefer-timestamp-tz]" in text
-    assert "0 finding(s), 4 warning(s), 0 waived, 0 error(s): passed" in text
+    assert "0 failing finding(s), 4 warning(s), 0 waived: passed" in text
 
 
 def test_a_style_rule_taken_out_of_warn_fails_the_gate_again(project):
     project.edit("deploy.toml", 'exclude = []', 'exclude = []\nwarn = ["prefer-text-field", "prefer-timestamp-tz"]')
     add_revision(project, "777777777777", CLASSIC_TABLE)
     text = assert_clean_failure(project.inv("lint", "--since", "HEAD"))
-    assert "error: [prefer-bigint-over-int]" in text and "warning: [prefer-text-field]" in text
+    assert "fails: [prefer-bigint-over-int]" in text and "warning: [prefer-text-field]" in text
 
 
 def test_revisions_up_to_the_baseline_are_not_linted(project):

@@ -19,7 +19,7 @@ def test_migrate_writes_the_revision_and_prints_its_sql_and_lint(project):
     [created] = sorted(set(project.versions()) - set(before))
     assert created.name in text
     assert "ALTER TABLE cards ADD COLUMN note TEXT;" in text
-    assert "lint: 1 revision(s), 0 finding(s)" in text
+    assert "lint: 1 revision(s), 0 failing finding(s)" in text
     assert "op.add_column('cards'" in created.read_text()
 
 

@@ -166,7 +166,12 @@ def _review(project: ProjectConfig, graph: MigrationGraph, revision: Revision) -
     console.heading("lint")
     report = lint_revisions(project, graph, [revision])
     console.say(report.render(project.root))
-    console.say("next: review the file, then `inv upgrade`, `inv check` and `inv commit`")
+    if report.failed:  # autogenerate may also have picked up drift between the models and the history
+        console.say("next: edit the migration until `inv lint` passes (or waive a rule in it, with a reason; "
+                    "a change you did not make may be older drift between your models and migrations), "
+                    "then `inv upgrade`, `inv check` and `inv commit`")
+    else:
+        console.say("next: review the file, then `inv upgrade`, `inv check` and `inv commit`")
 
 
 def commit(project: ProjectConfig, message: str | None = None) -> str:
