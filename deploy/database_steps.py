@@ -115,6 +115,6 @@ def _restore_unless_written(d: Deploy, now: str | None) -> None:
             f"({'; '.join(reasons)}); restoring would lose it",
             hint=f"save what you need, then fab restore --stage {d.stage.name} "
                  f"{'--point ' if point else ''}{backup_id}; or finish the downgrade by hand")
-    d.notes.append(f"database restored to the pre-deploy {what} (the downgrade failed; nothing but the "
-                   f"migration wrote since); the database as it was is at the safety "
+    d.notes.append(f"database restored {'to' if point else 'from'} the pre-deploy {what} (the downgrade failed; "
+                   f"nothing but the migration wrote since); the database as it was is in the safety "
                    f"{'point' if point else 'backup'} {result.get('safety')}")
