@@ -46,7 +46,7 @@ def bench_sandbox(project: ProjectConfig, runs: int, size: int = 2, build_image:
     measures = ([Measure("image build (debootstrap, from Debian's archive)", [built["seconds"]], "<= 120 s")]
                 if built else [])
     measures += [
-        Measure(f"up, image cached ({hosts} app hosts + db + lb, booted)", fresh, "<= 10 s"),
+        Measure(f"up, image cached ({hosts} app hosts + db + backup + lb, booted)", fresh, "<= 10 s"),
         Measure("up, already up (checks only)", again),
         Measure("down (then checked: nothing left)", down, "<= 5 s"),
     ]
@@ -60,7 +60,7 @@ def bench_sandbox(project: ProjectConfig, runs: int, size: int = 2, build_image:
              "that nothing of the sandbox is left. "
              + (f"The image: {image.describe(built)}, downloaded from {built['mirror']}; it is built once and "
                 f"cached under .local/images/." if built else "The image build was not measured in this run."))
-    return section(TITLE, f"{hosts} app hosts + 1 db host + 1 load balancer, {runs} runs", measures, notes)
+    return section(TITLE, f"{hosts} app hosts + 1 db host + 1 backup host + 1 load balancer, {runs} runs", measures, notes)
 
 
 def _build_fresh(state: Path) -> dict:

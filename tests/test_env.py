@@ -136,7 +136,7 @@ def test_a_change_the_app_cannot_serve_with_is_undone_everywhere_then_hosts_that
 
     ssh(deployed, "app2", "printf 'APP_ONLY_HERE=on-app2-x5\\n' >> /srv/app/shared/env")
     differ = deployed.fab("env.diff", db=False)
-    assert differ.returncode == 1 and "APP_ONLY_HERE: unset on app1, db; value A on app2" in differ.stdout, \
+    assert differ.returncode == 1 and "APP_ONLY_HERE: unset on app1, backup, db; value A on app2" in differ.stdout, \
         output(differ)
     assert "on-app2-x5" not in output(differ)
     pushed_file = tmp_path / "env"

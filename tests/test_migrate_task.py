@@ -139,5 +139,5 @@ def test_an_app_that_raises_while_it_loads_is_named_with_the_setting_it_lacks(pr
                  '    raise RuntimeError("MAIL_PASSWORD not found. Declare it as envvar")\n')
     text = assert_clean_failure(project.inv("upgrade"))
     assert "the app raised while `flask --app app:create_app` loaded it, so nothing ran" in text
-    assert "RuntimeError: MAIL_PASSWORD not found" in text and "deploy_to/shared/env" in text
+    assert "RuntimeError: MAIL_PASSWORD not found" in text and "fab env.set" in text
     assert "fix the migration" not in text

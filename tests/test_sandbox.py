@@ -237,7 +237,7 @@ def test_status_json_names_hosts_roles_addresses_processes_and_the_origin(sandbo
     assert state["up"] is True
     assert [(h["name"], h["roles"], h["address"]) for h in state["hosts"]] == [
         ("app1", ["app", "migrations"], "10.213.9.11"), ("app2", ["app"], "10.213.9.12"), ("db", ["db"], "10.213.9.10"),
-        ("lb", ["lb"], "10.213.9.9")]
+        ("backup", ["backup"], "10.213.9.8"), ("lb", ["lb"], "10.213.9.9")]
     assert {(h["pid1"], h["system"]) for h in state["hosts"]} == {("systemd", "running")}
     assert state["load_balancer"]["url"] == "http://10.213.9.9:80/"
     db_processes = {p["command"] for p in state["hosts"][2]["processes"]}
@@ -262,7 +262,7 @@ def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, san
         assert ssh(spec, "db", "hostname").stdout == "db\n"
         shrink = project.inv("sandbox.up", "--hosts", "1", db=False)
         assert shrink.returncode == 0, output(shrink)
-        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-db", "fdd-lb"]
+        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-backup", "fdd-db", "fdd-lb"]
     finally:
         down = project.inv("sandbox.down", db=False)
     assert down.returncode == 0, output(down)
@@ -298,7 +298,7 @@ def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
     text = results.read_text()
     assert "kept" in text
     rows = [line for line in text.splitlines() if line.startswith(("| up", "| down", "| memory"))]
-    assert len(rows) == 6 and all("| 1 |" in row for row in rows), rows
+    assert len(rows) == 7 and all("| 1 |" in row for row in rows), rows
 
 
 def test_the_load_balancer_asks_the_projects_own_live_path(tmp_path):

@@ -3,6 +3,7 @@ checked on the sandbox fleet after real deploys, failures and backups."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -151,8 +152,10 @@ def test_no_code_path_accepts_unknown_host_keys_outside_the_sandbox_set_up():
     assert len(sources) > 30
     for path in sources:
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
-        for accepting in ("AutoAddPolicy()", "WarningPolicy()", "StrictHostKeyChecking", "accept-new", "ssh-keyscan "):
+        for accepting in ("AutoAddPolicy()", "WarningPolicy()", "accept-new", "ssh-keyscan "):
             assert accepting not in code, f"{path.relative_to(root)} uses {accepting}"
+        checking = re.findall(r"StrictHostKeyChecking[ =]+(\w+)", code)  # the pgbackrest hosts' own ssh_config
+        assert set(checking) <= {"yes"}, f"{path.relative_to(root)} sets StrictHostKeyChecking {checking}"
     assert "RejectPolicy()" in (root / "deploy" / "ssh" / "connection.py").read_text()
 
 

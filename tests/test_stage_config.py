@@ -24,7 +24,7 @@ ONE_HOST = 'hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrati
 
 @pytest.mark.parametrize("extra, message", [
     ("", "[stages.bad] hosts: expected a list of tables"),
-    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]', "roles: expected roles among app, migrations, db, got 'web'"),
+    ('hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]', "roles: expected roles among app, migrations, db, backup, got 'web'"),
     ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app"]}]', 'exactly one host with the role "migrations"'),
     ('hosts = [{name = "a", address = "-oProxyCommand=x", roles = ["app", "migrations"]}]', "address: expected a host name or IP address"),
     ('hosts = [{name = "a", address = "10.0.0.1", roles = ["app", "migrations"]}]\nbatch = -1', "batch: expected a whole number from 0 to 1000"),
@@ -83,7 +83,7 @@ def test_fab_reports_a_malformed_stage_as_a_message_not_a_traceback(project):
     with open(project.root / "deploy.toml", "a") as config:
         config.write(STAGE.format(extra='hosts = [{name = "a", address = "10.0.0.1", roles = ["web"]}]'))
     text = assert_clean_failure(project.fab("status", "--stage", "bad", db=False))
-    assert "deploy.toml" in text and "roles: expected roles among app, migrations, db, got 'web'" in text
+    assert "deploy.toml" in text and "roles: expected roles among app, migrations, db, backup, got 'web'" in text
 
 
 def test_a_missing_ssh_key_is_named(project):
