@@ -58,11 +58,11 @@ def test_rollback_smoke_run_times_a_code_and_a_database_rollback(tmp_path):
 
 
 def test_zero_downtime_smoke_run_drops_no_request_during_deploys_while_plain_restarts_do(tmp_path):
-    table = run_smoke(tmp_path, "zero_downtime", 5)
-    assert median(table["during 5 deploys: requests"][0]) > 500
-    assert table["during 5 deploys: failed (connection errors and 5xx)"][0] == "0 req"
+    table = run_smoke(tmp_path, "zero_downtime", 3)  # no change, a code change, a dependency change
+    assert median(table["during 3 deploys: requests"][0]) > 300
+    assert table["during 3 deploys: failed (connection errors and 5xx)"][0] == "0 req"
     # The same client sees the refused connections of plain restarts: it can tell a failure.
-    assert median(table["during 5 plain restarts: failed"][0]) > 0
+    assert median(table["during 3 plain restarts: failed"][0]) > 0
     assert "p99 during the dependency change deploys" in table
 
 

@@ -140,28 +140,6 @@ def test_backups_are_listed_checked_restored_by_id_refused_before_any_backup_and
     assert "archive  CRITICAL" in output(proc) and gone[:24] in output(proc)
 
 
-def test_a_broken_archive_stops_the_deploy_before_it_migrates_and_the_check_is_critical(archived):
-    add_migration(archived, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    sandbox = archived.sandbox
-    faults.fill_disk(sandbox, sandbox.backup)  # the repository's disk is full: archive-push fails
-    try:
-        text = assert_clean_failure(deploy(archived))
-        assert "step 'backup' failed" in text and "WAL archiving is broken" in text, text
-        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
-        proc = archived.fab("backups.check", "--skip-restore-test", db=False)
-        assert proc.returncode == 2 and "archive  CRITICAL" in output(proc), output(proc)
-    finally:
-        faults.free_disk(sandbox, sandbox.backup)
-    faults.cut_network(sandbox, sandbox.backup)  # the repository host is gone
-    try:
-        text = assert_clean_failure(deploy(archived))  # found by the preflight: before anything is built
-        assert "step 'preflight' failed: backup: unreachable" in text, text
-        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
-    finally:
-        faults.restore_network(sandbox, sandbox.backup)
-    assert_serving(archived, archived.first_release, HEAD)
-
-
 def helper(project, *args: str) -> dict:
     """The db host's helper as the deploy user runs it (its sudo rule)."""
     proc = ssh(project, "db", shlex.join(["sudo", "-n", "/usr/local/sbin/flask-deploy-pgbackrest", args[0],
@@ -170,7 +148,7 @@ def helper(project, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_the_wal_since_a_restore_point_tells_the_migrations_writes_from_others_and_a_failed_downgrade_goes_back_to_it(archived):
+def test_the_wal_proof_a_failed_downgrade_back_to_the_restore_point_and_a_broken_archive_stopping_the_next_deploy(archived):
     # Run after tests that restored: the cluster is past timeline 1 when this test's repository is made,
     # so the repository has no history file of that timeline (as for a cluster that was once promoted).
     assert int(sql(archived, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16) > 1
@@ -196,4 +174,25 @@ def test_the_wal_since_a_restore_point_tells_the_migrations_writes_from_others_a
     assert "step 'switch' failed" in text and "restored to the pre-deploy restore point" in text, text
     assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(archived, BOARDS) == "one"  # as at the deploy's point: after the probe's delete
+    assert_serving(archived, archived.first_release, HEAD)
+
+    # The archive broken: the repository's disk full, then its host cut off. The same pending
+    # migration is tried again: the deploy stops before it.
+    sandbox = archived.sandbox
+    faults.fill_disk(sandbox, sandbox.backup)  # the repository's disk is full: archive-push fails
+    try:
+        text = assert_clean_failure(deploy(archived))
+        assert "step 'backup' failed" in text and "WAL archiving is broken" in text, text
+        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+        proc = archived.fab("backups.check", "--skip-restore-test", db=False)
+        assert proc.returncode == 2 and "archive  CRITICAL" in output(proc), output(proc)
+    finally:
+        faults.free_disk(sandbox, sandbox.backup)
+    faults.cut_network(sandbox, sandbox.backup)  # the repository host is gone
+    try:
+        text = assert_clean_failure(deploy(archived))  # found by the preflight: before anything is built
+        assert "step 'preflight' failed: backup: unreachable" in text, text
+        assert sql(archived, "SELECT version_num FROM alembic_version") == HEAD
+    finally:
+        faults.restore_network(sandbox, sandbox.backup)
     assert_serving(archived, archived.first_release, HEAD)
