@@ -23,8 +23,8 @@ def backup(d: Deploy) -> None:
     if d.stage.backups.engine == "pgbackrest":
         d.backup = pgbr.safety_point(d.stage, d.remotes, f"{d.release_id}-predeploy", d.release_id)
         d.say(pgbr.db_host(d.stage).name, f"restore point {d.backup['name']} at {d.backup['lsn']} (timeline "
-              f"{d.backup['timeline']}); archive checked in {d.backup['archive_check_seconds']}s; reachable from backup "
-              f"{d.backup['base_backup']}")
+              f"{d.backup['timeline']}); archive checked in {d.backup['archive_check_seconds']}s; "
+              f"reachable from backup {d.backup['base_backup']}")
         return
     d.backup = backups.take(d.stage, d.remotes, "predeploy", backup_id=f"{d.release_id}-predeploy",
                             release=d.release_id, content=True)
