@@ -86,7 +86,6 @@ def bench_predeploy(project: ProjectConfig, runs: int, size: int = 4000) -> str:
         bp.commit("back up with pgBackRest")
         bp.fab("setup", "--restart-db")
         bp.fab("backup", "--type", "full")
-        bp.fab("deploy")
         local = load_project(bp.root)
         results = {s: at_size(bp, local, s, runs) for s in sizes}
     measures = []
