@@ -13,7 +13,7 @@ from . import console
 from .backup_settings import PgBackRest
 from .config import ProjectConfig
 from .errors import DeployError
-from .pgbr_setup import HELPER
+from .pgbr_setup import run_helper
 from .ssh import lock, server_tools
 from .ssh.connection import Remote, connect
 from .ssh.layout import Layout
@@ -37,30 +37,9 @@ def repo_tool(stage: StageConfig, remotes: dict[str, Remote], command: str, *arg
                              "--stanza", settings(stage).stanza, *args, **kw)
 
 
-def helper(stage: StageConfig, remotes: dict[str, Remote], verb: str, *args: str, timeout: float = 6 * 3600) -> dict:
-    """The database host's helper (as root, through the deploy user's sudo rule); its JSON answer."""
-    remote = remotes[db_host(stage).name]
-    pb = settings(stage)
-    done = remote.run(["sudo", "-n", HELPER, verb, "--stanza", pb.stanza, "--cluster", pb.cluster, *args],
-                      check=False, timeout=timeout)
-    lines = done.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1])
-    except (ValueError, IndexError):
-        raise DeployError(f"{remote.name}: {HELPER} {verb} exited with {done.exited}: "
-                          f"{(done.stderr or done.stdout).strip()[-400:]}",
-                          hint=f"fab setup --stage {stage.name} installs it and the sudo rule") from None
-    if answer.get("ok") is False:
-        raise HelperFailed(f"{remote.name}: {answer['error']}", touched=answer.get("touched", True))
-    return answer
-
-
-class HelperFailed(DeployError):
-    """The helper refused or failed; `touched`: after it had stopped the cluster (a restore)."""
-
-    def __init__(self, message: str, touched: bool = True) -> None:
-        super().__init__(message)
-        self.touched = touched
+def helper(stage: StageConfig, remotes: dict[str, Remote], verb: str, *args: str) -> dict:
+    """The database host's helper as the deploy user runs it (its sudo rule); its JSON answer."""
+    return run_helper(remotes[db_host(stage).name], settings(stage), verb, *args)
 
 
 def backup(project: ProjectConfig, stage_name: str | None, kind: str = "diff") -> dict:

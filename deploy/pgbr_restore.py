@@ -18,8 +18,9 @@ from . import console, pgbr, pipeline
 from . import restore as dump_restore
 from .config import ProjectConfig
 from .errors import DeployError
-from .ssh import dbops, deploylog, guard, lock, service
-from .ssh.connection import Remote, StageRemotes, connect, on_hosts
+from .pgbr_setup import HelperFailed
+from .ssh import dbops, deploylog, guard, lock
+from .ssh.connection import Remote, StageRemotes, connect
 from .ssh.layout import Layout
 from .stages import StageConfig, load_stage
 
@@ -137,14 +138,6 @@ class WrittenSince(DeployError):
     """Refused: something else than the migration wrote since the restore point."""
 
 
-def _stop_app(r: PointRestore) -> None:
-    on_hosts("stopping the app", r.apps, lambda m: service.systemctl(m, "stop", r.stage.service))
-
-
-def _start_app(r: PointRestore) -> None:
-    on_hosts("starting the app", r.apps, lambda m: service.systemctl(m, "start", r.stage.service))
-
-
 def _safety_point(r: PointRestore) -> None:
     r.safety = pgbr.safety_point(r.stage, r.remotes, r.safety_name, "before-restore")
     console.say(f"  safety point {r.safety_name} at {r.safety['lsn']} (timeline {r.safety['timeline']}): the "
@@ -159,7 +152,7 @@ def _restore(r: PointRestore) -> None:
             raise WrittenSince("; ".join(reasons))
     try:
         r.result = pgbr.helper(r.stage, r.remotes, "restore", *r.target.helper_args())
-    except pgbr.HelperFailed as exc:
+    except HelperFailed as exc:
         r.refused = not exc.touched
         raise
     except DeployError:  # the connection lost: the helper may have begun
@@ -187,10 +180,10 @@ def _revision(r: PointRestore) -> str | None:
 
 STEPS = [  # the app stops before the safety point: nothing it writes can fall after it
     pipeline.Step("verify", lambda r: None),
-    pipeline.Step("stop app", _stop_app, _start_app),
+    pipeline.Step("stop app", dump_restore.stop_app, dump_restore.start_app),
     pipeline.Step("safety point", _safety_point),
     pipeline.Step("restore", _restore, _put_safety_back),
-    pipeline.Step("start app", _start_app, _stop_app),
+    pipeline.Step("start app", dump_restore.start_app, dump_restore.stop_app),
 ]
 
 
@@ -214,7 +207,7 @@ def unwritten(stage: StageConfig, remotes: dict[str, Remote], evidence: dict) ->
     try:
         return pgbr.helper(stage, remotes, "unwritten", "--since", evidence["since"],
                            "--xids", ",".join(map(str, evidence["xids"])))["reasons"]
-    except pgbr.HelperFailed as exc:  # e.g. the WAL since the point already recycled: nothing is proven
+    except HelperFailed as exc:  # e.g. the WAL since the point already recycled: nothing is proven
         return [f"the WAL since the restore point could not be read ({exc})"]
 
 
@@ -224,24 +217,20 @@ def restore_point_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], p
     restore point only if the WAL since it shows no write but the migration's. (result, []) when
     restored; ({}, reasons) when not, nothing changed. The app runs again after."""
     evidence = {"since": point["lsn"], "xids": migration_xids}
-    running = [m for m in (remotes[h.name] for h in stage.app_hosts)
-               if service.systemctl(m, "is-active", stage.service, check=False).stdout.strip() == "active"]
-    console.say("  the downgrade failed: the app stopped while the restore point is weighed")
-    on_hosts("stopping the app", running, lambda m: service.systemctl(m, "stop", stage.service))
-    try:
-        reasons = unwritten(stage, remotes, evidence)
-        if reasons:
-            return {}, reasons
-        target = Target.point(point, f"the restore point {point['name']}")
-        r = PointRestore(stage, remotes, Layout(stage.deploy_to), target, unless_written=evidence)
-        pipeline.run(STEPS[2:4], r, lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
-        return {**(r.result or {}), "safety": r.safety_name}, []
-    except pipeline.DeployFailed as failed:
-        if isinstance(failed.cause, WrittenSince) and not failed.outcome.undo_failures:
-            return {}, [str(failed.cause)]
-        raise
-    finally:
-        on_hosts("starting the app", running, lambda m: service.systemctl(m, "start", stage.service))
+    target = Target.point(point, f"the restore point {point['name']}")
+    r = PointRestore(stage, remotes, Layout(stage.deploy_to), target, unless_written=evidence)
+    with dump_restore.app_stopped_meanwhile(r, "the restore point"):
+        try:
+            reasons = unwritten(stage, remotes, evidence)
+            if reasons:
+                return {}, reasons
+            pipeline.run(STEPS[2:4], r,
+                         lambda event, step: console.say(f"  restore: {step}") if event == "start" else None)
+            return {**(r.result or {}), "safety": r.safety_name}, []
+        except pipeline.DeployFailed as failed:
+            if isinstance(failed.cause, WrittenSince) and not failed.outcome.undo_failures:
+                return {}, [str(failed.cause)]
+            raise
 
 
 def _log(r: PointRestore, outcome: str, error: str | None = None) -> None:
@@ -256,7 +245,7 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
     the app started."""
     r = PointRestore.from_record(stage, remotes, record)
     if r.reached == "start app":
-        _start_app(r)
+        dump_restore.start_app(r)
         notes = [f"the restore to {r.target.describe} had finished: the app is started again; the database as "
                  f"it was before it is at the safety point {r.safety_name}"]
     else:

@@ -139,7 +139,7 @@ def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool, root
         db_host_keys = db.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout
         _write_repo_side(stage, pb, repo, db_host.address, db_host_keys, db_key, options)
         _write_db_side(stage, pb, db, repo_host.address, repo_host_keys, repo_key)
-        archive = _run_helper(db, "archive", pb, *(["--restart"] if restart_db else []))
+        archive = run_helper(db, pb, "archive", *(["--restart"] if restart_db else []))
         notes = [f"{db_host.name}: WAL archiving to {repo_host.name} "
                  + ("on" if not archive["restart_needed"] else "set, but archive_mode stays off until PostgreSQL "
                     "restarts: run fab setup --restart-db at a quiet time")]
@@ -208,16 +208,26 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address:
             "sudoers", sudoers], input=sudo_rule(stage.user))
 
 
-def _run_helper(remote: Remote, verb: str, pb: PgBackRest, *args: str) -> dict:
+class HelperFailed(DeployError):
+    """The helper refused or failed; `touched`: after it had stopped the cluster (a restore)."""
+
+    def __init__(self, message: str, touched: bool = True, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.touched = touched
+
+
+def run_helper(remote: Remote, pb: PgBackRest, verb: str, *args: str, timeout: float = 6 * 3600) -> dict:
+    """The database host's helper, as root through sudo (the admin's, or the deploy user's rule); its JSON."""
     done = remote.run(["sudo", "-n", HELPER, verb, "--stanza", pb.stanza, "--cluster", pb.cluster, *args],
-                      check=False, timeout=6 * 3600)
+                      check=False, timeout=timeout)
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise DeployError(f"{remote.name}: {HELPER} {verb} exited with {done.exited}: "
-                          f"{(done.stderr or done.stdout).strip()[-400:]}") from None
+                          f"{(done.stderr or done.stdout).strip()[-400:]}",
+                          hint="fab setup (with the stage's admin_user) installs it and the sudo rule") from None
     if answer.get("ok") is False:
-        raise DeployError(f"{remote.name}: {answer['error']}")
+        raise HelperFailed(f"{remote.name}: {answer['error']}", touched=answer.get("touched", True))
     return answer
 
 

@@ -98,11 +98,11 @@ def _safety_backup(r: Restore) -> None:
     console.say(f"  safety backup of the current database: {r.safety_id}")
 
 
-def _stop_app(r: Restore) -> None:
+def stop_app(r: StageRemotes) -> None:
     on_hosts("stopping the app", r.apps, lambda m: service.systemctl(m, "stop", r.stage.service))
 
 
-def _start_app(r: Restore) -> None:
+def start_app(r: StageRemotes) -> None:
     on_hosts("starting the app", r.apps, lambda m: service.systemctl(m, "start", r.stage.service))
 
 
@@ -129,10 +129,10 @@ def _put_safety_back(r: Restore) -> None:
 
 STEPS = [  # the app stops before the safety backup: nothing it writes can fall between the two
     pipeline.Step("verify", _check),
-    pipeline.Step("stop app", _stop_app, _start_app),
+    pipeline.Step("stop app", stop_app, start_app),
     pipeline.Step("safety backup", _safety_backup),
     pipeline.Step("restore", _restore, _put_safety_back),
-    pipeline.Step("start app", _start_app, _stop_app),  # if a host cannot start, none serves the put-back
+    pipeline.Step("start app", start_app, stop_app),  # if a host cannot start, none serves the put-back
 ]
 
 
@@ -159,19 +159,28 @@ def restore_if_unwritten(stage: StageConfig, remotes: dict[str, Remote], backup_
     (server/unwritten.py, asked first and again just before pg_restore). (result, []) when
     restored; ({}, the reasons) when not, with nothing changed. The app runs again after."""
     r = Restore(stage, remotes, Layout(stage.deploy_to), check_id(backup_id))
-    running = [m for m in r.apps if service.systemctl(m, "is-active", stage.service, check=False).stdout.strip()
+    with app_stopped_meanwhile(r, "the pre-deploy backup"):
+        try:
+            reasons = server_tools.unwritten(r.backup_remote, r.layout, backup_id, migration_xids)
+            if reasons:
+                return {}, reasons
+            return restore_in_place(stage, remotes, backup_id, unless_written=migration_xids), []
+        except WrittenSince as exc:
+            return {}, [str(exc)]
+
+
+@contextmanager
+def app_stopped_meanwhile(r: StageRemotes, weighed: str) -> Iterator[None]:
+    """A failed deploy's fallback: the app's hosts that serve are stopped (no writer while the restore
+    is weighed and made) and started again after, whatever happens."""
+    running = [m for m in r.apps if service.systemctl(m, "is-active", r.stage.service, check=False).stdout.strip()
                == "active"]
-    console.say("  the downgrade failed: the app stopped while the pre-deploy backup is weighed")
-    on_hosts("stopping the app", running, lambda m: service.systemctl(m, "stop", stage.service))
+    console.say(f"  the downgrade failed: the app stopped while {weighed} is weighed")
+    on_hosts("stopping the app", running, lambda m: service.systemctl(m, "stop", r.stage.service))
     try:
-        reasons = server_tools.unwritten(r.backup_remote, r.layout, backup_id, migration_xids)
-        if reasons:
-            return {}, reasons
-        return restore_in_place(stage, remotes, backup_id, unless_written=migration_xids), []
-    except WrittenSince as exc:
-        return {}, [str(exc)]
+        yield
     finally:
-        on_hosts("starting the app", running, lambda m: service.systemctl(m, "start", stage.service))
+        on_hosts("starting the app", running, lambda m: service.systemctl(m, "start", r.stage.service))
 
 
 def restore_any(project: ProjectConfig, stage_name: str | None, backup_id: str | None, at: str | None = None,
@@ -218,7 +227,7 @@ def recover(stage: StageConfig, remotes: dict[str, Remote], record: dict) -> lis
     if r.reached in names and names.index(r.reached) > names.index("safety backup"):
         r.safety = {"id": r.safety_id}
     if r.reached == "start app":  # the restore itself was done: finish it rather than undo it
-        _start_app(r)
+        start_app(r)
         notes = [f"the restore of {r.backup_id} had finished: the app is started again; the database as it "
                  f"was before it is in the safety backup {r.safety_id}"]
     else:
