@@ -70,7 +70,7 @@ def test_a_rename_fails_lint_in_either_phase(project):
     rename = "    op.alter_column('cards', 'title', new_column_name='name')\n"
     add_revision(project, "e1e1e1e1e1e1", rename, header=POST)
     text = assert_clean_failure(project.inv("lint", "--since", "HEAD"))
-    assert "error: [renaming-column]" in text and "expand, backfill and contract" in text
+    assert "fails: [renaming-column]" in text and "expand, backfill and contract" in text
 
 
 def health_of(project) -> tuple[int, dict]:
@@ -113,7 +113,7 @@ def test_the_worked_example_passes_lint_step_by_step_and_the_one_step_rename_doe
     git_reset = subprocess.run(["git", "reset", "-q", "--hard", "HEAD~3"], cwd=project.root)
     assert git_reset.returncode == 0
     (project.root / "migrations/versions" / ONE_STEP_RENAME.filename).write_text(ONE_STEP_RENAME.migration)
-    assert "error: [renaming-column]" in assert_clean_failure(project.inv("lint", "--since", "HEAD", db=False))
+    assert "fails: [renaming-column]" in assert_clean_failure(project.inv("lint", "--since", "HEAD", db=False))
 
 
 def test_inv_check_fails_a_drop_in_a_pre_revision_with_the_way_out(project):
