@@ -33,6 +33,15 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
 SCRATCH.chmod(0o755)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items) -> None:
+    """`./dev test` runs two workers (pytest-xdist, --dist loadgroup): every test that boots
+    containers goes to one of them, in order, so that one sandbox is up at a time."""
+    for item in items:
+        if "sandbox_fleet" in item.fixturenames or item.get_closest_marker("sandbox"):
+            item.add_marker(pytest.mark.xdist_group("sandbox"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scratch() -> Path:
     """Removed last, after every cluster and sandbox living in it is gone."""

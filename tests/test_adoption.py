@@ -21,7 +21,7 @@ from fleet_helpers import current, health, sql, through_lb
 from deploy import adopt
 from deploy.local.git import git
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sandbox]  # one module fixture for all; one worker
 SAMPLE = Path(__file__).resolve().parent / "samples" / "notes"
 
 

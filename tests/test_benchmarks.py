@@ -12,7 +12,7 @@ from bench import runner as bench_runner
 from bench.project import PREFIX
 from deploy.config import load_project
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.sandbox]
 
 
 def rows(text: str) -> dict[str, list[str]]:

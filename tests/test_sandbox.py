@@ -291,6 +291,7 @@ def test_sandbox_up_refuses_a_host_count_outside_one_to_eight(project):
     assert not (project.root / ".local" / "sandbox").exists()
 
 
+@pytest.mark.sandbox
 def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
