@@ -19,7 +19,7 @@ from .backup_settings import PgBackRest
 from .errors import DeployError
 from .ssh.connection import Remote
 from .ssh.layout import Layout
-from .stages import StageConfig
+from .stages import StageConfig, StageHost
 
 DB_FOLDER = "/etc/pgbackrest/flask-deploy"          # on the database host, owned by postgres
 HELPER = "/usr/local/sbin/flask-deploy-pgbackrest"   # deploy/servertool/pgbr_db.py, root-owned
@@ -59,7 +59,7 @@ def option_values(pb: PgBackRest, root: Path) -> dict[str, str]:
     return values
 
 
-def repo_config(stage: StageConfig, pb: PgBackRest, db_address: str, options: dict[str, str]) -> str:
+def repo_config(stage: StageConfig, pb: PgBackRest, db: StageHost, options: dict[str, str]) -> str:
     """The repository host's pgbackrest.conf (the deploy user's, 0600)."""
     folder = repo_folder(stage)
     lines = ["# Written by fab setup (deploy.toml [stages.S.backups.pgbackrest]); rewritten by each setup.",
@@ -69,16 +69,17 @@ def repo_config(stage: StageConfig, pb: PgBackRest, db_address: str, options: di
              f"compress-type={pb.compress_type}", f"process-max={stage.backups.jobs}", "start-fast=y",
              f"archive-timeout={pb.archive_timeout}",
              *(f"{name}={value}" for name, value in options.items()),
-             "", f"[{pb.stanza}]", f"pg1-host={db_address}", "pg1-host-user=postgres",
+             "", f"[{pb.stanza}]", f"pg1-host={db.address}", f"pg1-host-port={db.port}", "pg1-host-user=postgres",
              f"pg1-path={pb.data_directory}", f"pg1-host-config={DB_FOLDER}/pgbackrest.conf",
              "pg1-host-cmd=/usr/bin/pgbackrest", ""]
     return "\n".join(lines)
 
 
-def db_config(stage: StageConfig, pb: PgBackRest, repo_address: str) -> str:
+def db_config(stage: StageConfig, pb: PgBackRest, repo: StageHost) -> str:
     """The database host's pgbackrest.conf (postgres's: archive-push, restore)."""
     return "\n".join([
-        "# Written by fab setup; rewritten by each setup.", "[global]", f"repo1-host={repo_address}",
+        "# Written by fab setup; rewritten by each setup.", "[global]", f"repo1-host={repo.address}",
+        f"repo1-host-port={repo.port}",
         f"repo1-host-user={stage.user}", f"repo1-host-config={repo_folder(stage)}/pgbackrest.conf",
         "repo1-host-cmd=/usr/bin/pgbackrest", f"cmd-ssh={DB_FOLDER}/ssh", "log-level-console=warn",
         "log-level-file=off", f"lock-path={DB_FOLDER}/lock", f"spool-path={DB_FOLDER}/spool",
@@ -137,8 +138,8 @@ def setup(stage: StageConfig, remotes: dict[str, Remote], restart_db: bool, root
         repo_key, db_key = _keys(stage, repo, db)
         repo_host_keys = repo.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout
         db_host_keys = db.run(["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout
-        _write_repo_side(stage, pb, repo, db_host.address, db_host_keys, db_key, options)
-        _write_db_side(stage, pb, db, repo_host.address, repo_host_keys, repo_key)
+        _write_repo_side(stage, pb, repo, db_host, db_host_keys, db_key, options)
+        _write_db_side(stage, pb, db, repo_host, repo_host_keys, repo_key)
         archive = run_helper(db, pb, "archive", *(["--restart"] if restart_db else []))
         notes = [f"{db_host.name}: WAL archiving to {repo_host.name} "
                  + ("on" if not archive["restart_needed"] else "set, but archive_mode stays off until PostgreSQL "
@@ -168,15 +169,17 @@ def _keys(stage: StageConfig, repo: Remote, db: Remote) -> tuple[str, str]:
     return repo_key, db_key
 
 
-def _known_hosts(address: str, host_keys: str) -> str:
-    return "".join(f"{address} {' '.join(line.split()[:2])}\n" for line in host_keys.splitlines() if line.strip())
+def known_hosts(host: StageHost, host_keys: str) -> str:
+    """known_hosts lines for `host` as ssh looks it up: `[address]:port` when the port is not 22."""
+    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    return "".join(f"{name} {' '.join(line.split()[:2])}\n" for line in host_keys.splitlines() if line.strip())
 
 
-def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_address: str, db_host_keys: str,
+def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_host: StageHost, db_host_keys: str,
                      db_key: str, options: dict[str, str]) -> None:
     folder = repo_folder(stage)
-    files = {"known_hosts": _known_hosts(db_address, db_host_keys), "ssh_config": SSH_CONFIG.format(folder=folder),
-             "ssh": wrapper(folder), "pgbackrest.conf": repo_config(stage, pb, db_address, options)}
+    files = {"known_hosts": known_hosts(db_host, db_host_keys), "ssh_config": SSH_CONFIG.format(folder=folder),
+             "ssh": wrapper(folder), "pgbackrest.conf": repo_config(stage, pb, db_host, options)}
     for name, text in files.items():
         mode = "0700" if name == "ssh" else "0600"
         repo.run(["sh", "-c", 'cat > "$1.new" && chmod "$2" "$1.new" && mv "$1.new" "$1"', "write",
@@ -185,15 +188,15 @@ def _write_repo_side(stage: StageConfig, pb: PgBackRest, repo: Remote, db_addres
     repo.run(["sh", "-c", 'umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && '
               '{ grep -v " $1$" ~/.ssh/authorized_keys || true; } > ~/.ssh/authorized_keys.new && cat >> '
               '~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys', "authorize", mark(stage)],
-             input=authorized_line(db_key, db_address, mark(stage)))
+             input=authorized_line(db_key, db_host.address, mark(stage)))
 
 
-def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address: str, repo_host_keys: str,
+def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_host: StageHost, repo_host_keys: str,
                    repo_key: str) -> None:
-    files = {f"{DB_FOLDER}/known_hosts": (_known_hosts(repo_address, repo_host_keys), "0600", "postgres"),
+    files = {f"{DB_FOLDER}/known_hosts": (known_hosts(repo_host, repo_host_keys), "0600", "postgres"),
              f"{DB_FOLDER}/ssh_config": (SSH_CONFIG.format(folder=DB_FOLDER), "0600", "postgres"),
              f"{DB_FOLDER}/ssh": (wrapper(DB_FOLDER), "0755", "root"),
-             f"{DB_FOLDER}/pgbackrest.conf": (db_config(stage, pb, repo_address), "0640", "postgres"),
+             f"{DB_FOLDER}/pgbackrest.conf": (db_config(stage, pb, repo_host), "0640", "postgres"),
              HELPER: (HELPER_SOURCE.read_text(), "0755", "root")}
     for path, (text, mode, owner) in files.items():
         db.run(["sudo", "-n", "install", "-m", mode, "-o", owner, "-g", owner, "/dev/stdin", path], input=text)
@@ -202,7 +205,7 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_address:
             '&& { grep -v " $2$" "$1/.ssh/authorized_keys" || true; } > "$1/.ssh/authorized_keys.new" && cat >> '
             '"$1/.ssh/authorized_keys.new" && mv "$1/.ssh/authorized_keys.new" "$1/.ssh/authorized_keys"',
             "authorize", home, mark(stage)],
-           input=authorized_line(repo_key, stage.backup_host.address, mark(stage)))
+           input=authorized_line(repo_key, repo_host.address, mark(stage)))
     sudoers = f"/etc/sudoers.d/flask-deploy-{stage.user}-pgbackrest"
     db.run(["sudo", "-n", "sh", "-c", 'umask 337 && t="$1.new.$$" && cat > "$t" && visudo -cqf "$t" && mv "$t" "$1"',
             "sudoers", sudoers], input=sudo_rule(stage.user))

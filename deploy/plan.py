@@ -1,7 +1,7 @@
 """`fab deploy --dry-run`: the deploy's preflight (which changes nothing), then what it would do."""
 from __future__ import annotations
 
-from . import console
+from . import console, pgbr
 from .lint import render_revisions
 from .ssh import build
 from .steps import Deploy, preflight
@@ -20,7 +20,11 @@ def print_plan(d: Deploy) -> None:
     if not d.pending:
         console.say("  migrations: none; no backup")
         return
-    console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.backup_remote.name}")
+    if d.stage.backups.engine == "pgbackrest":
+        console.say(f"  backup first: restore point {d.release_id}-predeploy on {pgbr.db_host(d.stage).name}, "
+                    f"reachable from a backup in {d.stage.backup_host.name}'s repository (no dump)")
+    else:
+        console.say(f"  backup first: {d.layout.backups}/{d.release_id}-predeploy.dump on {d.backup_remote.name}")
     _, chunks = render_revisions(d.target, d.graph)
     for rev in d.pending:
         atomic = " (NOT atomic: autocommit block)" if rev.non_transactional else ""

@@ -50,8 +50,19 @@ def test_an_object_stores_secret_is_read_on_the_controller_and_written_only_into
     monkeypatch.setenv("S3_SECRET_FOR_TEST", "s3cr3t")
     values = pgbr_setup.option_values(settings.pgbackrest, Path("."))
     assert values == {"repo1-s3-key-secret": "s3cr3t", "repo1-type": "s3"}
-    assert "repo1-s3-key-secret=s3cr3t" in pgbr_setup.repo_config(
-        _stage(settings), settings.pgbackrest, "10.0.0.10", values)
+    assert "repo1-s3-key-secret=s3cr3t" in pgbr_setup.repo_config(_stage(settings), settings.pgbackrest, HOSTS[1], values)
+
+
+def test_hosts_on_other_ssh_ports_are_reached_and_known_on_those_ports():
+    settings = read({"engine": "pgbackrest"})
+    db, repo = StageHost("db", "10.0.0.10", ("db",), 2222), StageHost("backup", "backup.example", ("backup",), 22)
+    assert "\npg1-host=10.0.0.10\npg1-host-port=2222\n" in pgbr_setup.repo_config(
+        _stage(settings), settings.pgbackrest, db, {})
+    assert "\nrepo1-host=backup.example\nrepo1-host-port=22\n" in pgbr_setup.db_config(
+        _stage(settings), settings.pgbackrest, repo)
+    keys = "ssh-ed25519 AAAAC3Nza root@db\nssh-rsa AAAAB3Nza root@db\n"
+    assert pgbr_setup.known_hosts(db, keys) == "[10.0.0.10]:2222 ssh-ed25519 AAAAC3Nza\n[10.0.0.10]:2222 ssh-rsa AAAAB3Nza\n"
+    assert pgbr_setup.known_hosts(repo, keys).startswith("backup.example ssh-ed25519 AAAAC3Nza\n")
 
 
 def _stage(settings):

@@ -59,6 +59,8 @@ def listing(project) -> dict:
 
 def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_deploy_migrated(archived):
     add_migration(archived, GOOD_MIGRATION, "a0d0a0d0beef_add_a_note.py")
+    plan = fab_ok(archived, "deploy", "--dry-run")
+    assert "-predeploy on db, reachable from a backup in backup's repository (no dump)" in plan, plan
     text = output(deploy(archived))
     assert "restore point" in text and "archive checked" in text, text
     second = current(archived, "app1")
