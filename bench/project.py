@@ -19,7 +19,7 @@ from deploy.sandbox import fleet
 from deploy.sandbox.spec import Sandbox
 from bench.scratch import BREAK_SERVING, add_column_migration, copy_project, retarget
 
-PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt), bench sandbox's (fdb)
+PREFIX, SUBNET = "fdd", "10.213.6.0/24"  # beside the dev sandbox (fds), the tests' (fdt, fdu), bench sandbox's (fdb)
 
 
 class BenchError(RuntimeError):

@@ -132,14 +132,14 @@ def _download(remote: Remote, remote_path: str, target: Path) -> None:
         raise
 
 
-def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict] | dict:
+def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     stage = load_stage(project, stage_name)
     if stage.backups.engine == "pgbackrest":
         return pgbr.list_backups(project, stage.name, as_json)
     layout = Layout(stage.deploy_to)
     with connect(stage) as remotes:
         remote = remotes[stage.backup_host.name]
-        found = server_tools.manifests(remote, layout)
+        found = [{"kind": "backup", "engine": "pgdump", **m} for m in server_tools.manifests(remote, layout)]
         if as_json:
             console.say(json.dumps(found, indent=2))
             return found

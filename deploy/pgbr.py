@@ -59,14 +59,24 @@ def backup(project: ProjectConfig, stage_name: str | None, kind: str = "diff") -
     return made
 
 
-def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> dict:
+def listed(found: dict) -> list[dict]:
+    """The backups and restore points as one list, oldest first, in the shape of the pgdump
+    engine's `fab backups --json`: each entry has a kind, an engine, a UTC time and an id that
+    `fab restore ID` takes (a point's id is its name)."""
+    entries = [{"kind": "backup", **b} for b in found["backups"]]
+    entries += [{"kind": "point", "engine": "pgbackrest", "id": p["name"], **p, "exact_time": p["time"],
+                 "time": p["time"][:19].replace(" ", "T") + "Z"} for p in found["points"]]
+    return sorted(entries, key=lambda e: e["time"])
+
+
+def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool = False) -> list[dict]:
     """The repository's backups and the restore points made by deploys and restores."""
     stage = load_stage(project, stage_name)
     with connect(stage) as remotes:
         found = repo_tool(stage, remotes, "list")
     if as_json:
-        console.say(json.dumps(found, indent=2))
-        return found
+        console.say(json.dumps(listed(found), indent=2))
+        return listed(found)
     for b in found["backups"]:
         console.say(f"{b['id']:<32} {b['type']:<5} {b['time']:<21} {b['size']:>12} B  repo {b['repo_size']:>12} B  "
                     f"WAL {b['wal_start']}..{b['wal_stop']}" + ("  ERROR" if b["error"] else ""))
@@ -75,7 +85,7 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     for p in found["points"][-10:]:
         console.say(f"  restore point {p['name']:<40} {p['time'][:19]}  release {p.get('release') or '-'}  "
                     f"timeline {p['timeline']}")
-    return found
+    return listed(found)
 
 
 def safety_point(stage: StageConfig, remotes: dict[str, Remote], name: str, release: str | None) -> dict:

@@ -69,10 +69,13 @@ def choose(found: dict, backup_id: str | None, at: str | None, release: str | No
     if sum(x is not None for x in (backup_id, at, release, point)) != 1:
         raise DeployError("name one target: fab restore ID, or fab restore.to --time T, --release R or --point NAME",
                           hint="fab backups lists the backups and the restore points")
-    if backup_id is not None:
-        if not any(b["id"] == backup_id for b in backups):
-            raise DeployError(f"there is no backup {backup_id[:60]!r} in the repository", hint="fab backups")
+    if backup_id is not None and any(b["id"] == backup_id for b in backups):
         return Target("immediate", f"backup {backup_id}", backup_id)  # stops where the backup ends: no timeline to follow
+    if backup_id is not None:  # a restore point's name is an id of `fab backups` too
+        if not any(p["name"] == backup_id for p in found["points"]):
+            raise DeployError(f"there is no backup or restore point {backup_id[:60]!r} in the repository",
+                              hint="fab backups")
+        point = backup_id
     if at is not None:
         moment = parse_time(at)
         if moment.timestamp() > time.time():

@@ -24,6 +24,7 @@ from .stages import StageConfig, StageHost
 DB_FOLDER = "/etc/pgbackrest/flask-deploy"          # on the database host, owned by postgres
 HELPER = "/usr/local/sbin/flask-deploy-pgbackrest"   # deploy/servertool/pgbr_db.py, root-owned
 HELPER_SOURCE = Path(__file__).resolve().parent / "servertool" / "pgbr_db.py"
+HELPER_REGISTERED = "/etc/flask-deploy/pgbackrest-helper.json"  # the one stanza and cluster it serves
 MARK = "flask-deploy-pgbackrest"                     # the comment that names our authorized_keys line
 SSH_CONFIG = """\
 # Written by fab setup: the ssh that pgBackRest uses, with this folder's key and known hosts only.
@@ -198,6 +199,8 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_host: St
              f"{DB_FOLDER}/ssh": (wrapper(DB_FOLDER), "0755", "root"),
              f"{DB_FOLDER}/pgbackrest.conf": (db_config(stage, pb, repo_host), "0640", "postgres"),
              HELPER: (HELPER_SOURCE.read_text(), "0755", "root")}
+    db.run(["sudo", "-n", "install", "-D", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin", HELPER_REGISTERED],
+           input=json.dumps({"stanza": pb.stanza, "cluster": pb.cluster}) + "\n")
     for path, (text, mode, owner) in files.items():
         db.run(["sudo", "-n", "install", "-m", mode, "-o", owner, "-g", owner, "/dev/stdin", path], input=text)
     home = db.run(["sh", "-c", "getent passwd postgres | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"

@@ -33,15 +33,6 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
 SCRATCH.chmod(0o755)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items) -> None:
-    """`./dev test` runs two workers (pytest-xdist, --dist loadgroup): every test that boots
-    containers goes to one of them, in order, so that one sandbox is up at a time."""
-    for item in items:
-        if "sandbox_fleet" in item.fixturenames or item.get_closest_marker("sandbox"):
-            item.add_marker(pytest.mark.xdist_group("sandbox"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def scratch() -> Path:
     """Removed last, after every cluster and sandbox living in it is gone."""
@@ -70,10 +61,20 @@ def sandbox_spec(prefix: str, subnet: str, app_hosts: int = 2) -> Sandbox:
     return Sandbox.throwaway(prefix, subnet, SCRATCH / f"sandbox-{prefix}", REPO, app_hosts)
 
 
+def fleet_network(worker_id: str) -> tuple[str, str]:
+    """The prefix and subnet of a worker's fleet: `./dev test` runs two pytest-xdist workers, each
+    with a fleet of its own, so that the fleet's tests run in both (a single process: the first)."""
+    n = int(worker_id[2:]) if worker_id.startswith("gw") else 0
+    if n > 6:
+        raise RuntimeError("at most 7 workers: each needs a fleet prefix and subnet of its own")
+    return f"fd{'tuvwxyz'[n]}", f"10.213.{9 + 10 * n}.0/24"
+
+
 @pytest.fixture(scope="session")
-def sandbox_fleet() -> Sandbox:
-    """The session's fleet: 2 app hosts and a db host, made once (leftovers of a killed run removed first)."""
-    spec = sandbox_spec("fdt", "10.213.9.0/24")
+def sandbox_fleet(worker_id: str) -> Sandbox:
+    """The worker's fleet: 2 app hosts, a db host, a backup host and a load balancer, made once
+    (leftovers of a killed run removed first)."""
+    spec = sandbox_spec(*fleet_network(worker_id))
     fleet.down(spec)
     try:
         fleet.up(spec, REPO)

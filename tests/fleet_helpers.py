@@ -194,3 +194,20 @@ def wait_for_lock_waiter(project, seconds: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("nothing waited for the lock")
+
+
+PGBACKREST = """
+[stages.sandbox.backups]
+engine = "pgbackrest"
+
+[stages.sandbox.backups.pgbackrest]
+archive_timeout = 5
+"""
+
+
+def use_pgbackrest(project) -> None:
+    """The project's sandbox stage backs up with pgBackRest (fab setup still to run)."""
+    with open(project.root / "deploy.toml", "a") as f:
+        f.write(PGBACKREST)
+    project.commit_all("back up with pgBackRest")
+    project.push()

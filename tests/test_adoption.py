@@ -21,7 +21,7 @@ from fleet_helpers import current, health, sql, through_lb
 from deploy import adopt
 from deploy.local.git import git
 
-pytestmark = [pytest.mark.slow, pytest.mark.sandbox]  # one module fixture for all; one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("adoption")]  # one worker builds its venv once
 SAMPLE = Path(__file__).resolve().parent / "samples" / "notes"
 
 

@@ -12,7 +12,8 @@ from bench import runner as bench_runner
 from bench.project import PREFIX
 from deploy.config import load_project
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.sandbox]
+# One at a time (their sandboxes share a prefix), in one xdist worker, beside the fleets' tests.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("bench-sandbox")]
 
 
 def rows(text: str) -> dict[str, list[str]]:

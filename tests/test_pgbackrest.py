@@ -11,28 +11,12 @@ import time
 import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app, current,
-                           deploy, run_until, sql, ssh)
+                           deploy, run_until, sql, ssh, use_pgbackrest)
 
 from deploy.sandbox import faults
 
 pytestmark = pytest.mark.timeout(400)
 BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
-PGBACKREST = """
-[stages.sandbox.backups]
-engine = "pgbackrest"
-
-[stages.sandbox.backups.pgbackrest]
-archive_timeout = 5
-"""
-
-
-def use_pgbackrest(project) -> None:
-    with open(project.root / "deploy.toml", "a") as f:
-        f.write(PGBACKREST)
-    project.commit_all("back up with pgBackRest")
-    project.push()
-
-
 def fab_ok(project, *args: str) -> str:
     proc = project.fab(*args, db=False)
     assert proc.returncode == 0, output(proc)
@@ -53,8 +37,9 @@ def archived(staged):
     return staged
 
 
-def listing(project) -> dict:
-    return json.loads(project.fab("backups", "--json", db=False).stdout)
+def listing(project, kind: str) -> list[dict]:
+    """`fab backups --json`: one list, as for pgdump; the entries of this kind (backup or point)."""
+    return [e for e in json.loads(project.fab("backups", "--json", db=False).stdout) if e["kind"] == kind]
 
 
 def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_deploy_migrated(archived):
@@ -65,7 +50,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     assert "restore point" in text and "archive checked" in text, text
     second = current(archived, "app1")
     sql(archived, "INSERT INTO boards (name, note) VALUES ('three', 'written after the deploy')")
-    point = next(p for p in listing(archived)["points"] if p["release"] == second)
+    point = next(p for p in listing(archived, "point") if p["release"] == second)
     assert point["name"] == f"{second}-predeploy" and point["timeline"] == 1
 
     text = fab_ok(archived, "restore.to", "--release", second)
@@ -77,7 +62,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     assert_serving(archived, archived.first_release, HEAD)
 
     # The safety point holds the database as it was before the restore: 'three' is back from it.
-    safety = next(p["name"] for p in listing(archived)["points"] if p["name"].startswith("before-restore-"))
+    safety = next(p["id"] for p in listing(archived, "point") if p["id"].startswith("before-restore-"))
     fab_ok(archived, "restore.to", "--point", safety)
     assert sql(archived, BOARDS) == "one,two,three"
     log = ssh(archived, "app1", "tail -2 /srv/app/deploy.log").stdout
@@ -98,7 +83,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
 
 def test_backups_are_listed_checked_restored_by_id_refused_before_any_backup_and_a_missing_wal_file_is_critical(archived):
     fab_ok(archived, "backup")  # a differential on top of the full
-    found = listing(archived)["backups"]
+    found = listing(archived, "backup")
     assert [b["type"] for b in found] == ["full", "diff"] and all(b["size"] > 0 for b in found)
     proc = archived.fab("backups.check", "--restore-test", "--json", db=False)
     report = json.loads(proc.stdout)
@@ -168,6 +153,9 @@ def test_the_wal_proof_a_failed_downgrade_back_to_the_restore_point_and_a_broken
     assert refused.returncode != 0 and "not a valid name" in refused.stderr
     assert ssh(archived, "db", "sudo -n /usr/local/sbin/flask-deploy-pgbackrest archive --stanza app "
                                "--cluster 15/main").returncode != 0  # setup's, not the deploy user's
+    other = ssh(archived, "db", "sudo -n /usr/local/sbin/flask-deploy-pgbackrest restore --stanza app "
+                                "--cluster 15/other --type latest")  # another cluster of the host: never stopped
+    assert other.returncode == 1 and "serves stanza app of cluster 15/main, not app of 15/other" in other.stdout
 
     # A failed downgrade goes back to the deploy's restore point when nothing but the migration wrote.
     add_migration(archived, IRREVERSIBLE, "a0d0a0d0beef_add_a_note.py")

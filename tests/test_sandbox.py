@@ -235,50 +235,51 @@ def test_status_json_names_hosts_roles_addresses_processes_and_the_origin(sandbo
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
     assert state["up"] is True
+    at = sandbox.address  # in the worker's fleet's subnet: .11 is app1
     assert [(h["name"], h["roles"], h["address"]) for h in state["hosts"]] == [
-        ("app1", ["app", "migrations"], "10.213.9.11"), ("app2", ["app"], "10.213.9.12"), ("db", ["db"], "10.213.9.10"),
-        ("backup", ["backup"], "10.213.9.8"), ("lb", ["lb"], "10.213.9.9")]
+        ("app1", ["app", "migrations"], at(11)), ("app2", ["app"], at(12)), ("db", ["db"], at(10)),
+        ("backup", ["backup"], at(8)), ("lb", ["lb"], at(9))]
     assert {(h["pid1"], h["system"]) for h in state["hosts"]} == {("systemd", "running")}
-    assert state["load_balancer"]["url"] == "http://10.213.9.9:80/"
+    assert state["load_balancer"]["url"] == f"http://{at(9)}:80/"
     db_processes = {p["command"] for p in state["hosts"][2]["processes"]}
     assert {"postgres", "sshd"} <= db_processes
-    assert state["origin"]["fetch_url"] == "git://10.213.9.1/origin.git"
+    assert state["origin"]["fetch_url"] == f"git://{at(1)}/origin.git"
     assert Path(state["origin"]["push_url"]) == sandbox.origin
     assert state["database"]["running"] and "***" in state["database"]["url"]
     human = project.inv("sandbox.status", db=False)
-    assert "app1" in human.stdout and "git://10.213.9.1/origin.git" in human.stdout
+    assert "app1" in human.stdout and f"git://{at(1)}/origin.git" in human.stdout
 
 
 def test_up_with_eight_hosts_shrinks_and_down_leaves_nothing_behind(project, sandbox_fleet):
     """A sandbox of its own (own names, subnet, user), driven by `inv` as a user would."""
-    for old, new in (('prefix = "fds"', 'prefix = "fdd"'), ('subnet = "10.213.0.0/24"', 'subnet = "10.213.8.0/24"'),
-                     ('user = "deploy"', 'user = "fddeploy"')):
+    for old, new in (('prefix = "fds"', 'prefix = "fde"'), ('subnet = "10.213.0.0/24"', 'subnet = "10.213.8.0/24"'),
+                     ('user = "deploy"', 'user = "fdedeploy"')):
         project.edit("deploy.toml", old, new)
     spec = fleet.sandbox_for(load_project(project.root), 8)
     try:
         up = project.inv("sandbox.up", "--hosts", "8", db=False)
         assert up.returncode == 0, output(up)
-        assert ssh(spec, "app8", "id -un").stdout == "fddeploy\n"
+        assert ssh(spec, "app8", "id -un").stdout == "fdedeploy\n"
         assert ssh(spec, "db", "hostname").stdout == "db\n"
         shrink = project.inv("sandbox.up", "--hosts", "1", db=False)
         assert shrink.returncode == 0, output(shrink)
-        assert sorted(n for n in network.netns_names() if n.startswith("fdd-")) == ["fdd-app1", "fdd-backup", "fdd-db", "fdd-lb"]
+        assert sorted(n for n in network.netns_names() if n.startswith("fde-")) == ["fde-app1", "fde-backup", "fde-db", "fde-lb"]
     finally:
         down = project.inv("sandbox.down", db=False)
     assert down.returncode == 0, output(down)
     assert "nothing of it is left" in down.stdout
     # Checked here, not taken from `down`'s word:
-    assert not [n for n in network.netns_names() if n.startswith("fdd-")]
+    assert not [n for n in network.netns_names() if n.startswith("fde-")]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "fdd-" not in links
+    assert "fde-" not in links
     mountinfo = Path("/proc/self/mountinfo").read_text()
-    assert str(spec.state_dir) not in mountinfo and "fdd-" not in mountinfo
+    assert str(spec.state_dir) not in mountinfo and "fde-" not in mountinfo
     assert not spec.state_dir.exists()
     cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
     assert not [c for c in cmdlines if str(spec.state_dir).encode() in c or b"10.213.8.1" in c]
-    assert not container.nspawn_pids(lambda name: name.startswith("fdd-"))
-    assert not [*Path("/sys/fs/cgroup").glob("sandbox-fdd-*"), *Path("/sys/fs/cgroup").glob("*/sandbox-fdd-*")]
-    for user in ("fddeploy", "fddeploy-admin"):  # the hosts' users live in the hosts only
+    assert not container.nspawn_pids(lambda name: name.startswith("fde-"))
+    assert not [*Path("/sys/fs/cgroup").glob("sandbox-fde-*"), *Path("/sys/fs/cgroup").glob("*/sandbox-fde-*")]
+    for user in ("fdedeploy", "fdedeploy-admin"):  # the hosts' users live in the hosts only
         with pytest.raises(KeyError):
             pwd.getpwnam(user)
 
@@ -291,7 +292,6 @@ def test_sandbox_up_refuses_a_host_count_outside_one_to_eight(project):
     assert not (project.root / ".local" / "sandbox").exists()
 
 
-@pytest.mark.sandbox
 def test_sandbox_benchmark_smoke_run_writes_its_table(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")

@@ -120,7 +120,8 @@ def ensure_app_database(sandbox: Sandbox, db: Host) -> None:
 
 
 # What fab setup's pgbackrest engine (pgbr_setup.py) adds to the db host.
-PGBACKREST_FILES = ("/etc/pgbackrest/flask-deploy", "/usr/local/sbin/flask-deploy-pgbackrest", "/var/lib/postgresql/.ssh")
+PGBACKREST_FILES = ("/etc/pgbackrest/flask-deploy", "/etc/flask-deploy", "/usr/local/sbin/flask-deploy-pgbackrest",
+                    "/var/lib/postgresql/.ssh")
 
 
 def reset_archiving(db: Host) -> None:

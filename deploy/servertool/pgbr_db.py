@@ -9,8 +9,10 @@ argument is checked here, so the rule grants these actions and nothing else.
                                      [--target T] [--target-timeline N] [--set LABEL]
     flask-deploy-pgbackrest unwritten --stanza S --cluster 15/main --since LSN --xids X,..
 
-Installed by `fab setup` (root-owned, 0755) from deploy/servertool/pgbr_db.py. Prints one
-JSON document; exits 0, or 1 with {"ok": false, "error": ...}. Standard library only.
+Installed by `fab setup` (root-owned, 0755) from deploy/servertool/pgbr_db.py, beside the
+stanza and cluster it serves (REGISTERED, root-owned): any other is refused, so that the rule
+cannot stop or restore another cluster of the host. Prints one JSON document; exits 0, or 1
+with {"ok": false, "error": ...}. Standard library only.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import sys
 import time
 
 CONFIG = "/etc/pgbackrest/flask-deploy/pgbackrest.conf"
+REGISTERED = "/etc/flask-deploy/pgbackrest-helper.json"  # {"stanza": ..., "cluster": ...}, written by fab setup
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}"
 PATTERNS = {
     "stanza": r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}",
@@ -70,6 +73,18 @@ def psql(sql: str, database: str = "postgres", **variables: str) -> list[list[st
     out = run(["psql", "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", *sets, "-d", database],
               user="postgres", input=sql)
     return [line.split("\t") for line in out.splitlines() if line]
+
+
+def check_registered(stanza: str, cluster: str, path: str = REGISTERED) -> None:
+    """Only the stanza and cluster that fab setup registered on this host."""
+    try:
+        with open(path) as f:
+            registered = json.load(f)
+    except (OSError, ValueError):
+        raise Refused(f"no stanza is registered on this host ({path}): run fab setup") from None
+    if (stanza, cluster) != (registered.get("stanza"), registered.get("cluster")):
+        raise Refused(f"this host serves stanza {registered.get('stanza')} of cluster {registered.get('cluster')}, "
+                      f"not {stanza} of {cluster}: run fab setup if deploy.toml changed them")
 
 
 def unit(cluster: str) -> str:
@@ -226,6 +241,7 @@ def main(argv: list[str]) -> int:
         if not args.target or not re.fullmatch(PATTERNS["time" if args.type == "time" else "name"], args.target):
             parser().error(f"--type {args.type} needs a valid --target")
     try:
+        check_registered(args.stanza, args.cluster)
         answer = {"archive": cmd_archive, "point": cmd_point, "restore": cmd_restore,
                   "unwritten": cmd_unwritten}[args.command](args)
     except (Refused, subprocess.TimeoutExpired) as exc:
