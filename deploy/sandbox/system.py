@@ -5,11 +5,13 @@ with shlex.join, so no value is ever spliced into a shell string unquoted.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -84,7 +86,15 @@ def require_root() -> None:
 
 
 def ensure_packages() -> list[str]:
-    """Install the Debian packages the sandbox needs; return the ones installed."""
+    """Install the Debian packages the sandbox needs; return the ones installed. One `up` at a
+    time checks and installs (two test workers bring up their fleets together; dpkg has one lock)."""
+    folder = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+    with open(folder / "flask-pg-deploy-packages.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_missing()
+
+
+def _install_missing() -> list[str]:
     query = run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n", *PACKAGES], check=False)
     installed = {line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")}
     missing = [pkg for pkg in PACKAGES if pkg not in installed]
