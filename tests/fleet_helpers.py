@@ -31,6 +31,9 @@ IRREVERSIBLE = add_column_migration("a0d0a0d0beef", HEAD, "note", "add a note",
                                     downgrade='raise RuntimeError("this migration cannot be undone")')
 
 
+BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"  # the boards' names, in order
+
+
 def ssh(project, host: str, command: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ssh", "-F", str(project.sandbox.ssh_config), host, command],
                           capture_output=True, text=True, timeout=60)
@@ -65,6 +68,13 @@ def assert_serving(project, release: str, revision: str) -> None:
         assert current(project, host) == release, host
         assert health(project, host) == {"release": release, "revision": revision, "expected_revision": revision,
                                          "status": "ok", "env_reload": True}, host
+
+
+def fab_ok(project, *args: str) -> str:
+    """`fab ARGS` that must succeed; its output."""
+    proc = project.fab(*args, db=False)
+    assert proc.returncode == 0, output(proc)
+    return output(proc)
 
 
 def deploy(project, *args: str) -> subprocess.CompletedProcess:

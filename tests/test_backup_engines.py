@@ -8,17 +8,10 @@ import json
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import HEAD, assert_serving, deploy_and_seed, sql, ssh, use_pgbackrest
+from fleet_helpers import BOARDS, HEAD, assert_serving, deploy_and_seed, fab_ok, sql, ssh, use_pgbackrest
 
 pytestmark = pytest.mark.timeout(400)
-BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
 CHECK_HOST = {"pgdump": "app1", "pgbackrest": "backup"}  # the stage's backup host for each engine
-
-
-def fab_ok(project, *args: str) -> str:
-    proc = project.fab(*args, db=False)
-    assert proc.returncode == 0, output(proc)
-    return output(proc)
 
 
 def listing(project) -> list[dict]:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, add_migration, assert_serving,
+from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, add_migration, assert_serving,
                            break_the_app, current, deploy, health, Holding, Load, pids_running,
                            run_until, sql, ssh, wait_for_lock_waiter)
 
@@ -27,7 +27,6 @@ from deploy.sandbox.system import in_host, leader, pids_in
 pytestmark = pytest.mark.timeout(300)
 
 STEPS = ["preflight", "build", "backup", "migrate", "switch", "finish"]
-BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
 
 
 def assert_as_before(project) -> None:

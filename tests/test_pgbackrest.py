@@ -10,19 +10,12 @@ import time
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import (GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app, current,
-                           deploy, run_until, sql, ssh, use_pgbackrest)
+from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app,
+                           current, deploy, fab_ok, run_until, sql, ssh, use_pgbackrest)
 
 from deploy.sandbox import faults
 
 pytestmark = pytest.mark.timeout(400)
-BOARDS = "SELECT string_agg(name, ',' ORDER BY id) FROM boards"
-def fab_ok(project, *args: str) -> str:
-    proc = project.fab(*args, db=False)
-    assert proc.returncode == 0, output(proc)
-    return output(proc)
-
-
 @pytest.fixture
 def archived(staged):
     """The stage on the pgbackrest engine: set up (archiving on, the stanza made), a full backup,
