@@ -74,9 +74,10 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     stage = load_stage(project, stage_name)
     with connect(stage) as remotes:
         found = repo_tool(stage, remotes, "list")
+    entries = listed(found)
     if as_json:
-        console.say(json.dumps(listed(found), indent=2))
-        return listed(found)
+        console.say(json.dumps(entries, indent=2))
+        return entries
     for b in found["backups"]:
         console.say(f"{b['id']:<32} {b['type']:<5} {b['time']:<21} {b['size']:>12} B  repo {b['repo_size']:>12} B  "
                     f"WAL {b['wal_start']}..{b['wal_stop']}" + ("  ERROR" if b["error"] else ""))
@@ -85,7 +86,7 @@ def list_backups(project: ProjectConfig, stage_name: str | None, as_json: bool =
     for p in found["points"][-10:]:
         console.say(f"  restore point {p['name']:<40} {p['time'][:19]}  release {p.get('release') or '-'}  "
                     f"timeline {p['timeline']}")
-    return listed(found)
+    return entries
 
 
 def safety_point(stage: StageConfig, remotes: dict[str, Remote], name: str, release: str | None) -> dict:

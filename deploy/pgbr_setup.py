@@ -18,7 +18,6 @@ from . import console, notify
 from .backup_settings import PgBackRest
 from .errors import DeployError
 from .ssh.connection import Remote
-from .ssh.layout import Layout
 from .stages import StageConfig, StageHost
 
 DB_FOLDER = "/etc/pgbackrest/flask-deploy"          # on the database host, owned by postgres
@@ -198,11 +197,10 @@ def _write_db_side(stage: StageConfig, pb: PgBackRest, db: Remote, repo_host: St
              f"{DB_FOLDER}/ssh_config": (SSH_CONFIG.format(folder=DB_FOLDER), "0600", "postgres"),
              f"{DB_FOLDER}/ssh": (wrapper(DB_FOLDER), "0755", "root"),
              f"{DB_FOLDER}/pgbackrest.conf": (db_config(stage, pb, repo_host), "0640", "postgres"),
-             HELPER: (HELPER_SOURCE.read_text(), "0755", "root")}
-    db.run(["sudo", "-n", "install", "-D", "-m", "0644", "-o", "root", "-g", "root", "/dev/stdin", HELPER_REGISTERED],
-           input=json.dumps({"stanza": pb.stanza, "cluster": pb.cluster}) + "\n")
+             HELPER: (HELPER_SOURCE.read_text(), "0755", "root"),
+             HELPER_REGISTERED: (json.dumps({"stanza": pb.stanza, "cluster": pb.cluster}) + "\n", "0644", "root")}
     for path, (text, mode, owner) in files.items():
-        db.run(["sudo", "-n", "install", "-m", mode, "-o", owner, "-g", owner, "/dev/stdin", path], input=text)
+        db.run(["sudo", "-n", "install", "-D", "-m", mode, "-o", owner, "-g", owner, "/dev/stdin", path], input=text)
     home = db.run(["sh", "-c", "getent passwd postgres | cut -d: -f6"]).stdout.strip() or "/var/lib/postgresql"
     db.run(["sudo", "-n", "-u", "postgres", "sh", "-c", 'umask 077 && mkdir -p "$1/.ssh" && touch "$1/.ssh/authorized_keys" '
             '&& { grep -v " $2$" "$1/.ssh/authorized_keys" || true; } > "$1/.ssh/authorized_keys.new" && cat >> '
