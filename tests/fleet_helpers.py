@@ -114,22 +114,33 @@ def run_until(project, line_start: str, argv: list[str]) -> subprocess.Popen:
     raise AssertionError("never saw " + line_start + ":\n" + "".join(proc.seen))
 
 
-def command_lines() -> dict[int, str]:
-    """Every process's command line on the machine (the sandbox hosts share its process table)."""
+def command_lines(sandbox=None) -> dict[int, str]:
+    """Every process's command line on the machine (the sandbox hosts share its process table),
+    or only on the hosts of `sandbox`: the other test worker's fleet runs the same commands."""
+    fleet = {net_namespace(f"/run/netns/{host.netns}") for host in sandbox.hosts
+             if os.path.exists(f"/run/netns/{host.netns}")} if sandbox else None
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:  # a process may end while we look
+            if fleet is not None and net_namespace(f"/proc/{name}/ns/net") not in fleet:
+                continue
             found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
     return found
 
 
-def pids_running(*words: str) -> list[int]:
-    """Processes whose command line has all `words`."""
-    return [pid for pid, line in command_lines().items() if all(w in line for w in words)]
+def net_namespace(path: str) -> tuple[int, int]:
+    """The network namespace a /run/netns name or a /proc/PID/ns/net link stands for."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def pids_running(sandbox, *words: str) -> list[int]:
+    """Processes on the hosts of `sandbox` whose command line has all `words`."""
+    return [pid for pid, line in command_lines(sandbox).items() if all(w in line for w in words)]
 
 
 def in_rotation(project) -> dict[str, dict[str, str]]:

@@ -261,7 +261,7 @@ def test_the_database_password_never_appears_in_a_process_command_line_during_a_
 
     def watch() -> None:
         while not done.is_set():
-            seen.extend(line for line in command_lines().values()
+            seen.extend(line for line in command_lines(deployed.sandbox).values()
                         if "pg_dump" in line or "psql" in line or "backup_tool" in line)
 
     watcher = threading.Thread(target=watch)

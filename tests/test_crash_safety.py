@@ -148,13 +148,13 @@ def test_ctrl_c_during_the_migration_stops_the_remote_migration_before_the_undo(
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = run_until(deployed, "-> migrate", ["deploy"])
     deadline = time.monotonic() + 60
-    while not pids_running(".venv/bin/python -m flask", " db upgrade") and time.monotonic() < deadline:
+    while not pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade") and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=120)[0]
     text = "".join(proc.seen) + rest
     assert proc.returncode == 130 and "Traceback" not in text, text
-    assert pids_running(".venv/bin/python -m flask", " db upgrade") == []
+    assert pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade") == []
     assert sql(deployed, "SELECT version_num FROM alembic_version") == HEAD
     assert sql(deployed, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == "0"
     assert_serving(deployed, deployed.first_release, HEAD)
@@ -167,19 +167,19 @@ def remotes(staged):
         yield found
 
 
-def test_a_command_past_its_timeout_is_stopped_on_the_host(remotes):
+def test_a_command_past_its_timeout_is_stopped_on_the_host(remotes, sandbox):
     with pytest.raises(HostError, match="did not finish within 1s; it was stopped"):
         remotes["app1"].run(["sh", "-c", "sleep 97; echo late"], timeout=1)
-    assert pids_running("sleep 97") == []
+    assert pids_running(sandbox, "sleep 97") == []
 
 
-def test_ctrl_c_during_a_run_on_several_hosts_stops_every_host_s_command(remotes):
+def test_ctrl_c_during_a_run_on_several_hosts_stops_every_host_s_command(remotes, sandbox):
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         on_hosts("sleeping", [remotes["app1"], remotes["app2"]], lambda r: r.run(["sleep", "98"]))
     assert time.monotonic() - started < 15
-    assert pids_running("sleep 98") == []
+    assert pids_running(sandbox, "sleep 98") == []
 
 
 def test_output_that_reaches_the_controller_after_the_exit_status_is_read_in_full(remotes):
@@ -200,7 +200,7 @@ def test_a_connection_lost_during_a_command_is_an_error_even_when_its_exit_code_
         remote.run(["sleep", "3"], check=False)
 
 
-def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_connection_usable(remotes):
+def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_connection_usable(remotes, sandbox):
     """The Ctrl-C lands while paramiko holds its send lock (between acquire and try): raised
     there, the lock stays held and the undo's next command on that host waits for ever."""
     remote = remotes["app1"]
@@ -226,7 +226,7 @@ def test_ctrl_c_inside_paramiko_as_a_command_starts_stops_it_and_leaves_the_conn
     worker.start()
     worker.join(timeout=20)
     assert after == ["still usable\n"], "the connection hangs: paramiko's send lock was left held"
-    assert pids_running("sleep 96") == []
+    assert pids_running(sandbox, "sleep 96") == []
 
 
 def test_a_restore_whose_controller_was_killed_is_undone_by_recover_which_names_the_safety_backup(deployed):

@@ -166,7 +166,7 @@ def running_in(project, host: str, *words: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         on_host = set(pids_in(project.sandbox.find(host)))
-        if any(pid in on_host for pid in pids_running(*words)):
+        if any(pid in on_host for pid in pids_running(project.sandbox, *words)):
             return
         time.sleep(0.05)
     raise AssertionError(f"nothing ran {' '.join(words)} on {host}")
@@ -283,7 +283,7 @@ def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_sessi
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = run_until(deployed, "-> migrate", ["deploy"])
     deadline = time.monotonic() + 60
-    while not (pids := pids_running(".venv/bin/python -m flask", " db upgrade")) and time.monotonic() < deadline:
+    while not (pids := pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade")) and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)  # the upgrade is inside its transaction, holding boards' lock, sleeping
     assert pids, "the migration never started"

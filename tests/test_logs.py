@@ -64,7 +64,7 @@ def test_logs_follow_prints_new_lines_as_they_come_and_ctrl_c_stops_every_host_s
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
-        while len(pids_running("journalctl", "--follow")) < 2 and time.monotonic() < deadline:
+        while len(pids_running(deployed.sandbox, "journalctl", "--follow")) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         visit(deployed, "app2", "/followed-marker")
         seen = []
@@ -78,5 +78,5 @@ def test_logs_follow_prints_new_lines_as_they_come_and_ctrl_c_stops_every_host_s
     finally:
         proc.kill()
     assert "Traceback" not in proc.stdout.read()
-    assert pids_running("journalctl", "--follow") == []
+    assert pids_running(deployed.sandbox, "journalctl", "--follow") == []
 

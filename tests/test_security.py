@@ -94,7 +94,7 @@ def test_secrets_are_0600_backups_0600_in_0700_folders_and_the_app_runs_unprivil
         assert modes[:2] == ["700 deploy /srv/app/shared", "600 deploy /srv/app/shared/env"], modes
     found = ssh(deployed, "app1", "find /srv/app/backups -printf '%m %u %y\\n' | sort -u").stdout.split("\n")
     assert sorted(filter(None, found)) == ["600 deploy f", "700 deploy d"], found
-    served = pids_running("gunicorn", "--config")  # masters and workers alike
+    served = pids_running(deployed.sandbox, "gunicorn", "--config")  # masters and workers alike
     assert served, "no gunicorn running"
     uids = set()
     for pid in served:
