@@ -3,6 +3,7 @@ the image), owned by the host's own users."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .spec import Host
 from .system import SandboxError, write_file

@@ -17,7 +17,7 @@ import time
 import pgbr
 from checks import CRITICAL, OK, Limits, check_age, check_size, restore_check, result, verdict
 from locks import held
-from pgenv import ToolError, url_variables
+from pgenv import ToolError
 
 SCRATCH = "scratch-"
 BOOTSTRAP_ROLE = "postgres"  # the superuser of a cluster Debian made (initdb as the postgres user)
@@ -111,7 +111,6 @@ def _restore_and_read(deploy_to: str, stanza: str, newest: dict, scratch: str) -
     os.makedirs(data, mode=0o700)
     os.makedirs(sock, mode=0o700)
     settings = open(f"{pgbr.folder(deploy_to)}/pgbackrest.conf").read()
-    repo = re.search(r"^repo1-path=(.*)$", settings, re.M)
     with open(f"{scratch}/pgbackrest.conf", "w") as f:  # the same repository, the cluster here
         f.write(_scratch_config(settings, scratch, stanza))
     pgbr.pgbackrest_with(f"{scratch}/pgbackrest.conf", stanza, f"--set={newest['id']}", "--type=immediate",
