@@ -9,11 +9,13 @@ a wheel built on this machine could not be trusted to run on the servers.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 from .errors import CommandFailed, DeployError
@@ -49,19 +51,22 @@ def wheelhouse(cache: Path, lock: Path, digest: str, python: str, arch: str) -> 
     tarball = cache / f"{digest}-cp{python.replace('.', '')}-{arch}.tar"
     if tarball.exists():
         return tarball
-    folder = tarball.with_suffix("")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    text = lock.read_text()
-    pins = entries(text)
-    sdist_only = _download_wheels(folder, pins, python, arch)
-    if sdist_only:
-        text = _build_pure_wheels(folder, text, {name: pins[name] for name in sdist_only})
-    (folder / SERVER_LOCK).write_text(text)
-    with tarfile.open(tarball, "w") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
-    shutil.rmtree(folder)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Made in a folder of its own and renamed into place when whole: an interrupted build leaves
+    # nothing a later deploy would take for finished, and two deploys at once do not share files.
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".making-") as made:
+        folder = Path(made) / "wheels"
+        folder.mkdir()
+        text = lock.read_text()
+        pins = entries(text)
+        sdist_only = _download_wheels(folder, pins, python, arch)
+        if sdist_only:
+            text = _build_pure_wheels(folder, text, {name: pins[name] for name in sdist_only})
+        (folder / SERVER_LOCK).write_text(text)
+        with tarfile.open(Path(made) / tarball.name, "w") as tar:
+            for path in sorted(folder.iterdir()):
+                tar.add(path, arcname=path.name)
+        os.replace(Path(made) / tarball.name, tarball)
     return tarball
 
 
