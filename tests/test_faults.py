@@ -278,14 +278,22 @@ def test_a_controller_killed_after_a_host_switched_is_recovered_with_the_code_an
     assert deploy(deployed).returncode == 0
 
 
+SLEEPING = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"
+
+
 def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_session_ended(deployed):
     before = sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards")
+    # The sandbox's PostgreSQL ends a gone client's session by itself within a second
+    # (client_connection_check_interval); PostgreSQL's default never does. Off, as by default, so
+    # that the session outlives its client until the deploy ends it.
+    sql(deployed, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET client_connection_check_interval = 0', "
+                  "current_database()); END $$")
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = run_until(deployed, "-> migrate", ["deploy"])
     deadline = time.monotonic() + 60
-    while not (pids := pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade")) and time.monotonic() < deadline:
+    while sql(deployed, SLEEPING) != "1" and time.monotonic() < deadline:  # inside its transaction, holding boards
         time.sleep(0.1)
-    time.sleep(1.0)  # the upgrade is inside its transaction, holding boards' lock, sleeping
+    pids = pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade")
     assert pids, "the migration never started"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

@@ -13,13 +13,28 @@ from conftest import assert_clean_failure, output
 from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app,
                            current, deploy, fab_ok, run_until, sql, ssh, use_pgbackrest)
 
-from deploy.sandbox import faults
+from deploy.sandbox import dbhost, faults
+from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(400)
 @pytest.fixture
 def archived(staged):
     """The stage on the pgbackrest engine: set up (archiving on, the stanza made), a full backup,
     then the seed commit deployed with two boards."""
+    return archive(staged)
+
+
+@pytest.fixture
+def archived_once_promoted(staged):
+    """As `archived`, for a cluster that was promoted before (a failover, a restore): past timeline 1
+    when its repository is made, so the repository has no history file of its timeline."""
+    if timeline(staged.sandbox.db) == 1:  # the fleet's cluster outlives tests: an earlier test may have restored it
+        promote(staged.sandbox.db)
+    assert timeline(staged.sandbox.db) > 1
+    return archive(staged)
+
+
+def archive(staged):
     use_pgbackrest(staged)
     text = fab_ok(staged, "setup", "--restart-db")
     assert "stanza app ready, archiving checked" in text, text
@@ -28,6 +43,18 @@ def archived(staged):
     staged.first_release = current(staged, "app1")
     sql(staged, "INSERT INTO boards (name) VALUES ('one'), ('two')")
     return staged
+
+
+def timeline(db) -> int:
+    """The timeline the db host's cluster writes on now."""
+    return int(dbhost.psql(db, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def promote(db) -> None:
+    """Restart the cluster as a standby, then promote it: it goes on, on the next timeline."""
+    in_host(db, ["touch", f"/var/lib/postgresql/{dbhost.VERSION}/{dbhost.CLUSTER}/standby.signal"], user="postgres")
+    in_host(db, ["systemctl", "restart", dbhost.UNIT])
+    dbhost.psql(db, "SELECT pg_promote(true, 60)")
 
 
 def listing(project, kind: str) -> list[dict]:
@@ -44,7 +71,7 @@ def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_
     second = current(archived, "app1")
     sql(archived, "INSERT INTO boards (name, note) VALUES ('three', 'written after the deploy')")
     point = next(p for p in listing(archived, "point") if p["release"] == second)
-    assert point["name"] == f"{second}-predeploy" and point["timeline"] == 1
+    assert point["name"] == f"{second}-predeploy" and point["timeline"] == timeline(archived.sandbox.db)
 
     text = fab_ok(archived, "restore.to", "--release", second)
     assert f"restore point {second}-predeploy" in text
@@ -128,10 +155,9 @@ def helper(project, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_the_wal_proof_a_failed_downgrade_back_to_the_restore_point_and_a_broken_archive_stopping_the_next_deploy(archived):
-    # Run after tests that restored: the cluster is past timeline 1 when this test's repository is made,
-    # so the repository has no history file of that timeline (as for a cluster that was once promoted).
-    assert int(sql(archived, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16) > 1
+def test_the_wal_proof_a_failed_downgrade_back_to_the_restore_point_and_a_broken_archive_stopping_the_next_deploy(
+        archived_once_promoted):
+    archived = archived_once_promoted
     point = helper(archived, "point", "probe")
     migration = sql(archived, "ALTER TABLE boards ADD COLUMN note2 text; UPDATE boards SET note2 = 'backfill'; "
                               "SELECT txid_current();").splitlines()[-1]  # (after the command tags)
