@@ -123,6 +123,17 @@ def deploy_hit_by(project, step: str, host: str, fault: str, undo: str | None, b
     return text
 
 
+SLEEPING = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"
+
+
+def in_the_migration(project, seconds: float = 60) -> None:
+    """Until SLOW_MIGRATION sleeps inside its transaction (its column added, boards locked)."""
+    deadline = time.monotonic() + seconds
+    while sql(project, SLEEPING) != "1":
+        assert time.monotonic() < deadline, "the migration never began its transaction"
+        time.sleep(0.1)
+
+
 def recover_if_not_undone(project, text: str) -> None:
     """An undo that could not finish while the fault lasted names `fab recover`, which finishes it."""
     if "NOT undone" in text:
@@ -185,7 +196,7 @@ def test_an_app_host_rebooted_during_the_build_fails_the_deploy_and_serves_the_o
 
 def test_the_migrations_host_rebooted_during_the_migration_is_recovered(deployed):
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    text = deploy_hit_by(deployed, "migrate", "app1", "reboot", None, lambda: time.sleep(1.0))
+    text = deploy_hit_by(deployed, "migrate", "app1", "reboot", None, lambda: in_the_migration(deployed))
     assert "app1" in text, text
     recover_if_not_undone(deployed, text)
     wait_for_health(deployed, "app1")
@@ -195,7 +206,7 @@ def test_the_migrations_host_rebooted_during_the_migration_is_recovered(deployed
 def test_the_migrations_host_cut_off_during_the_migration_is_recovered_once_it_is_back(deployed):
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     text = deploy_hit_by(deployed, "migrate", "app1", "cut-network", "restore-network",
-                         lambda: time.sleep(1.0))  # inside the migration's transaction
+                         lambda: in_the_migration(deployed))
     assert "app1" in text and "fab recover --stage sandbox" in text, text
     recovered = deployed.fab("recover", db=False)
     assert recovered.returncode == 0, output(recovered)
@@ -204,7 +215,7 @@ def test_the_migrations_host_cut_off_during_the_migration_is_recovered_once_it_i
 
 def test_the_database_stopped_during_the_migration_leaves_it_as_it_was_once_started(deployed):
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
-    text = deploy_hit_by(deployed, "migrate", "db", "stop-db", "start-db", lambda: time.sleep(1.0))
+    text = deploy_hit_by(deployed, "migrate", "db", "stop-db", "start-db", lambda: in_the_migration(deployed))
     recover_if_not_undone(deployed, text)  # the database was down while the undo ran
     assert_as_before(deployed)
 
@@ -278,9 +289,6 @@ def test_a_controller_killed_after_a_host_switched_is_recovered_with_the_code_an
     assert deploy(deployed).returncode == 0
 
 
-SLEEPING = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"
-
-
 def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_session_ended(deployed):
     before = sql(deployed, "SELECT string_agg(name, ',' ORDER BY id) FROM boards")
     # The sandbox's PostgreSQL ends a gone client's session by itself within a second
@@ -290,11 +298,9 @@ def test_a_migration_process_killed_on_the_host_is_undone_and_its_orphaned_sessi
                   "current_database()); END $$")
     add_migration(deployed, SLOW_MIGRATION, "a0d0a0d0beef_add_a_note.py")
     proc = run_until(deployed, "-> migrate", ["deploy"])
-    deadline = time.monotonic() + 60
-    while sql(deployed, SLEEPING) != "1" and time.monotonic() < deadline:  # inside its transaction, holding boards
-        time.sleep(0.1)
+    in_the_migration(deployed)
     pids = pids_running(deployed.sandbox, ".venv/bin/python -m flask", " db upgrade")
-    assert pids, "the migration never started"
+    assert pids, "no migration process on the fleet"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     rest = proc.communicate(timeout=120)[0]
