@@ -17,6 +17,8 @@ from deploy.sandbox import dbhost, faults
 from deploy.sandbox.system import in_host
 
 pytestmark = pytest.mark.timeout(400)
+
+
 @pytest.fixture
 def archived(staged):
     """The stage on the pgbackrest engine: set up (archiving on, the stanza made), a full backup,
