@@ -315,7 +315,10 @@ def test_the_manifests_row_counts_are_the_dumps_even_while_the_app_writes(deploy
         ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", psql_command(
             "-Xqc", "DO $$ BEGIN FOR i IN 1..600 LOOP INSERT INTO boards (name) VALUES ('w' || i); COMMIT; "
             "PERFORM pg_sleep(0.01); END LOOP; END $$")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while int(sql(deployed, "SELECT count(*) FROM boards")) <= 3:  # until the writer is writing
+        assert time.monotonic() < deadline and writer.poll() is None, "the writer never wrote"
+        time.sleep(0.1)
     made = backup(deployed, "busy")
     assert writer.wait(timeout=60) == 0, writer.stdout.read()
     assert 3 < made["row_counts"]["public.boards"] < 603  # taken while rows were being added
