@@ -3,6 +3,7 @@ test, and scratch copies of the project (its own git repository) to run the
 `inv` tasks in, as a user would."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -31,6 +32,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # cluster runs as that user), whatever the permissions above the checkout.
 SCRATCH = Path(tempfile.mkdtemp(prefix="flask-pg-deploy-tests-"))
 SCRATCH.chmod(0o755)
+# xdist's controlling process imports this file too but runs no fixture: its folder, empty, goes at
+# exit (never more than an empty folder: a sandbox left mounted in one is not to be walked into).
+atexit.register(lambda: SCRATCH.exists() and not any(SCRATCH.iterdir()) and SCRATCH.rmdir())
 
 
 @pytest.fixture(scope="session", autouse=True)
