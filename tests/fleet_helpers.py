@@ -114,17 +114,17 @@ def run_until(project, line_start: str, argv: list[str]) -> subprocess.Popen:
     raise AssertionError("never saw " + line_start + ":\n" + "".join(proc.seen))
 
 
-def command_lines(sandbox=None) -> dict[int, str]:
+def command_lines(hosts=None) -> dict[int, str]:
     """Every process's command line on the machine (the sandbox hosts share its process table),
-    or only on the hosts of `sandbox`: the other test worker's fleet runs the same commands."""
-    fleet = {net_namespace(f"/run/netns/{host.netns}") for host in sandbox.hosts
-             if os.path.exists(f"/run/netns/{host.netns}")} if sandbox else None
+    or only on `hosts`: the other test worker's fleet runs the same commands."""
+    wanted = {net_namespace(f"/run/netns/{host.netns}") for host in hosts
+              if os.path.exists(f"/run/netns/{host.netns}")} if hosts is not None else None
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:  # a process may end while we look
-            if fleet is not None and net_namespace(f"/proc/{name}/ns/net") not in fleet:
+            if wanted is not None and net_namespace(f"/proc/{name}/ns/net") not in wanted:
                 continue
             found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
@@ -140,7 +140,7 @@ def net_namespace(path: str) -> tuple[int, int]:
 
 def pids_running(sandbox, *words: str) -> list[int]:
     """Processes on the hosts of `sandbox` whose command line has all `words`."""
-    return [pid for pid, line in command_lines(sandbox).items() if all(w in line for w in words)]
+    return [pid for pid, line in command_lines(sandbox.hosts).items() if all(w in line for w in words)]
 
 
 def in_rotation(project) -> dict[str, dict[str, str]]:
@@ -208,13 +208,26 @@ class Holding:
         self.proc.wait(timeout=30)
 
 
-def wait_for_lock_waiter(project, seconds: float = 60) -> None:
+def wait_for_sql(project, query: str, until, what: str, seconds: float = 60) -> None:
+    """Until `until` holds for `query`'s answer (a state of the database a test needs, however
+    long the deploy under test takes to reach it); `what` names that state when it never comes."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if sql(project, "SELECT count(*) FROM pg_locks WHERE NOT granted") != "0":
-            return
-        time.sleep(0.2)
-    raise AssertionError("nothing waited for the lock")
+    while not until(sql(project, query)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds:g} s")
+        time.sleep(0.1)
+
+
+def wait_for_lock_waiter(project, seconds: float = 60) -> None:
+    wait_for_sql(project, "SELECT count(*) FROM pg_locks WHERE NOT granted", lambda n: n != "0",
+                 "nothing waited for the lock", seconds)
+
+
+def in_the_migration(project) -> None:
+    """Until SLOW_MIGRATION sleeps inside its transaction (its column added, boards locked)."""
+    wait_for_sql(project, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                          "AND query LIKE 'SELECT pg_sleep(60)%'", lambda n: n == "1",
+                 "the migration never began its transaction")
 
 
 PGBACKREST = """
@@ -224,6 +237,13 @@ engine = "pgbackrest"
 [stages.sandbox.backups.pgbackrest]
 archive_timeout = 5
 """
+
+
+def backups_listed(project) -> list[dict]:
+    """`fab backups --json`: one list for either engine, oldest first (read from stdout alone)."""
+    proc = project.fab("backups", "--json", db=False)
+    assert proc.returncode == 0, output(proc)
+    return json.loads(proc.stdout)
 
 
 def use_pgbackrest(project) -> None:

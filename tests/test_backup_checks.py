@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import output
 from fleet_helpers import (GOOD_MIGRATION, HEAD, add_migration, command_lines, current, deploy, deploy_and_seed,
-                           Holding, psql_command, run_until, sql, ssh, wait_for_lock_waiter, with_env)
+                           Holding, psql_command, run_until, sql, ssh, wait_for_lock_waiter, wait_for_sql, with_env)
 
 from deploy.sandbox import faults
 from deploy.sandbox.system import in_host
@@ -261,7 +261,7 @@ def test_the_database_password_never_appears_in_a_process_command_line_during_a_
 
     def watch() -> None:
         while not done.is_set():
-            seen.extend(line for line in command_lines(deployed.sandbox).values()
+            seen.extend(line for line in command_lines(deployed.sandbox.hosts).values()
                         if "pg_dump" in line or "psql" in line or "backup_tool" in line)
 
     watcher = threading.Thread(target=watch)
@@ -315,10 +315,7 @@ def test_the_manifests_row_counts_are_the_dumps_even_while_the_app_writes(deploy
         ["ssh", "-F", str(deployed.sandbox.ssh_config), "app1", psql_command(
             "-Xqc", "DO $$ BEGIN FOR i IN 1..600 LOOP INSERT INTO boards (name) VALUES ('w' || i); COMMIT; "
             "PERFORM pg_sleep(0.01); END LOOP; END $$")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while int(sql(deployed, "SELECT count(*) FROM boards")) <= 3:  # until the writer is writing
-        assert time.monotonic() < deadline and writer.poll() is None, "the writer never wrote"
-        time.sleep(0.1)
+    wait_for_sql(deployed, "SELECT count(*) FROM boards", lambda n: int(n) > 3, "the writer never wrote", 30)
     made = backup(deployed, "busy")
     assert writer.wait(timeout=60) == 0, writer.stdout.read()
     assert 3 < made["row_counts"]["public.boards"] < 603  # taken while rows were being added

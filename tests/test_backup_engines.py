@@ -8,14 +8,11 @@ import json
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import BOARDS, HEAD, assert_serving, deploy_and_seed, fab_ok, sql, ssh, use_pgbackrest
+from fleet_helpers import (BOARDS, HEAD, assert_serving, backups_listed, deploy_and_seed, fab_ok, sql, ssh,
+                           use_pgbackrest)
 
 pytestmark = pytest.mark.timeout(400)
 CHECK_HOST = {"pgdump": "app1", "pgbackrest": "backup"}  # the stage's backup host for each engine
-
-
-def listing(project) -> list[dict]:
-    return json.loads(fab_ok(project, "backups", "--json"))
 
 
 @pytest.mark.parametrize("engine", ["pgdump", "pgbackrest"])
@@ -27,7 +24,7 @@ def test_both_engines_back_up_list_check_and_restore_an_id_of_the_list_after_a_s
     deploy_and_seed(staged, "one", "two")
 
     fab_ok(staged, "backup")
-    backups = [e for e in listing(staged) if e["kind"] == "backup"]
+    backups = [e for e in backups_listed(staged) if e["kind"] == "backup"]
     newest = backups[-1]
     assert newest["engine"] == engine and newest["size"] > 0 and newest["time"].endswith("Z")
     sql(staged, "DELETE FROM boards WHERE name = 'two'")
@@ -43,7 +40,7 @@ def test_both_engines_back_up_list_check_and_restore_an_id_of_the_list_after_a_s
     fab_ok(staged, "restore", newest["id"])
     assert sql(staged, BOARDS) == "one,two"
     assert_serving(staged, staged.first_release, HEAD)
-    safety = [e for e in listing(staged) if "before-restore" in e["id"]]
+    safety = [e for e in backups_listed(staged) if "before-restore" in e["id"]]
     assert len(safety) == 1 and safety[0]["engine"] == engine, safety
     fab_ok(staged, "restore", safety[0]["id"])  # the database as the restore found it
     assert sql(staged, BOARDS) == "one"

@@ -17,12 +17,12 @@ import time
 import pytest
 from conftest import assert_clean_failure, output
 from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, SLOW_MIGRATION, add_migration, assert_serving,
-                           break_the_app, current, deploy, health, Holding, Load, pids_running,
-                           run_until, sql, ssh, wait_for_lock_waiter)
+                           break_the_app, command_lines, current, deploy, health, Holding, in_the_migration, Load,
+                           pids_running, run_until, sql, ssh, wait_for_lock_waiter)
 
 from bench.scratch import add_column_migration
 from deploy.sandbox import faults
-from deploy.sandbox.system import in_host, leader, pids_in
+from deploy.sandbox.system import in_host, leader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,17 +123,6 @@ def deploy_hit_by(project, step: str, host: str, fault: str, undo: str | None, b
     return text
 
 
-SLEEPING = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"
-
-
-def in_the_migration(project, seconds: float = 60) -> None:
-    """Until SLOW_MIGRATION sleeps inside its transaction (its column added, boards locked)."""
-    deadline = time.monotonic() + seconds
-    while sql(project, SLEEPING) != "1":
-        assert time.monotonic() < deadline, "the migration never began its transaction"
-        time.sleep(0.1)
-
-
 def recover_if_not_undone(project, text: str) -> None:
     """An undo that could not finish while the fault lasted names `fab recover`, which finishes it."""
     if "NOT undone" in text:
@@ -176,8 +165,7 @@ def running_in(project, host: str, *words: str, seconds: float = 60) -> None:
     """Until a process on `host` has all `words` in its command line."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        on_host = set(pids_in(project.sandbox.find(host)))
-        if any(pid in on_host for pid in pids_running(project.sandbox, *words)):
+        if any(all(w in line for w in words) for line in command_lines([project.sandbox.find(host)]).values()):
             return
         time.sleep(0.05)
     raise AssertionError(f"nothing ran {' '.join(words)} on {host}")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 from conftest import assert_clean_failure, output
-from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, break_the_app,
-                           current, deploy, fab_ok, run_until, sql, ssh, use_pgbackrest)
+from fleet_helpers import (BOARDS, GOOD_MIGRATION, HEAD, IRREVERSIBLE, add_migration, assert_serving, backups_listed,
+                           break_the_app, current, deploy, fab_ok, run_until, sql, ssh, use_pgbackrest)
 
 from deploy.sandbox import dbhost, faults
 from deploy.sandbox.system import in_host
@@ -60,8 +60,8 @@ def promote(db) -> None:
 
 
 def listing(project, kind: str) -> list[dict]:
-    """`fab backups --json`: one list, as for pgdump; the entries of this kind (backup or point)."""
-    return [e for e in json.loads(project.fab("backups", "--json", db=False).stdout) if e["kind"] == kind]
+    """The entries of `fab backups --json` of this kind (backup or point)."""
+    return [e for e in backups_listed(project) if e["kind"] == kind]
 
 
 def test_a_release_restore_point_brings_back_the_database_as_it_was_before_that_deploy_migrated(archived):
